@@ -32,6 +32,13 @@ struct ForwardOptions {
   // graph and replayed; forward() then leaves cache->advance() to the caller. Needs a cache, one
   // new token per row and no attention_mask.
   at::Tensor decode_position;
+  // Activation checkpointing for training: in grad mode without a cache, each checkpoint unit
+  // (a UniAttn SuperBlock from its leader to its last follower, or a layer in no SuperBlock)
+  // keeps only its input in forward and is recomputed in backward, trading one extra forward
+  // per step for the unit's activations. Loss and gradients equal those without it; parameter
+  // gradients are accumulated during the backward pass (reentrant, as PyTorch's checkpoint).
+  // Ignored without grad mode or with a cache.
+  bool recompute = false;
 };
 
 class DecoderLayerImpl;

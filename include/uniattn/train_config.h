@@ -55,6 +55,9 @@ struct TrainOptimizerConfig {
   double beta1 = 0.9, beta2 = 0.999;
   double eps = 1e-8;
   double weight_decay = 0.0;
+  // true: one fused multi-tensor AdamW kernel per parameter group (at::_fused_adamw_, CPU and
+  // CUDA); false: LibTorch's per-tensor torch::optim::AdamW. Same update, same checkpoint format.
+  bool fused = true;
 };
 
 struct TrainRunConfig {
@@ -63,7 +66,7 @@ struct TrainRunConfig {
   std::string precision = "bf16";         // bf16 (autocast, fp32 master weights) | fp32
   std::string device = "auto";            // auto | cpu | cuda | cuda:N
   double grad_clip = 1.0;                 // 0 = off
-  bool activation_checkpointing = false;  // rejected: see docs/training.md
+  bool activation_checkpointing = false;  // recompute each SuperBlock / layer in backward
   uint64_t seed = 42;
   std::string nan_policy = "stop";  // stop | skip
   int64_t log_every = 1;

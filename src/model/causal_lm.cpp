@@ -5,6 +5,7 @@
 #include "decoder_layer.h"
 #include "forward_state.h"
 #include "layers.h"
+#include "recompute.h"
 #include "uniattn/error.h"
 #include "uniattn/model.h"
 
@@ -153,7 +154,13 @@ at::Tensor CausalLMImpl::forward(const at::Tensor& input_ids, KVCache* cache,
                                  const ForwardOptions& options) {
   auto state = begin(input_ids, cache, options);
   auto x = embed(input_ids);
-  for (int64_t l = 0; l < config_->num_layers; ++l) x = run_layer(l, x, *state);
+  if (options.recompute && at::GradMode::is_enabled() && !cache) {
+    const auto base = recompute_base_state(*state);
+    for (const auto& [first, last] : checkpoint_units(*config_))
+      x = run_unit_recomputed(*this, first, last, x, base);
+  } else {
+    for (int64_t l = 0; l < config_->num_layers; ++l) x = run_layer(l, x, *state);
+  }
   if (cache && !options.decode_position.defined()) cache->advance(input_ids.size(1));
   return logits(x, options.last_only);
 }

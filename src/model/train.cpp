@@ -5,7 +5,6 @@
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <torch/cuda.h>
-#include <torch/nn/utils/clip_grad.h>
 #include <torch/optim/adamw.h>
 #include <nlohmann/json.hpp>
 
@@ -17,6 +16,7 @@
 
 #include <unistd.h>
 
+#include "model/fused_adamw.h"
 #include "model/train_internal.h"
 #include "model/train_state.h"
 #include "uniattn/calibrate.h"
@@ -264,12 +264,17 @@ TrainResult train(const TrainConfig& c, const TrainOptions& options) {
     for (size_t i = 0; i < params.size(); ++i)
       if (owner[i] == comm.rank()) mine.push_back(params[i]);
     std::unique_ptr<torch::optim::AdamW> opt;
-    if (!mine.empty())
-      opt = std::make_unique<torch::optim::AdamW>(mine,
-                                                  torch::optim::AdamWOptions(sc.lr)
-                                                      .betas({c.optimizer.beta1, c.optimizer.beta2})
-                                                      .eps(c.optimizer.eps)
-                                                      .weight_decay(c.optimizer.weight_decay));
+    if (!mine.empty()) {
+      const auto ao = torch::optim::AdamWOptions(sc.lr)
+                          .betas({c.optimizer.beta1, c.optimizer.beta2})
+                          .eps(c.optimizer.eps)
+                          .weight_decay(c.optimizer.weight_decay);
+      // Both keep the same state entries, so checkpoints load into either.
+      if (c.optimizer.fused)
+        opt = std::make_unique<FusedAdamW>(mine, ao);
+      else
+        opt = std::make_unique<torch::optim::AdamW>(mine, ao);
+    }
     if (resume_dir && st.stage_step > 0) load_optimizer(*resume_dir, comm.rank(), opt.get());
     resume_dir.reset();
     std::unique_ptr<GradReducer> reducer;
@@ -313,7 +318,9 @@ TrainResult train(const TrainConfig& c, const TrainOptions& options) {
         at::Tensor loss;
         {
           AutocastScope ac(bf16, device);
-          auto logits = model->forward(ids);
+          ForwardOptions fo;
+          fo.recompute = c.training.activation_checkpointing;
+          auto logits = model->forward(ids, nullptr, fo);
           const auto l = ids.size(1);
           auto lg = logits.narrow(1, 0, l - 1).to(at::kFloat).reshape({-1, vocab});
           auto tgt = ids.narrow(1, 1, l - 1).reshape({-1});
@@ -340,9 +347,8 @@ TrainResult train(const TrainConfig& c, const TrainOptions& options) {
       {
         // Every rank holds the full summed gradients, so the norm (and the clip) agree.
         at::NoGradGuard ng;
-        gnorm = c.training.grad_clip > 0
-                    ? torch::nn::utils::clip_grad_norm_(params, c.training.grad_clip)
-                    : torch::nn::utils::clip_grad_norm_(params, 1e30);
+        gnorm =
+            clip_grad_norm_foreach(params, c.training.grad_clip > 0 ? c.training.grad_clip : 1e30);
       }
       StepMetrics mt;
       mt.step = st.global_step + 1;

@@ -251,6 +251,7 @@ TrainConfig from_node(const YAML::Node& root, const std::string& origin) {
     }
     r.positive("eps", c.optimizer.eps);
     r.positive("weight_decay", c.optimizer.weight_decay, true);
+    r.read("fused", c.optimizer.fused);
   }
   {
     Reader r(top.get("training"), "training", origin);
@@ -267,12 +268,6 @@ TrainConfig from_node(const YAML::Node& root, const std::string& origin) {
            "'; expected auto, cpu or cuda[:N]");
     r.positive("grad_clip", c.training.grad_clip, true);
     r.read("activation_checkpointing", c.training.activation_checkpointing);
-    if (c.training.activation_checkpointing)
-      fail(origin,
-           ": training.activation_checkpointing is not supported: LibTorch C++ has no "
-           "torch.utils.checkpoint and followers read their leader's attention state across "
-           "layers, so per-layer recomputation is not implemented; lower training.micro_batch "
-           "instead");
     r.read("seed", c.training.seed);
     r.one_of("nan_policy", c.training.nan_policy, {"stop", "skip"});
     r.positive("log_every", c.training.log_every);
@@ -369,13 +364,15 @@ std::string TrainConfig::to_yaml() const {
   e << YAML::Key << "betas" << YAML::Value << YAML::Flow << YAML::BeginSeq << optimizer.beta1
     << optimizer.beta2 << YAML::EndSeq;
   e << YAML::Key << "eps" << YAML::Value << optimizer.eps;
-  e << YAML::Key << "weight_decay" << YAML::Value << optimizer.weight_decay << YAML::EndMap;
+  e << YAML::Key << "weight_decay" << YAML::Value << optimizer.weight_decay;
+  e << YAML::Key << "fused" << YAML::Value << optimizer.fused << YAML::EndMap;
   e << YAML::Key << "training" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "global_batch" << YAML::Value << training.global_batch;
   e << YAML::Key << "micro_batch" << YAML::Value << training.micro_batch;
   e << YAML::Key << "precision" << YAML::Value << training.precision;
   e << YAML::Key << "device" << YAML::Value << training.device;
   e << YAML::Key << "grad_clip" << YAML::Value << training.grad_clip;
+  e << YAML::Key << "activation_checkpointing" << YAML::Value << training.activation_checkpointing;
   e << YAML::Key << "seed" << YAML::Value << training.seed;
   e << YAML::Key << "nan_policy" << YAML::Value << training.nan_policy;
   e << YAML::Key << "log_every" << YAML::Value << training.log_every;

@@ -47,6 +47,19 @@ TEST(TrainConfig, ParsesValuesAndDefaults) {
   EXPECT_EQ(c.data.max_length, 1024);
   EXPECT_EQ(c.data.template_, "alpaca");
   EXPECT_DOUBLE_EQ(c.optimizer.weight_decay, 0.0);
+  EXPECT_TRUE(c.optimizer.fused);
+  EXPECT_FALSE(c.training.activation_checkpointing);
+}
+
+TEST(TrainConfig, CheckpointingAndFusedOptimizerRoundTrip) {
+  const auto c = TrainConfig::parse(
+      kMinimal, "cfg.yaml", {"training.activation_checkpointing=true", "optimizer.fused=false"});
+  EXPECT_TRUE(c.training.activation_checkpointing);
+  EXPECT_FALSE(c.optimizer.fused);
+  const auto d = TrainConfig::parse(c.to_yaml());
+  EXPECT_TRUE(d.training.activation_checkpointing);
+  EXPECT_FALSE(d.optimizer.fused);
+  EXPECT_EQ(d.to_yaml(), c.to_yaml());
 }
 
 TEST(TrainConfig, RoundTripsThroughYaml) {
@@ -82,8 +95,10 @@ TEST(TrainConfig, RejectsBadValues) {
             std::string::npos);
   EXPECT_NE(error_of(y, {"training.global_batch=abc"}).find("training.global_batch has an invalid"),
             std::string::npos);
-  EXPECT_NE(error_of(y, {"training.activation_checkpointing=true"}).find("not supported"),
+  EXPECT_NE(error_of(y, {"training.activation_checkpointing=maybe"})
+                .find("training.activation_checkpointing"),
             std::string::npos);
+  EXPECT_NE(error_of(y, {"optimizer.fused=3"}).find("optimizer.fused"), std::string::npos);
   EXPECT_NE(error_of(y, {"model.wc_init=calibrated"}).find("model.wc_checkpoint is required"),
             std::string::npos);
   EXPECT_NE(error_of(y, {"model.variant=softmax"}).find("'wc' needs model.variant uniattn"),

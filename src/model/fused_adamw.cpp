@@ -1,0 +1,98 @@
+#include "fused_adamw.h"
+
+#include <ATen/ATen.h>
+
+#include <map>
+#include <tuple>
+
+#include "uniattn/error.h"
+
+namespace uniattn {
+
+at::Tensor FusedAdamW::step(LossClosure closure) {
+  at::NoGradGuard no_grad;
+  at::Tensor loss;
+  if (closure) {
+    at::AutoGradMode grad(true);
+    loss = closure();
+  }
+  struct Lists {
+    std::vector<at::Tensor> params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, advance;
+  };
+  for (auto& group : param_groups_) {
+    auto& o = static_cast<torch::optim::AdamWOptions&>(group.options());
+    const bool amsgrad = o.amsgrad();
+    // The kernel takes tensors of one device and dtype per call.
+    std::map<std::tuple<int, int, int>, Lists> buckets;
+    for (auto& p : group.params()) {
+      const auto& g = p.grad();
+      if (!g.defined()) continue;
+      UNIATTN_CHECK(!g.is_sparse(), "FusedAdamW: sparse gradients are not supported");
+      auto& slot = state_[p.unsafeGetTensorImpl()];
+      if (!slot) {
+        auto s = std::make_unique<torch::optim::AdamWParamState>();
+        s->step(0);
+        s->exp_avg(at::zeros_like(p, at::MemoryFormat::Preserve));
+        s->exp_avg_sq(at::zeros_like(p, at::MemoryFormat::Preserve));
+        if (amsgrad) s->max_exp_avg_sq(at::zeros_like(p, at::MemoryFormat::Preserve));
+        slot = std::move(s);
+      }
+      auto& s = static_cast<torch::optim::AdamWParamState&>(*slot);
+      if (amsgrad && !s.max_exp_avg_sq().defined())
+        s.max_exp_avg_sq(at::zeros_like(p, at::MemoryFormat::Preserve));
+      s.step(s.step() + 1);  // counted before the update, as AdamW does
+      auto& l = buckets[{static_cast<int>(p.device().type()), static_cast<int>(p.device().index()),
+                         static_cast<int>(p.scalar_type())}];
+      auto& m = steps_[p.unsafeGetTensorImpl()];
+      if (!m.value.defined() || m.value.device() != p.device()) {
+        m.value = at::zeros({}, p.options().dtype(at::kFloat));
+        m.step = 0;
+      }
+      if (m.step == s.step() - 1)
+        l.advance.push_back(m.value);
+      else
+        m.value.fill_(static_cast<double>(s.step()));
+      m.step = s.step();
+      l.params.push_back(p);
+      l.grads.push_back(g);
+      l.exp_avgs.push_back(s.exp_avg());
+      l.exp_avg_sqs.push_back(s.exp_avg_sq());
+      if (amsgrad) l.max_exp_avg_sqs.push_back(s.max_exp_avg_sq());
+      l.steps.push_back(m.value);
+    }
+    const auto [beta1, beta2] = o.betas();
+    for (auto& [key, l] : buckets) {
+      if (!l.advance.empty()) at::_foreach_add_(l.advance, 1.0);
+      at::_fused_adamw_(l.params, l.grads, l.exp_avgs, l.exp_avg_sqs, l.max_exp_avg_sqs, l.steps,
+                        o.lr(), beta1, beta2, o.weight_decay(), o.eps(), amsgrad,
+                        /*maximize=*/false);
+    }
+  }
+  return loss;
+}
+
+double clip_grad_norm_foreach(const std::vector<at::Tensor>& params, double max_norm) {
+  std::vector<at::Tensor> grads;
+  for (const auto& p : params)
+    if (p.grad().defined()) grads.push_back(p.grad());
+  if (grads.empty()) return 0.0;
+  at::NoGradGuard no_grad;
+  auto norms = at::_foreach_norm(grads, 2);
+  at::Tensor total;
+  if (norms.size() == 1) {
+    total = norms[0];
+  } else {
+    for (auto& n : norms) n = n.to(norms[0].device());
+    total = at::stack(norms).norm(2);
+  }
+  const auto coef = at::clamp_max(max_norm / (total + 1e-6), 1.0);
+  // One coefficient tensor per device: the foreach kernel wants it next to the gradients.
+  std::map<std::pair<int, int>, std::vector<at::Tensor>> by_device;
+  for (const auto& g : grads)
+    by_device[{static_cast<int>(g.device().type()), static_cast<int>(g.device().index())}]
+        .push_back(g);
+  for (auto& [dev, list] : by_device) at::_foreach_mul_(list, coef.to(list[0].device()));
+  return total.item<double>();
+}
+
+}  // namespace uniattn

@@ -1,0 +1,44 @@
+// The trainer's optimiser step and gradient clipping as multi-tensor (foreach / fused) ops, so a
+// step launches a handful of kernels instead of several per parameter tensor.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <torch/optim/adamw.h>
+
+#include <cstdint>
+#include <unordered_map>
+#include <vector>
+
+namespace uniattn {
+
+// torch::optim::AdamW whose step() updates every parameter of a group with one call of the fused
+// kernel at::_fused_adamw_ (per device and dtype; CUDA and CPU). The update is AdamW's: decoupled
+// weight decay p *= 1 - lr * wd, then p -= lr / (1 - beta1^t) * m / (sqrt(v / (1 - beta2^t)) +
+// eps). param_groups and the per-parameter AdamWParamState (step, exp_avg, exp_avg_sq,
+// max_exp_avg_sq) are AdamW's own, so save()/load() and checkpoints are interchangeable with
+// torch::optim::AdamW. Parameters without a gradient are skipped, as AdamW does. Throws
+// c10::Error (from ATen) for sparse gradients or a dtype the kernel does not support.
+class FusedAdamW : public torch::optim::AdamW {
+ public:
+  using torch::optim::AdamW::AdamW;
+  at::Tensor step(LossClosure closure = nullptr) override;
+
+ private:
+  // The kernel reads each parameter's step count from a float scalar tensor on its device. They
+  // mirror AdamWParamState::step (the source of truth, e.g. after load()): a mirror one behind is
+  // advanced on the device with one foreach add, any other is refilled.
+  struct StepMirror {
+    at::Tensor value;
+    int64_t step = -1;
+  };
+  std::unordered_map<const void*, StepMirror> steps_;
+};
+
+// Clips the gradients of `params` (those that have one) in place to a global L2 norm of at most
+// `max_norm`, as torch::nn::utils::clip_grad_norm_ does: every gradient is multiplied by
+// min(1, max_norm / (total_norm + 1e-6)). Returns the total norm before clipping (inf/NaN when a
+// gradient is non-finite; the gradients are then scaled by NaN as torch's version does), or 0
+// when no parameter has a gradient. Uses at::_foreach_norm and at::_foreach_mul_ and synchronises
+// with the device once, to read the norm.
+double clip_grad_norm_foreach(const std::vector<at::Tensor>& params, double max_norm);
+
+}  // namespace uniattn
