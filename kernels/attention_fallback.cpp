@@ -357,6 +357,20 @@ std::tuple<at::Tensor, at::Tensor> decode_leader(const at::Tensor& q, const at::
   return {out, p_row};
 }
 
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache,
+                            const at::Tensor& v_cache, const at::Tensor& cache_seqlens,
+                            const AttnParams& p) {
+  check_decode_leader("decode_attention", q, k_cache, v_cache, p);
+  if (!hook_ready(q))
+    return std::get<0>(decode_leader_fallback(q, k_cache, v_cache, cache_seqlens, p));
+  check_seqlens("decode_attention", cache_seqlens, q.size(0), q.device(), true);
+  auto out = at::empty(q.sizes(), q.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor no_p_row;  // the kernel skips the probability row entirely
+  detail::cuda_hooks().decode_leader(prep(q), prep(k_cache), prep(v_cache),
+                                     cache_seqlens.contiguous(), p, out, no_p_row);
+  return out;
+}
+
 void decode_follower_out(const at::Tensor& p_row, const at::Tensor& v_cache,
                          const at::Tensor& cache_seqlens, int64_t num_q_heads, at::Tensor& out) {
   check_decode_follower("decode_follower", p_row, v_cache, num_q_heads);

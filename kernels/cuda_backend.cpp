@@ -198,7 +198,7 @@ void decode_leader_cuda(const at::Tensor& q, const at::Tensor& k_cache, const at
   auto ws = at::empty({cuda::decode_workspace_floats(a)}, q.options().dtype(at::kFloat));
   a.q = q.data_ptr();
   a.k = k_cache.data_ptr();
-  a.p_row = p_row.data_ptr<float>();
+  a.p_row = p_row.defined() ? p_row.data_ptr<float>() : nullptr;
   a.out = out.data_ptr();
   a.ws = ws.data_ptr<float>();
   a.scale = p.scale;

@@ -16,12 +16,25 @@ struct CudaHooks {
   void (*prefill)(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   const at::Tensor* lse_in, const AttnParams& p, bool allow_library,
                   at::Tensor& out, at::Tensor* lse_out) = nullptr;
+  // p_row undefined: O only (no probability row written).
   void (*decode_leader)(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                         const at::Tensor& seqlens, const AttnParams& p, at::Tensor& out,
                         at::Tensor& p_row) = nullptr;
   void (*decode_follower)(const at::Tensor& p_row, const at::Tensor& v_cache,
                           const at::Tensor& seqlens, at::Tensor& out) = nullptr;
   std::string (*library_status)() = nullptr;
+
+  // Small fused ops (fused_ops.cu). Inputs: one CUDA device, one dtype among fp32/bf16/fp16,
+  // shapes checked by the caller (layers.cpp); outputs allocated by the caller.
+  // out = RMSNorm(x [+ delta]); h_out = x + delta when delta is given. x, delta contiguous.
+  void (*rms_norm)(const at::Tensor& x, const at::Tensor* delta, const at::Tensor& w, double eps,
+                   bool plus_one, at::Tensor* h_out, at::Tensor& out) = nullptr;
+  // out[b, h, (pos ? pos[0] : 0) + t] = rotary(x[b, h, t]); x and out need only a contiguous last
+  // dim; cos/sin [B|1, 1, T, D].
+  void (*rotary)(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                 const at::Tensor* pos, const at::Tensor& out) = nullptr;
+  // out = act(gate) * up, all contiguous and of one shape.
+  void (*gated)(const at::Tensor& gate, const at::Tensor& up, bool gelu, at::Tensor& out) = nullptr;
 };
 
 CudaHooks& cuda_hooks();

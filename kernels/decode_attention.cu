@@ -91,7 +91,7 @@ __global__ void __launch_bounds__(32) decode_leader_kernel(const DecodeArgs a) {
   const int64_t kv_off = (static_cast<int64_t>(b) * a.Hkv + hk) * a.S * D;
   const T* kc = static_cast<const T*>(a.k) + kv_off;
   const T* vc = static_cast<const T*>(a.v) + kv_off;
-  float* prow = a.p_row + (static_cast<int64_t>(b) * a.Hq + h0) * a.S;
+  float* prow = a.p_row ? a.p_row + (static_cast<int64_t>(b) * a.Hq + h0) * a.S : nullptr;
   const int row0 = lane / 4;  // this lane's rows: row0 and row0 + 8
 
   float o[D / 8][4];
@@ -139,7 +139,7 @@ __global__ void __launch_bounds__(32) decode_leader_kernel(const DecodeArgs a) {
         float x = cap_logit(s[nt][e] * a.scale, a.softcap, inv_cap);
         if (col >= r.hi) {
           x = -INFINITY;
-        } else if (row < ng) {
+        } else if (row < ng && prow) {
           prow[static_cast<int64_t>(row) * a.S + col] = x;
         }
         s[nt][e] = x;
@@ -253,6 +253,7 @@ __global__ void __launch_bounds__(kThreads) leader_combine_kernel(const DecodeAr
       static_cast<T*>(a.out)[bh * D + d] = from_float<T>(o * inv);
     }
   }
+  if (!a.p_row) return;  // plain attention: no probability row to normalise
   const int len = min(max(a.seqlens[b], 0), a.S);
   const int win_lo =
       a.window > 0 ? static_cast<int>(max(static_cast<int64_t>(0), len - a.window)) : 0;
@@ -281,7 +282,7 @@ __global__ void __launch_bounds__(kThreads) leader_combine_kernel(const DecodeAr
 
 template <typename T, int D, int GT>
 __global__ void __launch_bounds__(kThreads) decode_follower_kernel(const DecodeArgs a) {
-  constexpr int TPK = D / 8, KP = kThreads / TPK, kUnroll = 4;
+  constexpr int TPK = D / 8, KP = kThreads / TPK, kUnroll = 8;  // 8 x 16 B of V in flight per thread
   __shared__ __align__(16) float red[KP * GT * D];
   const int split = blockIdx.x, b = blockIdx.z;
   const int G = a.Hq / a.Hkv, nsub = (G + GT - 1) / GT;
@@ -356,7 +357,7 @@ cudaError_t launch_leader(const DecodeArgs& a, cudaStream_t st) {
   decode_leader_kernel<T, D><<<dim3(a.splits, a.Hkv * nsub, a.B), 32, 0, st>>>(a);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
-  const int chunks = (a.S + kCombineChunk - 1) / kCombineChunk;
+  const int chunks = a.p_row ? (a.S + kCombineChunk - 1) / kCombineChunk : 1;
   leader_combine_kernel<T, D><<<dim3(a.Hq, a.B, chunks), kThreads, 0, st>>>(a);
   return cudaGetLastError();
 }

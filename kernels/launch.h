@@ -8,7 +8,8 @@
 
 namespace uniattn::kernels::cuda {
 
-enum class DType { kHalf, kBFloat16 };
+// The attention kernels take kHalf and kBFloat16; the small fused ops (fused_ops.cu) also kFloat.
+enum class DType { kHalf, kBFloat16, kFloat };
 
 struct PrefillArgs {
   const void* q;        // [B,Hq,T,D]
@@ -30,7 +31,7 @@ struct DecodeArgs {
   const void* k;       // leader: [B,Hkv,S,D]
   const void* v;       // [B,Hkv,S,D]
   const int* seqlens;  // [B], device
-  float* p_row;        // [B,Hq,S] fp32: leader writes, follower reads
+  float* p_row;        // [B,Hq,S] fp32: leader writes (nullptr: not wanted), follower reads
   void* out;           // [B,Hq,1,D]
   float* ws;           // workspace of decode_workspace_floats() floats
   int B, Hq, Hkv, S, D;
@@ -46,5 +47,44 @@ int64_t decode_workspace_floats(const DecodeArgs& a);
 
 cudaError_t launch_decode_leader(const DecodeArgs& a, DType dt, cudaStream_t stream);
 cudaError_t launch_decode_follower(const DecodeArgs& a, DType dt, cudaStream_t stream);
+
+// ---- small fused ops (fused_ops.cu) -----------------------------------------------------------
+// Each reproduces, rounding step for rounding step, the ATen expression it replaces (layers.cpp),
+// so the fused and unfused models agree up to reduction order.
+
+struct NormArgs {
+  const void* x;      // [rows, n] contiguous
+  const void* delta;  // optional [rows, n]: normalise h = x + delta (rounded to the dtype)
+  const void* w;      // [n]
+  void* h_out;        // [rows, n], written when delta is set
+  void* out;          // [rows, n]
+  int64_t rows;
+  int n;
+  float eps;
+  bool plus_one;  // Gemma: normed * (1 + w) in fp32; else w * (normed rounded to the dtype)
+};
+cudaError_t launch_rms_norm(const NormArgs& a, DType dt, cudaStream_t stream);
+
+struct RotaryArgs {
+  const void* x;       // [B,H,T,D], last dim contiguous, strides below (elements)
+  const void* cos;     // [B,1,T,D]
+  const void* sin;     // same strides as cos
+  void* out;           // [B,H,*,D]; row t goes to position (pos ? *pos : 0) + t
+  const int64_t* pos;  // optional device scalar (graph-safe decode into a cache)
+  int B, H, T, D;
+  int64_t x_b, x_h, x_t;  // strides of x
+  int64_t c_b, c_t;       // strides of cos/sin
+  int64_t o_b, o_h, o_t;  // strides of out
+};
+cudaError_t launch_rotary(const RotaryArgs& a, DType dt, cudaStream_t stream);
+
+struct GatedArgs {
+  const void* gate;  // [n] contiguous
+  const void* up;    // [n]
+  void* out;         // [n]
+  int64_t n;
+  bool gelu;  // tanh-approximated GELU (Gemma); else SiLU
+};
+cudaError_t launch_gated(const GatedArgs& a, DType dt, cudaStream_t stream);
 
 }  // namespace uniattn::kernels::cuda

@@ -55,6 +55,12 @@ std::tuple<at::Tensor, at::Tensor> decode_leader(const at::Tensor& q, const at::
                                                  const at::Tensor& cache_seqlens,
                                                  const AttnParams& p);
 
+// Plain decode attention for a layer whose probabilities nobody reuses (no followers): the
+// leader's kernel without the probability row (no P writes, no normalisation pass). Returns O.
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache,
+                            const at::Tensor& v_cache, const at::Tensor& cache_seqlens,
+                            const AttnParams& p);
+
 // O [B,Hq,1,D] = p_row . V_cache over keys [0, len_b); reads only V (once per KV head).
 at::Tensor decode_follower(const at::Tensor& p_row, const at::Tensor& v_cache,
                            const at::Tensor& cache_seqlens, int64_t num_q_heads);

@@ -41,13 +41,16 @@ TORCH_PREFIX=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
 step configure cmake -S . -B "$BUILD" -G Ninja -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" \
   -DUNIATTN_CUDA=ON -DUNIATTN_PYTHON="$(command -v python3)" -DCMAKE_BUILD_TYPE=Release
 step build cmake --build "$BUILD" -j"$(nproc)" --target test_kernels test_kernel_bench \
-  test_kernels_fallback
+  test_kernels_fallback test_fused_ops
 
 if [ "${status[build]}" = 0 ]; then
   step fallback_tests "$BUILD/tests/test_kernels_fallback" --gtest_brief=1
   step gpu_tests "$BUILD/tests/test_kernels" --gtest_output=json:"$OUT/test_kernels.json"
+  step fused_ops_tests "$BUILD/tests/test_fused_ops" --gtest_output=json:"$OUT/test_fused_ops.json"
   step memcheck env UNIATTN_KERNEL_TEST_QUICK=1 compute-sanitizer --tool memcheck \
     --log-file "$OUT/sanitizer.log" --error-exitcode 3 "$BUILD/tests/test_kernels" --gtest_brief=1
+  step memcheck_fused compute-sanitizer --tool memcheck --log-file "$OUT/sanitizer-fused.log" \
+    --error-exitcode 3 "$BUILD/tests/test_fused_ops" --gtest_brief=1
   step bench env UNIATTN_KERNEL_BENCH_OUT="$OUT/kernels-h100.json" \
     UNIATTN_BENCH_COMMAND="scripts/gpu_kernel_tests.sh (test_kernel_bench)" \
     "$BUILD/tests/test_kernel_bench" --gtest_brief=1
@@ -59,7 +62,7 @@ fi
   echo "  \"gpu\": \"$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)\","
   first=1
   echo "  \"steps\": {"
-  for k in configure build fallback_tests gpu_tests memcheck bench; do
+  for k in configure build fallback_tests gpu_tests fused_ops_tests memcheck memcheck_fused bench; do
     [ $first = 1 ] || echo ","
     first=0
     printf '    "%s": %s' "$k" "${status[$k]:-null}"
@@ -69,6 +72,6 @@ fi
   echo "}"
 } > "$OUT/summary.json"
 cat "$OUT/summary.json"
-for k in configure build fallback_tests gpu_tests memcheck bench; do
+for k in configure build fallback_tests gpu_tests fused_ops_tests memcheck memcheck_fused bench; do
   [ "${status[$k]:-1}" = 0 ] || exit 1
 done

@@ -15,7 +15,7 @@ import os
 import re
 from collections import OrderedDict
 
-VARIANT_ORDER = ["none", "uniattn", "softmax", "cla", "transformers_sdpa", "transformers_eager"]
+VARIANT_ORDER = ["none", "none_unfused", "uniattn", "softmax", "cla", "transformers_sdpa", "transformers_eager"]
 METRIC_ORDER = ["ttft_ms", "decode_step_ms", "tokens_per_s", "roofline_fraction",
                 "kv_bytes_per_token", "weight_bytes", "max_batch_at_32k", "oom", "error"]
 TIME_METRICS = ["ttft_ms", "decode_step_ms"]

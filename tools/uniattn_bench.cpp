@@ -14,12 +14,12 @@
 
 namespace {
 
-
 int run(int argc, char** argv) {
   CLI::App app{"Benchmark prefill (TTFT) and decode speed of UniAttn variants"};
   std::string model = "all", variants = "none,uniattn,cla", out = "bench/results/bench.json";
-  std::string device = "cuda";
-  bool quick = false;
+  std::string device = "cuda", cases;
+  int prefill_iters = 5, prefill_warmup = 1;
+  bool quick = false, unfused_baseline = false;
   int iters = 20, warmup = 3;
   app.add_option("--model", model, "smollm2 | llama8b | all")
       ->check(CLI::IsMember({"smollm2", "llama8b", "all"}));
@@ -30,19 +30,37 @@ int run(int argc, char** argv) {
   app.add_option("--warmup", warmup, "untimed decode steps per case")
       ->check(CLI::NonNegativeNumber);
   app.add_flag("--quick", quick, "one prefill and two small decode shapes per model");
+  app.add_flag("--unfused-baseline", unfused_baseline,
+               "also time `none` with the fused RMSNorm/RoPE/activation kernels off");
+  app.add_option("--cases", cases,
+                 "comma list replacing each model's shapes: prefill:B:S or decode:B:S");
+  app.add_option("--prefill-iters", prefill_iters, "timed prefills per case")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--prefill-warmup", prefill_warmup, "untimed prefills per case")
+      ->check(CLI::NonNegativeNumber);
   CLI11_PARSE(app, argc, argv);
 
   uniattn::BenchOptions opt;
   for (const auto& name : model == "all" ? std::vector<std::string>{"smollm2", "llama8b"}
                                          : std::vector<std::string>{model})
     opt.models.push_back(uniattn::bench_model(name, quick));
+  if (!cases.empty())
+    for (auto& m : opt.models) {
+      m.cases.clear();
+      for (const auto& c : uniattn::cli::split_list(cases))
+        m.cases.push_back(uniattn::parse_bench_case(c));
+    }
+  opt.prefill_iters = prefill_iters;
+  opt.prefill_warmup = prefill_warmup;
   opt.variants.clear();
-  for (const auto& v : uniattn::cli::split_list(variants)) opt.variants.push_back(uniattn::parse_variant(v));
+  for (const auto& v : uniattn::cli::split_list(variants))
+    opt.variants.push_back(uniattn::parse_variant(v));
   opt.device = device == "cuda" ? at::Device(at::kCUDA) : at::Device(at::kCPU);
   opt.dtype = device == "cuda" ? at::kBFloat16 : at::kFloat;
   opt.decode_iters = iters;
   opt.decode_warmup = warmup;
   opt.out = out;
+  opt.unfused_baseline = unfused_baseline;
   for (int i = 0; i < argc; ++i) opt.command += (i ? " " : "") + std::string(argv[i]);
   std::printf("%-36s %-8s %-20s %14s %s\n", "case", "variant", "metric", "value", "unit");
   opt.on_row = [](const uniattn::BenchRow& r) {

@@ -32,6 +32,10 @@ struct BenchCase {
   std::string name(const std::string& model) const;
 };
 
+// Parses "prefill:B:S" or "decode:B:S" (batch B, sequence S; both positive, S <= 1M, B <= 4096).
+// Throws uniattn::Error naming the spec otherwise.
+BenchCase parse_bench_case(const std::string& spec);
+
 struct BenchModel {
   std::string name;    // used as the case-name prefix
   ModelConfig config;  // variant None; the runner sets the spec of each variant
@@ -86,7 +90,10 @@ struct BenchOptions {
   int decode_warmup = 3;
   int decode_iters = 20;
   int prefill_warmup = 1;
-  int prefill_iters = 5;      // halved (at least 2) for prefills of 8192+ tokens
+  int prefill_iters = 5;  // halved (at least 2) for prefills of 8192+ tokens
+  // Also run `none` with the small fused CUDA ops (RMSNorm, RoPE, gated activation) switched off,
+  // as variant "none_unfused": what the fusion buys, measured in the same run.
+  bool unfused_baseline = false;
   std::filesystem::path out;  // JSON written after every case; empty: none
   std::string command;        // recorded in the JSON
   std::string commit;         // recorded in the JSON; empty: $UNIATTN_COMMIT, else git rev-parse

@@ -28,7 +28,7 @@ at::Tensor apply_probs(const at::Tensor& probs, const at::Tensor& v) {
 }
 
 at::Tensor fused_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                           const at::Tensor& mask, const AttnMath& m) {
+                           const at::Tensor& mask, bool causal, const AttnMath& m) {
   if (m.softcap > 0) {
     // SDPA cannot soft-cap logits. Until the CUDA kernel takes over, compute in the input dtype
     // chunked over queries so the map never exceeds one chunk.
@@ -43,10 +43,10 @@ at::Tensor fused_attention(const at::Tensor& q, const at::Tensor& k, const at::T
     return outs.size() == 1 ? outs[0] : at::cat(outs, 2);
   }
   const bool gqa = q.size(1) != k.size(1);
+  const bool use_causal = causal && q.size(2) == k.size(2);
   std::optional<at::Tensor> attn_mask;
-  if (mask.defined()) attn_mask = mask;
-  return at::scaled_dot_product_attention(q, k, v, attn_mask, 0.0, /*is_causal=*/false, m.scale,
-                                          gqa);
+  if (mask.defined() && !use_causal) attn_mask = mask;
+  return at::scaled_dot_product_attention(q, k, v, attn_mask, 0.0, use_causal, m.scale, gqa);
 }
 
 }  // namespace uniattn

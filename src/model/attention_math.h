@@ -11,16 +11,18 @@ struct AttnMath {
   double softcap = 0.0;  // Gemma attention-logit soft-capping, 0 = off
 };
 
-// Reference: fp32 (fp64 for fp64 inputs) P = softmax(softcap(q k^T * scale) masked). q [B,Hq,T,D], k [B,Hkv,S,D],
-// mask bool [B|1,1,T,S]. Returns P [B,Hq,T,S].
+// Reference: fp32 (fp64 for fp64 inputs) P = softmax(softcap(q k^T * scale) masked). q [B,Hq,T,D],
+// k [B,Hkv,S,D], mask bool [B|1,1,T,S]. Returns P [B,Hq,T,S].
 at::Tensor reference_probs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& mask,
                            const AttnMath& m);
 // P [B,Hq,T,S] (fp32) times v [B,Hkv,S,D] -> [B,Hq,T,D] in v's dtype.
 at::Tensor apply_probs(const at::Tensor& probs, const at::Tensor& v);
 
 // Fused: softmax(...) v for the given q, k, v (the follower identity: a follower passes its
-// leader's q and k with its own v). `mask` may be undefined when `causal` covers it.
+// leader's q and k with its own v). `causal`: the caller asserts that `mask` is exactly the causal
+// mask over T == S positions, so SDPA may use its flash kernel (is_causal) instead of a masked,
+// slower backend; the mask is still used where SDPA cannot run (soft-capping).
 at::Tensor fused_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                           const at::Tensor& mask, const AttnMath& m);
+                           const at::Tensor& mask, bool causal, const AttnMath& m);
 
 }  // namespace uniattn

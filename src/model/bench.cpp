@@ -70,6 +70,33 @@ std::vector<BenchCase> decode_cases(bool quick) {
 
 }  // namespace
 
+BenchCase parse_bench_case(const std::string& spec) {
+  BenchCase c;
+  const auto a = spec.find(':'), b = spec.find(':', a == std::string::npos ? a : a + 1);
+  auto bad = [&](const char* why) {
+    fail("benchmark case '", spec, "': ", why, " (expected prefill:BATCH:SEQ or decode:BATCH:SEQ)");
+  };
+  if (a == std::string::npos || b == std::string::npos) bad("wrong form");
+  const std::string kind = spec.substr(0, a);
+  if (kind == "prefill") {
+    c.kind = BenchKind::Prefill;
+  } else if (kind == "decode") {
+    c.kind = BenchKind::Decode;
+  } else {
+    bad("unknown kind");
+  }
+  auto number = [&](const std::string& s, int64_t max) {
+    if (s.empty() || s.size() > 9 || s.find_first_not_of("0123456789") != std::string::npos)
+      bad("batch and sequence must be positive integers");
+    const int64_t v = std::stoll(s);
+    if (v <= 0 || v > max) bad("batch or sequence out of range");
+    return v;
+  };
+  c.batch = number(spec.substr(a + 1, b - a - 1), 4096);
+  c.seq = number(spec.substr(b + 1), 1 << 20);
+  return c;
+}
+
 BenchModel bench_model(const std::string& name, bool quick) {
   BenchModel m;
   m.name = name;

@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <memory>
 
+#include "layers.h"
 #include "uniattn/bench.h"
 #include "uniattn/checkpoint.h"
 #include "uniattn/error.h"
@@ -310,6 +311,17 @@ BenchResult run_bench(const BenchOptions& opt) {
       ctx.model = m.name;
       ctx.variant = variant_name(v);
       run_model_variant(ctx, m, v);
+      if (v == Variant::None && opt.unfused_baseline) {
+        ctx.variant = "none_unfused";
+        set_fused_ops_enabled(false);
+        try {
+          run_model_variant(ctx, m, v);
+        } catch (...) {
+          set_fused_ops_enabled(true);
+          throw;
+        }
+        set_fused_ops_enabled(true);
+      }
     }
   }
   return result;

@@ -46,8 +46,8 @@ at::Tensor CausalLMImpl::embed(const at::Tensor& input_ids) {
   auto x = at::embedding(embed_weight_, input_ids);
   if (config_->scale_embeddings) {
     // Gemma scales by sqrt(hidden) rounded to the activation dtype, as HF does.
-    auto scale = at::scalar_tensor(std::sqrt(static_cast<double>(config_->hidden_size)),
-                                   x.options());
+    auto scale =
+        at::scalar_tensor(std::sqrt(static_cast<double>(config_->hidden_size)), x.options());
     x = x * scale;
   }
   return x;
@@ -77,8 +77,7 @@ at::Tensor build_mask(int64_t past, int64_t t, int64_t window, const at::Tensor&
 std::shared_ptr<ForwardState> CausalLMImpl::begin(const at::Tensor& input_ids, KVCache* cache,
                                                   const ForwardOptions& o) {
   const auto& c = *config_;
-  UNIATTN_CHECK(input_ids.dim() == 2, "input_ids must be [batch, tokens], got ",
-                input_ids.sizes());
+  UNIATTN_CHECK(input_ids.dim() == 2, "input_ids must be [batch, tokens], got ", input_ids.sizes());
   auto s = std::make_shared<ForwardState>();
   const int64_t b = input_ids.size(0), t = input_ids.size(1);
   s->past = cache ? cache->length() : 0;
@@ -113,7 +112,8 @@ std::shared_ptr<ForwardState> CausalLMImpl::begin(const at::Tensor& input_ids, K
                     .expand({b, t});
   }
   bool any_sliding = false, any_global = false;
-  for (int64_t l = 0; l < c.num_layers; ++l) (c.layer_is_sliding(l) ? any_sliding : any_global) = true;
+  for (int64_t l = 0; l < c.num_layers; ++l)
+    (c.layer_is_sliding(l) ? any_sliding : any_global) = true;
   const auto dt = dtype();
   // Follow the model to its device once (a prefill runs before any CUDA-graph capture).
   if (inv_freq_global_.device() != dev) {
@@ -123,6 +123,9 @@ std::shared_ptr<ForwardState> CausalLMImpl::begin(const at::Tensor& input_ids, K
   at::Tensor key_valid = o.attention_mask.defined() ? o.attention_mask.to(dev) : at::Tensor();
   // The decode kernels mask by length and window themselves.
   const bool masks = !s->decode();
+  const bool plain = masks && s->past == 0 && !o.attention_mask.defined();
+  s->causal_global = plain;
+  s->causal_sliding = plain && (c.sliding_window <= 0 || c.sliding_window >= t);
   if (any_global) {
     if (masks) s->mask_global = build_mask(s->past, t, 0, key_valid, dev);
     s->rope_global = rope_tables(inv_freq_global_, positions, dt);

@@ -4,6 +4,7 @@
 
 #include "attention_math.h"
 #include "shared_softmax.h"
+#include "uniattn/error.h"
 
 namespace uniattn {
 
@@ -22,9 +23,11 @@ AttentionImpl::AttentionImpl(std::shared_ptr<const ModelConfig> cp, int64_t laye
   const bool cla = variant_ == Variant::Cla;
   auto lin = [&](int64_t in, int64_t out, bool bias) { return Proj(in, out, bias, opts); };
   const int64_t q_out = c.num_heads * c.head_dim, kv_out = c.num_kv_heads * c.head_dim;
-  if (!follower || cla) q_proj = register_module("q_proj", lin(c.hidden_size, q_out, c.attention_bias));
+  if (!follower || cla)
+    q_proj = register_module("q_proj", lin(c.hidden_size, q_out, c.attention_bias));
   if (!follower) k_proj = register_module("k_proj", lin(c.hidden_size, kv_out, c.attention_bias));
-  if (!follower || !cla) v_proj = register_module("v_proj", lin(c.hidden_size, kv_out, c.attention_bias));
+  if (!follower || !cla)
+    v_proj = register_module("v_proj", lin(c.hidden_size, kv_out, c.attention_bias));
   o_proj = register_module("o_proj", lin(q_out, c.hidden_size, c.attention_bias));
   if (follower && variant_ == Variant::UniAttn) {
     w_c = register_module("w_c", lin(c.hidden_size, c.hidden_size, c.attention_bias));
@@ -39,8 +42,7 @@ AttentionImpl::AttentionImpl(std::shared_ptr<const ModelConfig> cp, int64_t laye
   }
 }
 
-at::Tensor AttentionImpl::project(const Proj& proj, const at::Tensor& xn,
-                                  int64_t heads) const {
+at::Tensor AttentionImpl::project(const Proj& proj, const at::Tensor& xn, int64_t heads) const {
   const int64_t b = xn.size(0), t = xn.size(1);
   return proj->forward(xn).view({b, t, heads, cfg_->head_dim}).transpose(1, 2);
 }
@@ -57,7 +59,13 @@ at::Tensor AttentionImpl::forward(const at::Tensor& xn, ForwardState& s) {
   const int64_t b = xn.size(0), t = xn.size(1);
   auto out = s.decode() ? decode_attention(xn, s) : prefill_attention(xn, s);
   auto a = o_proj->forward(out.transpose(1, 2).reshape({b, t, c.num_heads * c.head_dim}));
-  if (w_c) a = a + w_c->forward(xn);
+  if (w_c) {
+    // o_proj(out) + W_c xn as one GEMM with beta = 1 (no separate add kernel).
+    const int64_t hidden = c.hidden_size;
+    a = at::addmm(a.reshape({b * t, hidden}), xn.reshape({b * t, hidden}), w_c->weight.t())
+            .view({b, t, hidden});
+    if (w_c->bias.defined()) a = a + w_c->bias;
+  }
   return a;
 }
 
@@ -71,6 +79,7 @@ at::Tensor AttentionImpl::prefill_attention(const at::Tensor& xn, ForwardState& 
   const auto& c = *cfg_;
   const AttnMath math{c.attention_scale(), c.attn_logit_softcap};
   const at::Tensor& mask = sliding_ ? s.mask_sliding : s.mask_global;
+  const bool causal = sliding_ ? s.causal_sliding : s.causal_global;
   const bool reference = s.path == AttentionPath::Reference;
   // Our CUDA kernels are forward-only and take one dtype: training (grad mode) and autocast
   // regions (fp32 rotary output next to bf16 projections) take the SDPA / math path.
@@ -93,7 +102,7 @@ at::Tensor AttentionImpl::prefill_attention(const at::Tensor& xn, ForwardState& 
       q = q.contiguous(), k = k.contiguous(), v = v.contiguous();
       std::tie(out, lse) = kernels::prefill_leader(q, k, v, p);
     } else {
-      out = fused_attention(q, k, v, mask, math);
+      out = fused_attention(q, k, v, mask, causal, math);
     }
     if (has_followers_) s.shared[layer_] = SharedAttention{q, k, v, probs, lse};
     return out;
@@ -105,7 +114,7 @@ at::Tensor AttentionImpl::prefill_attention(const at::Tensor& xn, ForwardState& 
     if (kernels)
       return std::get<0>(
           kernels::prefill_leader(q.contiguous(), lead.k.contiguous(), lead.v.contiguous(), p));
-    return fused_attention(q, lead.k, lead.v, mask, math);
+    return fused_attention(q, lead.k, lead.v, mask, causal, math);
   }
   auto v = project(v_proj, xn, c.num_kv_heads);
   if (s.cache) v = s.cache->write_v(layer_, v);
@@ -115,7 +124,7 @@ at::Tensor AttentionImpl::prefill_attention(const at::Tensor& xn, ForwardState& 
   if (kernels && lead.lse.defined())
     return kernels::prefill_follower(lead.q.contiguous(), lead.k.contiguous(), lead.lse,
                                      v.contiguous(), p);
-  return fused_attention(lead.q, lead.k, v, mask, math);
+  return fused_attention(lead.q, lead.k, v, mask, causal, math);
 }
 
 at::Tensor AttentionImpl::decode_attention(const at::Tensor& xn, ForwardState& s) {
@@ -124,13 +133,24 @@ at::Tensor AttentionImpl::decode_attention(const at::Tensor& xn, ForwardState& s
   const auto& pos = s.decode_position;
   if (!is_follower()) {
     auto q = rope_and_norm(project(q_proj, xn, c.num_heads), q_norm_, s).contiguous();
-    auto k = rope_and_norm(project(k_proj, xn, c.num_kv_heads), k_norm_, s);
+    auto k = project(k_proj, xn, c.num_kv_heads);
+    if (k_norm_.defined()) k = rms_norm(k, k_norm_, c.rms_norm_eps, c.norm_plus_one);
+    // RoPE writes K straight into its cache slot (one kernel, no intermediate K tensor).
+    const auto& [cos, sin] = sliding_ ? s.rope_sliding : s.rope_global;
+    UNIATTN_CHECK(s.cache->has_k(layer_), "KV cache: layer ", layer_, " keeps no K");
+    const auto& kbuf = s.cache->k_buffer(layer_);
+    apply_rotary_into(k, cos, sin, kbuf, pos);
     auto v = project(v_proj, xn, c.num_kv_heads);
-    const auto& kbuf = s.cache->write_k_at(layer_, k, pos);
     const auto& vbuf = s.cache->write_v_at(layer_, v, pos);
-    // The leader's kernel also writes the normalised probability row its followers reuse.
+    // A leader's kernel also writes the normalised probability row its followers reuse; a layer
+    // without followers (all of them in `none`) skips that row.
+    if (!has_followers_ || variant_ == Variant::Cla) {
+      auto out = kernels::decode_attention(q, kbuf, vbuf, s.cache_seqlens, p);
+      if (has_followers_) s.shared[layer_] = SharedAttention{q, kbuf, vbuf, {}, {}};
+      return out;
+    }
     auto [out, p_row] = kernels::decode_leader(q, kbuf, vbuf, s.cache_seqlens, p);
-    if (has_followers_) s.shared[layer_] = SharedAttention{q, kbuf, vbuf, p_row, {}};
+    s.shared[layer_] = SharedAttention{q, kbuf, vbuf, p_row, {}};
     return out;
   }
   const SharedAttention& lead = s.shared[leader_];
@@ -167,18 +187,15 @@ at::Tensor DecoderLayerImpl::forward(const at::Tensor& x, ForwardState& s) {
   auto xn = rms_norm(x, input_layernorm, eps, p1);
   auto a = self_attn->forward(xn, s);
   if (c.sandwich_norms) a = rms_norm(a, post_attention_layernorm, eps, p1);
-  auto h = x + a;
+  // The residual add and the MLP's input norm run as one kernel where the fused ops apply.
+  const auto& mlp_norm = c.sandwich_norms ? pre_feedforward_layernorm : post_attention_layernorm;
+  auto [h, hn] = add_rms_norm(x, a, mlp_norm, eps, p1);
   if (s.capture) {
     s.captured_attn_residual[layer_] = h;
     s.captured_normed_input[layer_] = xn;
   }
-  at::Tensor m;
-  if (c.sandwich_norms) {
-    m = mlp->forward(rms_norm(h, pre_feedforward_layernorm, eps, p1));
-    m = rms_norm(m, post_feedforward_layernorm, eps, p1);
-  } else {
-    m = mlp->forward(rms_norm(h, post_attention_layernorm, eps, p1));
-  }
+  auto m = mlp->forward(hn);
+  if (c.sandwich_norms) m = rms_norm(m, post_feedforward_layernorm, eps, p1);
   return h + m;
 }
 

@@ -29,6 +29,9 @@ struct ForwardState {
   at::Tensor mask_global, mask_sliding;
   // No padding mask: the attention kernels (keys [0, S) all valid, queries the last T) apply.
   bool unpadded = true;
+  // The mask of that kind is exactly causal over T == S positions (no cache, no padding, window
+  // at least T): SDPA may run is_causal (its flash kernel) instead of taking the mask.
+  bool causal_global = false, causal_sliding = false;
   // Graph-safe decode (ForwardOptions::decode_position): position int64 [1], and the per-row
   // number of valid keys int32 [B] after this token is written.
   at::Tensor decode_position, cache_seqlens;

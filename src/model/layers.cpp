@@ -1,11 +1,38 @@
 #include "layers.h"
 
+#include <atomic>
 #include <cmath>
 #include <numbers>
 
+#include "cuda_hooks.h"
+#include "uniattn/error.h"
+
 namespace uniattn {
 
-at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps, bool plus_one) {
+namespace {
+std::atomic<bool> g_fused_ops{true};
+
+// The fused kernels have no backward and take one dtype: they apply to CUDA tensors of one
+// supported dtype when no input takes part in autograd.
+bool use_fused(std::initializer_list<const at::Tensor*> ts) {
+  const at::Tensor& first = **ts.begin();
+  if (!g_fused_ops.load(std::memory_order_relaxed) || !first.is_cuda()) return false;
+  if (!kernels::detail::cuda_hooks().rms_norm) return false;
+  const auto dt = first.scalar_type();
+  if (dt != at::kFloat && dt != at::kBFloat16 && dt != at::kHalf) return false;
+  const bool grad = at::GradMode::is_enabled();
+  for (const at::Tensor* t : ts) {
+    if (t->scalar_type() != dt || t->device() != first.device()) return false;
+    if (grad && t->requires_grad()) return false;
+  }
+  return true;
+}
+}  // namespace
+
+void set_fused_ops_enabled(bool on) { g_fused_ops.store(on); }
+bool fused_ops_enabled() { return g_fused_ops.load(); }
+
+at::Tensor rms_norm_aten(const at::Tensor& x, const at::Tensor& weight, double eps, bool plus_one) {
   const auto acc = accumulation_type(x.scalar_type());
   auto xf = x.to(acc);
   auto normed = xf * at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
@@ -13,12 +40,39 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps, b
   return weight * normed.to(x.scalar_type());
 }
 
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps, bool plus_one) {
+  if (!use_fused({&x, &weight}) || weight.numel() != x.size(-1))
+    return rms_norm_aten(x, weight, eps, plus_one);
+  auto xc = x.contiguous();
+  auto out = at::empty_like(xc);
+  kernels::detail::cuda_hooks().rms_norm(xc, nullptr, weight.contiguous(), eps, plus_one, nullptr,
+                                         out);
+  return out;
+}
+
+std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const at::Tensor& delta,
+                                               const at::Tensor& weight, double eps,
+                                               bool plus_one) {
+  if (!use_fused({&x, &delta, &weight}) || x.sizes() != delta.sizes() ||
+      weight.numel() != x.size(-1)) {
+    auto h = x + delta;
+    return {h, rms_norm_aten(h, weight, eps, plus_one)};
+  }
+  auto xc = x.contiguous(), dc = delta.contiguous();
+  auto h = at::empty_like(xc), out = at::empty_like(xc);
+  kernels::detail::cuda_hooks().rms_norm(xc, &dc, weight.contiguous(), eps, plus_one, &h, out);
+  return {h, out};
+}
+
 at::Tensor rope_inv_freq(const RopeConfig& rope, int64_t head_dim) {
   auto idx = at::arange(0, head_dim, 2, at::TensorOptions().dtype(at::kLong)).to(at::kFloat);
   auto inv = 1.0 / at::pow(rope.theta, idx / static_cast<double>(head_dim));
   switch (rope.type) {
-    case RopeConfig::Type::Default: break;
-    case RopeConfig::Type::Linear: inv = inv / rope.factor; break;
+    case RopeConfig::Type::Default:
+      break;
+    case RopeConfig::Type::Linear:
+      inv = inv / rope.factor;
+      break;
     case RopeConfig::Type::Llama3: {
       // Llama-3.1 frequency-dependent scaling: long wavelengths are divided by `factor`, short
       // ones kept, and the band between interpolated smoothly.
@@ -30,7 +84,8 @@ at::Tensor rope_inv_freq(const RopeConfig& rope, int64_t head_dim) {
       auto smooth = (old_len / wavelen - rope.low_freq_factor) /
                     (rope.high_freq_factor - rope.low_freq_factor);
       auto smoothed = (1 - smooth) * scaled / rope.factor + smooth * scaled;
-      auto medium = at::logical_not(wavelen < high_wavelen) & at::logical_not(wavelen > low_wavelen);
+      auto medium =
+          at::logical_not(wavelen < high_wavelen) & at::logical_not(wavelen > low_wavelen);
       inv = at::where(medium, smoothed, scaled);
       break;
     }
@@ -41,16 +96,63 @@ at::Tensor rope_inv_freq(const RopeConfig& rope, int64_t head_dim) {
 std::pair<at::Tensor, at::Tensor> rope_tables(const at::Tensor& inv_freq,
                                               const at::Tensor& positions, at::ScalarType dtype) {
   auto freqs = positions.to(at::kFloat).unsqueeze(-1) * inv_freq;  // [B, T, D/2]
-  auto emb = at::cat({freqs, freqs}, -1).unsqueeze(1);          // [B, 1, T, D]
+  auto emb = at::cat({freqs, freqs}, -1).unsqueeze(1);             // [B, 1, T, D]
   return {emb.cos().to(dtype), emb.sin().to(dtype)};
 }
 
-at::Tensor apply_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+at::Tensor apply_rotary_aten(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   const int64_t half = x.size(-1) / 2;
   auto x1 = x.narrow(-1, 0, half);
   auto x2 = x.narrow(-1, half, half);
   auto rotated = at::cat({-x2, x1}, -1);
   return x * cos + rotated * sin;
+}
+
+namespace {
+// Shapes the rotary kernel indexes directly: x [B,H,T,D] and cos/sin [B|1,1,T,D], last dims
+// contiguous, D even.
+bool rotary_kernel_applies(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  return use_fused({&x, &cos, &sin}) && x.dim() == 4 && cos.dim() == 4 &&
+         cos.sizes() == sin.sizes() && cos.strides() == sin.strides() &&
+         (cos.size(0) == x.size(0) || cos.size(0) == 1) && cos.size(1) == 1 &&
+         cos.size(2) == x.size(2) && cos.size(3) == x.size(3) && x.size(3) % 2 == 0 &&
+         x.size(3) <= 1024 && x.stride(3) == 1 && cos.stride(3) == 1;
+}
+}  // namespace
+
+at::Tensor apply_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  if (!rotary_kernel_applies(x, cos, sin)) return apply_rotary_aten(x, cos, sin);
+  auto out = at::empty(x.sizes(), x.options());
+  kernels::detail::cuda_hooks().rotary(x, cos, sin, nullptr, out);
+  return out;
+}
+
+void apply_rotary_into(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                       const at::Tensor& dst, const at::Tensor& pos) {
+  UNIATTN_CHECK(dst.dim() == 4 && x.dim() == 4 && dst.size(0) == x.size(0) &&
+                    dst.size(1) == x.size(1) && dst.size(3) == x.size(3),
+                "apply_rotary_into: cannot write ", x.sizes(), " into ", dst.sizes());
+  if (rotary_kernel_applies(x, cos, sin) && dst.scalar_type() == x.scalar_type() &&
+      dst.stride(3) == 1 && pos.scalar_type() == at::kLong && pos.device() == x.device()) {
+    kernels::detail::cuda_hooks().rotary(x, cos, sin, &pos, dst);
+    return;
+  }
+  auto idx = pos.numel() == x.size(2) ? pos : pos + at::arange(x.size(2), pos.options());
+  dst.index_copy_(2, idx, apply_rotary_aten(x, cos, sin));
+}
+
+at::Tensor gated_activation_aten(const at::Tensor& gate, const at::Tensor& up, Activation act) {
+  auto g = act == Activation::Silu ? at::silu(gate) : at::gelu(gate, "tanh");
+  return g * up;
+}
+
+at::Tensor gated_activation(const at::Tensor& gate, const at::Tensor& up, Activation act) {
+  if (!use_fused({&gate, &up}) || gate.sizes() != up.sizes() || !gate.is_contiguous() ||
+      !up.is_contiguous())
+    return gated_activation_aten(gate, up, act);
+  auto out = at::empty_like(gate);
+  kernels::detail::cuda_hooks().gated(gate, up, act == Activation::GeluTanh, out);
+  return out;
 }
 
 ProjImpl::ProjImpl(int64_t in, int64_t out, bool with_bias, const at::TensorOptions& o) {
@@ -66,9 +168,7 @@ MlpImpl::MlpImpl(const ModelConfig& c, const at::TensorOptions& o) : act_(c.acti
 }
 
 at::Tensor MlpImpl::forward(const at::Tensor& x) {
-  auto g = gate_proj->forward(x);
-  g = act_ == Activation::Silu ? at::silu(g) : at::gelu(g, "tanh");
-  return down_proj->forward(g * up_proj->forward(x));
+  return down_proj->forward(gated_activation(gate_proj->forward(x), up_proj->forward(x), act_));
 }
 
 at::Tensor register_weight(torch::nn::Module& owner, const std::string& name, at::Tensor value) {

@@ -12,9 +12,20 @@ inline at::ScalarType accumulation_type(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// The small per-token ops below run as one fused CUDA kernel each (kernels/fused_ops.cu) when
+// their inputs are CUDA tensors of one dtype (fp32, bf16, fp16) that need no autograd; otherwise,
+// and whenever fused ops are disabled, as the ATen expressions of Hugging Face's formulas
+// (*_aten). Both round at the same points, so they differ only by summation order.
+void set_fused_ops_enabled(bool on);  // default on; benchmarks switch it to measure the gain
+bool fused_ops_enabled();
+
 // RMSNorm as Hugging Face computes it: normalise in fp32; LLaMA multiplies by w after casting
 // back, Gemma multiplies by (1 + w) in fp32 before casting.
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps, bool plus_one);
+at::Tensor rms_norm_aten(const at::Tensor& x, const at::Tensor& weight, double eps, bool plus_one);
+// The residual add and the norm after it: returns {h = x + delta, rms_norm(h)}.
+std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const at::Tensor& delta,
+                                               const at::Tensor& weight, double eps, bool plus_one);
 
 // Rotary inverse frequencies [head_dim / 2] (float32, CPU) for one RopeConfig, with linear or
 // Llama-3 scaling applied.
@@ -26,7 +37,17 @@ std::pair<at::Tensor, at::Tensor> rope_tables(const at::Tensor& inv_freq,
                                               const at::Tensor& positions, at::ScalarType dtype);
 
 // x [batch, heads, tokens, head_dim] rotated with the "rotate half" convention HF checkpoints use.
+// The fused path returns a contiguous tensor.
 at::Tensor apply_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+at::Tensor apply_rotary_aten(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+// Graph-safe decode: writes rotary(x) [B, H, T, D] into dst [B, H, S_max, D] at positions
+// [pos, pos + T) (pos: int64 [1] on the device), without a host sync.
+void apply_rotary_into(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                       const at::Tensor& dst, const at::Tensor& pos);
+
+// act(gate) * up, act SiLU or tanh-approximated GELU.
+at::Tensor gated_activation(const at::Tensor& gate, const at::Tensor& up, Activation act);
+at::Tensor gated_activation_aten(const at::Tensor& gate, const at::Tensor& up, Activation act);
 
 // A bias-optional linear projection whose parameters are created directly with the given
 // options (dtype, device) and initialised N(0, 0.02) as HF initialises decoders: building an

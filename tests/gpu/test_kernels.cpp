@@ -230,6 +230,9 @@ TEST_P(DecodeKernel, LeaderAndFollowerMeetErrorRule) {
   // Probabilities are exactly zero outside [len - window, len).
   auto outside = allowed.logical_not().reshape({c.B, 1, c.Smax}).expand_as(prow);
   EXPECT_EQ(prow.masked_select(outside).abs().sum().item<float>(), 0.f);
+  // Without a probability row the same kernel gives the same O, bit for bit.
+  auto plain = uk::decode_attention(q, kc, vc, lens, p);
+  EXPECT_TRUE(at::equal(plain, o)) << name << " decode_attention != decode_leader O";
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, DecodeKernel, ::testing::Range<size_t>(0, 7));

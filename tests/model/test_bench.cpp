@@ -190,5 +190,18 @@ TEST(Bench, ModelsAndCases) {
 #endif
 }
 
+TEST(Bench, ParsesCaseSpecs) {
+  const auto p = parse_bench_case("prefill:1:4096");
+  EXPECT_EQ(p.kind, BenchKind::Prefill);
+  EXPECT_EQ(p.batch, 1);
+  EXPECT_EQ(p.seq, 4096);
+  const auto d = parse_bench_case("decode:8:16384");
+  EXPECT_EQ(d.kind, BenchKind::Decode);
+  EXPECT_EQ(d.name("m"), "m/decode/S=16384/B=8");
+  for (const char* bad : {"", "prefill", "prefill:1", "train:1:2", "decode:0:5", "decode:1:-5",
+                          "decode:1:5x", "decode:1:99999999999", "decode:5000:8", "decode::8"})
+    EXPECT_THROW(parse_bench_case(bad), Error) << bad;
+}
+
 }  // namespace
 }  // namespace uniattn

@@ -1,0 +1,86 @@
+// Registers the small fused ops (fused_ops.cu) with the hook table and turns validated tensors into
+// the launchers' raw argument blocks. Compiled only in CUDA builds.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "cuda_hooks.h"
+#include "launch.h"
+#include "uniattn/error.h"
+
+namespace uniattn::kernels {
+namespace {
+
+cuda::DType small_op_dtype(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kHalf:
+      return cuda::DType::kHalf;
+    case at::kBFloat16:
+      return cuda::DType::kBFloat16;
+    case at::kFloat:
+      return cuda::DType::kFloat;
+    default:
+      fail("fused op: unsupported dtype ", t.scalar_type());
+  }
+}
+
+void check(cudaError_t e, const char* what) {
+  UNIATTN_CHECK(e == cudaSuccess, what, ": CUDA kernel launch failed: ", cudaGetErrorString(e));
+}
+
+void rms_norm_cuda(const at::Tensor& x, const at::Tensor* delta, const at::Tensor& w, double eps,
+                   bool plus_one, at::Tensor* h_out, at::Tensor& out) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t n = x.size(-1);
+  UNIATTN_CHECK(n > 0 && n <= (1 << 20), "rms_norm: row length ", n, " out of range");
+  cuda::NormArgs a{};
+  a.x = x.data_ptr();
+  a.delta = delta ? delta->data_ptr() : nullptr;
+  a.w = w.data_ptr();
+  a.h_out = h_out ? h_out->data_ptr() : nullptr;
+  a.out = out.data_ptr();
+  a.rows = x.numel() / n;
+  UNIATTN_CHECK(a.rows <= INT32_MAX, "rms_norm: ", a.rows, " rows exceed the CUDA grid");
+  a.n = static_cast<int>(n);
+  a.eps = static_cast<float>(eps);
+  a.plus_one = plus_one;
+  check(cuda::launch_rms_norm(a, small_op_dtype(x), at::cuda::getCurrentCUDAStream()), "rms_norm");
+}
+
+void rotary_cuda(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                 const at::Tensor* pos, const at::Tensor& out) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  cuda::RotaryArgs a{};
+  a.x = x.data_ptr();
+  a.cos = cos.data_ptr();
+  a.sin = sin.data_ptr();
+  a.out = out.data_ptr();
+  a.pos = pos ? pos->data_ptr<int64_t>() : nullptr;
+  a.B = static_cast<int>(x.size(0));
+  a.H = static_cast<int>(x.size(1));
+  a.T = static_cast<int>(x.size(2));
+  a.D = static_cast<int>(x.size(3));
+  a.x_b = x.stride(0), a.x_h = x.stride(1), a.x_t = x.stride(2);
+  // A [1, 1, T, D] table serves every batch row.
+  a.c_b = cos.size(0) == 1 ? 0 : cos.stride(0), a.c_t = cos.stride(2);
+  a.o_b = out.stride(0), a.o_h = out.stride(1), a.o_t = out.stride(2);
+  check(cuda::launch_rotary(a, small_op_dtype(x), at::cuda::getCurrentCUDAStream()), "rotary");
+}
+
+void gated_cuda(const at::Tensor& gate, const at::Tensor& up, bool gelu, at::Tensor& out) {
+  const c10::cuda::CUDAGuard guard(gate.device());
+  cuda::GatedArgs a{gate.data_ptr(), up.data_ptr(), out.data_ptr(), gate.numel(), gelu};
+  check(cuda::launch_gated(a, small_op_dtype(gate), at::cuda::getCurrentCUDAStream()),
+        "gated activation");
+}
+
+[[maybe_unused]] const bool registered = [] {
+  auto& h = detail::cuda_hooks();
+  h.rms_norm = &rms_norm_cuda;
+  h.rotary = &rotary_cuda;
+  h.gated = &gated_cuda;
+  return true;
+}();
+
+}  // namespace
+}  // namespace uniattn::kernels

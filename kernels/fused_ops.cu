@@ -1,0 +1,236 @@
+// The small per-token ops of a decoder layer, one kernel each: RMSNorm (optionally fused with the
+// residual add before it), rotary embedding (optionally written straight into a KV-cache slot),
+// and the gated MLP activation. Unfused, each is a chain of 4-9 ATen kernels with fp32
+// intermediates; at decode batch 1 those chains were ~80% of all launches (see
+// bench/results/ncu-decode-llama8b-b1-h100.json).
+//
+// Numerics: every kernel computes in fp32 and rounds to the storage dtype exactly where the ATen
+// expression it replaces (src/model/layers.cpp, Hugging Face's formulas) produces a tensor, so the
+// fused and unfused models differ only by the reduction order of the RMSNorm sum of squares.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "launch.h"
+
+namespace uniattn::kernels::cuda {
+namespace {
+
+template <typename T>
+struct Cvt;
+template <>
+struct Cvt<float> {
+  static __device__ __forceinline__ float to(float x) { return x; }
+  static __device__ __forceinline__ float from(float x) { return x; }
+};
+template <>
+struct Cvt<__nv_bfloat16> {
+  static __device__ __forceinline__ float to(__nv_bfloat16 x) { return __bfloat162float(x); }
+  static __device__ __forceinline__ __nv_bfloat16 from(float x) { return __float2bfloat16(x); }
+};
+template <>
+struct Cvt<__half> {
+  static __device__ __forceinline__ float to(__half x) { return __half2float(x); }
+  static __device__ __forceinline__ __half from(float x) { return __float2half(x); }
+};
+
+template <typename T>
+__device__ __forceinline__ float ld(const T* p) {
+  return Cvt<T>::to(*p);
+}
+// What storing x in a T tensor and reading it back gives (an ATen op's output rounding).
+template <typename T>
+__device__ __forceinline__ float round_to(float x) {
+  return Cvt<T>::to(Cvt<T>::from(x));
+}
+
+// Sum over the block; every thread gets the result. blockDim.x is a multiple of 32, <= 1024.
+__device__ float block_sum(float v) {
+  __shared__ float partial[32];
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  const int warps = blockDim.x / 32;
+  v = lane < warps ? partial[lane] : 0.f;
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// One block per row. HF: h = x + delta (rounded); xf = float(h); r = rsqrt(mean(xf^2) + eps);
+// LLaMA: w * T(xf * r); Gemma: T(xf * r * (1 + w)).
+template <typename T>
+__global__ void rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ delta,
+                                const T* __restrict__ w, T* __restrict__ h_out, T* __restrict__ out,
+                                int n, float eps, bool plus_one) {
+  const int64_t base = static_cast<int64_t>(blockIdx.x) * n;
+  x += base;
+  out += base;
+  if (delta) {
+    delta += base;
+    h_out += base;
+  }
+  float ss = 0.f;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    float v = ld(x + i);
+    if (delta) {
+      const T h = Cvt<T>::from(v + ld(delta + i));
+      h_out[i] = h;
+      v = Cvt<T>::to(h);
+    }
+    ss += v * v;
+  }
+  const float r = rsqrtf(block_sum(ss) / static_cast<float>(n) + eps);
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    // Recomputed rather than read back from h_out (cheaper than a barrier, no aliasing).
+    const float v = delta ? round_to<T>(ld(x + i) + ld(delta + i)) : ld(x + i);
+    const float normed = v * r;
+    out[i] = plus_one ? Cvt<T>::from(normed * (1.f + ld(w + i)))
+                      : Cvt<T>::from(ld(w + i) * round_to<T>(normed));
+  }
+}
+
+// One thread per pair (i, i + D/2) of one (b, h, t) row. HF: x * cos + rotate_half(x) * sin with
+// rotate_half(x) = cat(-x2, x1); each product and the sum are rounded to T, as ATen does.
+template <typename T>
+__global__ void rotary_kernel(const T* __restrict__ x, const T* __restrict__ cos_t,
+                              const T* __restrict__ sin_t, T* __restrict__ out, RotaryArgs a) {
+  const int half = a.D / 2;
+  const int i = threadIdx.x;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
+  if (i >= half || row >= static_cast<int64_t>(a.B) * a.H * a.T) return;
+  const int t = static_cast<int>(row % a.T);
+  const int h = static_cast<int>((row / a.T) % a.H);
+  const int b = static_cast<int>(row / (static_cast<int64_t>(a.T) * a.H));
+  const T* xr = x + b * a.x_b + h * a.x_h + t * a.x_t;
+  const int64_t c_off = b * a.c_b + t * a.c_t;
+  const int64_t slot = (a.pos ? *a.pos : 0) + t;
+  T* o = out + b * a.o_b + h * a.o_h + slot * a.o_t;
+  const float x1 = ld(xr + i), x2 = ld(xr + i + half);
+  const float c1 = ld(cos_t + c_off + i), c2 = ld(cos_t + c_off + i + half);
+  const float s1 = ld(sin_t + c_off + i), s2 = ld(sin_t + c_off + i + half);
+  // _rn intrinsics: no FMA contraction, so fp32 rounds twice like ATen's separate mul and add.
+  o[i] = Cvt<T>::from(__fadd_rn(round_to<T>(__fmul_rn(x1, c1)), round_to<T>(__fmul_rn(-x2, s1))));
+  o[i + half] =
+      Cvt<T>::from(__fadd_rn(round_to<T>(__fmul_rn(x2, c2)), round_to<T>(__fmul_rn(x1, s2))));
+}
+
+// act(gate) rounded to T (ATen's silu/gelu output), times up, rounded.
+template <typename T, bool kGelu>
+__device__ __forceinline__ T gated_one(T g, T u) {
+  const float x = Cvt<T>::to(g);
+  float act;
+  if constexpr (kGelu) {
+    // ATen's tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+    constexpr float kBeta = 0.7978845608028654f, kKappa = 0.044715f;
+    act = 0.5f * x * (1.f + tanhf(kBeta * (x + kKappa * x * x * x)));
+  } else {
+    act = x / (1.f + expf(-x));
+  }
+  return Cvt<T>::from(round_to<T>(act) * Cvt<T>::to(u));
+}
+
+// 16-byte vectors when every pointer is 16-byte aligned (linear outputs always are).
+template <typename T, bool kGelu>
+__global__ void gated_kernel(const T* __restrict__ g, const T* __restrict__ u, T* __restrict__ out,
+                             int64_t n, bool vectorised) {
+  constexpr int kVec = 16 / sizeof(T);
+  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  int64_t done = 0;
+  if (vectorised) {
+    const int64_t nv = n / kVec;
+    for (int64_t v = tid; v < nv; v += stride) {
+      alignas(16) T gv[kVec], uv[kVec], ov[kVec];
+      *reinterpret_cast<uint4*>(gv) = reinterpret_cast<const uint4*>(g)[v];
+      *reinterpret_cast<uint4*>(uv) = reinterpret_cast<const uint4*>(u)[v];
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) ov[j] = gated_one<T, kGelu>(gv[j], uv[j]);
+      reinterpret_cast<uint4*>(out)[v] = *reinterpret_cast<const uint4*>(ov);
+    }
+    done = nv * kVec;
+  }
+  for (int64_t i = done + tid; i < n; i += stride) out[i] = gated_one<T, kGelu>(g[i], u[i]);
+}
+
+template <typename T>
+cudaError_t rms_norm_dt(const NormArgs& a, cudaStream_t st) {
+  const int threads = a.n >= 2048 ? 512 : a.n >= 512 ? 128 : 64;
+  rms_norm_kernel<T><<<static_cast<unsigned>(a.rows), threads, 0, st>>>(
+      static_cast<const T*>(a.x), static_cast<const T*>(a.delta), static_cast<const T*>(a.w),
+      static_cast<T*>(a.h_out), static_cast<T*>(a.out), a.n, a.eps, a.plus_one);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t rotary_dt(const RotaryArgs& a, cudaStream_t st) {
+  const int half = a.D / 2;
+  const int rows_per_block = half >= 128 ? 2 : 256 / half;
+  const int64_t rows = static_cast<int64_t>(a.B) * a.H * a.T;
+  const dim3 block(static_cast<unsigned>(half), static_cast<unsigned>(rows_per_block));
+  const auto grid = static_cast<unsigned>((rows + rows_per_block - 1) / rows_per_block);
+  rotary_kernel<T><<<grid, block, 0, st>>>(static_cast<const T*>(a.x), static_cast<const T*>(a.cos),
+                                           static_cast<const T*>(a.sin), static_cast<T*>(a.out), a);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t gated_dt(const GatedArgs& a, cudaStream_t st) {
+  constexpr int kThreads = 256;
+  const bool vec = (reinterpret_cast<uintptr_t>(a.gate) | reinterpret_cast<uintptr_t>(a.up) |
+                    reinterpret_cast<uintptr_t>(a.out)) %
+                       16 ==
+                   0;
+  const int64_t per_thread = vec ? 16 / static_cast<int64_t>(sizeof(T)) : 1;
+  int64_t blocks = (a.n / per_thread + kThreads - 1) / kThreads;
+  blocks = blocks < 1 ? 1 : blocks > 65535 * 8 ? 65535 * 8 : blocks;
+  const auto g = static_cast<const T*>(a.gate);
+  const auto u = static_cast<const T*>(a.up);
+  const auto o = static_cast<T*>(a.out);
+  if (a.gelu)
+    gated_kernel<T, true><<<static_cast<unsigned>(blocks), kThreads, 0, st>>>(g, u, o, a.n, vec);
+  else
+    gated_kernel<T, false><<<static_cast<unsigned>(blocks), kThreads, 0, st>>>(g, u, o, a.n, vec);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t launch_rms_norm(const NormArgs& a, DType dt, cudaStream_t st) {
+  if (a.rows == 0) return cudaSuccess;
+  switch (dt) {
+    case DType::kHalf:
+      return rms_norm_dt<__half>(a, st);
+    case DType::kBFloat16:
+      return rms_norm_dt<__nv_bfloat16>(a, st);
+    default:
+      return rms_norm_dt<float>(a, st);
+  }
+}
+
+cudaError_t launch_rotary(const RotaryArgs& a, DType dt, cudaStream_t st) {
+  if (static_cast<int64_t>(a.B) * a.H * a.T == 0) return cudaSuccess;
+  switch (dt) {
+    case DType::kHalf:
+      return rotary_dt<__half>(a, st);
+    case DType::kBFloat16:
+      return rotary_dt<__nv_bfloat16>(a, st);
+    default:
+      return rotary_dt<float>(a, st);
+  }
+}
+
+cudaError_t launch_gated(const GatedArgs& a, DType dt, cudaStream_t st) {
+  if (a.n == 0) return cudaSuccess;
+  switch (dt) {
+    case DType::kHalf:
+      return gated_dt<__half>(a, st);
+    case DType::kBFloat16:
+      return gated_dt<__nv_bfloat16>(a, st);
+    default:
+      return gated_dt<float>(a, st);
+  }
+}
+
+}  // namespace uniattn::kernels::cuda

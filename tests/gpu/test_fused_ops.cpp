@@ -1,0 +1,199 @@
+// The small fused CUDA ops (kernels/fused_ops.cu) against the ATen expressions they replace
+// (src/model/layers.cpp) and an fp64 reference, under the FlashAttention rule: the kernel's max
+// error vs fp64 is at most twice that of the same-dtype ATen computation (plus a tiny epsilon).
+// The kernels round where ATen rounds, so they must also agree with ATen almost bit for bit.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "model/layers.h"
+#include "shared_softmax.h"
+
+namespace {
+
+using uniattn::Activation;
+
+#define SKIP_WITHOUT_GPU()                                                                    \
+  do {                                                                                        \
+    if (!at::cuda::is_available()) GTEST_SKIP() << "no CUDA device";                          \
+    if (!uniattn::kernels::cuda_kernels_available()) GTEST_SKIP() << "built without kernels"; \
+  } while (0)
+
+double max_err(const at::Tensor& a, const at::Tensor& ref) {
+  auto d = (a.to(at::kDouble) - ref.to(at::kDouble)).abs();
+  if (d.isnan().any().item<bool>()) return INFINITY;
+  return d.max().item<double>();
+}
+
+// Fraction of elements where the two tensors differ at all.
+double mismatch_fraction(const at::Tensor& a, const at::Tensor& b) {
+  return (a != b).to(at::kDouble).mean().item<double>();
+}
+
+// `same_rounding`: the op has no reduction, or the dtype is coarse enough that the fp32 sum order
+// of RMSNorm vanishes in the final rounding; then fused and ATen must agree bit for bit except
+// for rare last-ulp differences of exp/tanh.
+void check_rule(const std::string& what, const at::Tensor& fused, const at::Tensor& aten,
+                const at::Tensor& ref, bool same_rounding = true) {
+  const double ek = max_err(fused, ref), ea = max_err(aten, ref);
+  const double mism = mismatch_fraction(fused, aten);
+  std::printf("RATIO %s kernel_err=%.3e aten_err=%.3e ratio=%.3f mismatch=%.2e\n", what.c_str(), ek,
+              ea, ek / std::max(ea, 1e-30), mism);
+  EXPECT_LE(ek, 2.0 * ea + 1e-6) << what;
+  // Same rounding points: only the sum-of-squares order (RMSNorm) or a last-ulp exp/tanh may
+  // differ.
+  if (same_rounding) {
+    EXPECT_LE(mism, 0.01) << what;
+  }
+}
+
+const std::vector<at::ScalarType> kDtypes = {at::kBFloat16, at::kHalf, at::kFloat};
+
+std::string name(at::ScalarType t) { return c10::toString(t); }
+
+at::TensorOptions cuda(at::ScalarType t) { return at::TensorOptions().dtype(t).device(at::kCUDA); }
+
+// fp64 RMSNorm of the (already rounded) input.
+at::Tensor rms_ref(const at::Tensor& x, const at::Tensor& w, double eps, bool plus_one) {
+  auto xd = x.to(at::kDouble), wd = w.to(at::kDouble);
+  auto n = xd * at::rsqrt(xd.pow(2).mean(-1, true) + eps);
+  return plus_one ? n * (1.0 + wd) : n * wd;
+}
+
+TEST(FusedOps, RmsNormMatchesAtenAndRule) {
+  SKIP_WITHOUT_GPU();
+  at::manual_seed(0);
+  for (auto dt : kDtypes)
+    for (int64_t rows : {1, 7, 4097})
+      for (int64_t n : {64, 576, 2304, 4096})
+        for (bool plus_one : {false, true}) {
+          auto x = (at::randn({rows, n}, cuda(at::kFloat)) * 3).to(dt);
+          auto w = (at::randn({n}, cuda(at::kFloat)) * 0.5 + (plus_one ? 0 : 1)).to(dt);
+          const std::string what = "rms_norm/" + name(dt) + "/rows=" + std::to_string(rows) +
+                                   "/n=" + std::to_string(n) + (plus_one ? "/gemma" : "/llama");
+          at::NoGradGuard ng;
+          auto fused = uniattn::rms_norm(x, w, 1e-6, plus_one);
+          auto aten = uniattn::rms_norm_aten(x, w, 1e-6, plus_one);
+          ASSERT_EQ(fused.sizes(), aten.sizes());
+          ASSERT_EQ(fused.scalar_type(), dt);
+          check_rule(what, fused, aten, rms_ref(x, w, 1e-6, plus_one), dt != at::kFloat);
+        }
+}
+
+TEST(FusedOps, AddRmsNormReturnsExactResidual) {
+  SKIP_WITHOUT_GPU();
+  at::manual_seed(1);
+  for (auto dt : kDtypes)
+    for (int64_t rows : {1, 33}) {
+      const int64_t n = 4096;
+      auto x = at::randn({1, rows, n}, cuda(at::kFloat)).to(dt);
+      auto d = at::randn({1, rows, n}, cuda(at::kFloat)).to(dt);
+      auto w = at::randn({n}, cuda(at::kFloat)).to(dt);
+      at::NoGradGuard ng;
+      auto [h, normed] = uniattn::add_rms_norm(x, d, w, 1e-5, false);
+      auto h_aten = x + d;
+      EXPECT_TRUE(at::equal(h, h_aten)) << name(dt);  // one rounding of x + d, as ATen
+      check_rule("add_rms_norm/" + name(dt) + "/rows=" + std::to_string(rows), normed,
+                 uniattn::rms_norm_aten(h_aten, w, 1e-5, false), rms_ref(h_aten, w, 1e-5, false),
+                 dt != at::kFloat);
+    }
+}
+
+// Rotary tables as the model builds them (fp32 angles, cast to the dtype).
+std::pair<at::Tensor, at::Tensor> tables(int64_t batch, int64_t t, int64_t d, at::ScalarType dt,
+                                         int64_t first_pos) {
+  auto inv = 1.0 / at::pow(10000.0, at::arange(0, d, 2, cuda(at::kFloat)) / static_cast<double>(d));
+  auto pos = at::arange(first_pos, first_pos + t, cuda(at::kLong)).unsqueeze(0).expand({batch, t});
+  return uniattn::rope_tables(inv, pos, dt);
+}
+
+at::Tensor rotary_ref(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  auto xd = x.to(at::kDouble);
+  const int64_t half = x.size(-1) / 2;
+  auto rot = at::cat({-xd.narrow(-1, half, half), xd.narrow(-1, 0, half)}, -1);
+  return xd * cos.to(at::kDouble) + rot * sin.to(at::kDouble);
+}
+
+TEST(FusedOps, RotaryOnProjectionViews) {
+  SKIP_WITHOUT_GPU();
+  at::manual_seed(2);
+  for (auto dt : kDtypes)
+    for (int64_t d : {64, 128, 256})
+      for (auto [b, h, t] :
+           std::vector<std::array<int64_t, 3>>{{1, 32, 1}, {7, 3, 17}, {2, 8, 1000}}) {
+        // A linear output [B, T, H*D] viewed as [B, H, T, D]: strided, as the model passes it.
+        auto lin = at::randn({b, t, h * d}, cuda(at::kFloat)).to(dt);
+        auto x = lin.view({b, t, h, d}).transpose(1, 2);
+        auto [cos, sin] = tables(b, t, d, dt, 5);
+        at::NoGradGuard ng;
+        auto fused = uniattn::apply_rotary(x, cos, sin);
+        auto aten = uniattn::apply_rotary_aten(x, cos, sin);
+        check_rule("rotary/" + name(dt) + "/D=" + std::to_string(d) + "/B=" + std::to_string(b) +
+                       "/T=" + std::to_string(t),
+                   fused, aten, rotary_ref(x, cos, sin));
+      }
+}
+
+TEST(FusedOps, RotaryIntoCacheSlot) {
+  SKIP_WITHOUT_GPU();
+  at::manual_seed(3);
+  for (auto dt : kDtypes) {
+    const int64_t b = 3, h = 8, d = 128, s_max = 40;
+    auto cache = at::randn({b, h, s_max, d}, cuda(at::kFloat)).to(dt);
+    auto before = cache.clone();
+    auto x = at::randn({b, 1, h * d}, cuda(at::kFloat)).to(dt).view({b, 1, h, d}).transpose(1, 2);
+    const int64_t p = 29;
+    auto [cos, sin] = tables(b, 1, d, dt, p);
+    auto pos = at::full({1}, p, cuda(at::kLong));
+    at::NoGradGuard ng;
+    uniattn::apply_rotary_into(x, cos, sin, cache, pos);
+    auto expect = uniattn::apply_rotary_aten(x, cos, sin);
+    EXPECT_LE(mismatch_fraction(cache.narrow(2, p, 1), expect), 0.0) << name(dt);
+    // Nothing else in the cache moved.
+    auto others = at::cat({cache.narrow(2, 0, p), cache.narrow(2, p + 1, s_max - p - 1)}, 2);
+    auto others_before =
+        at::cat({before.narrow(2, 0, p), before.narrow(2, p + 1, s_max - p - 1)}, 2);
+    EXPECT_TRUE(at::equal(others, others_before)) << name(dt);
+  }
+}
+
+TEST(FusedOps, GatedActivations) {
+  SKIP_WITHOUT_GPU();
+  at::manual_seed(4);
+  for (auto dt : kDtypes)
+    for (int64_t n : {1, 17, 14336, 4096 * 3 + 5})
+      for (auto act : {Activation::Silu, Activation::GeluTanh}) {
+        auto g = (at::randn({n}, cuda(at::kFloat)) * 4).to(dt);
+        auto u = at::randn({n}, cuda(at::kFloat)).to(dt);
+        at::NoGradGuard ng;
+        auto fused = uniattn::gated_activation(g, u, act);
+        auto aten = uniattn::gated_activation_aten(g, u, act);
+        auto gd = g.to(at::kDouble);
+        auto ref =
+            (act == Activation::Silu ? at::silu(gd) : at::gelu(gd, "tanh")) * u.to(at::kDouble);
+        check_rule(std::string("gated/") + (act == Activation::Silu ? "silu/" : "gelu_tanh/") +
+                       name(dt) + "/n=" + std::to_string(n),
+                   fused, aten, ref);
+      }
+}
+
+TEST(FusedOps, AutogradInputsTakeTheAtenPath) {
+  SKIP_WITHOUT_GPU();
+  auto x = at::randn({4, 64}, cuda(at::kFloat)).requires_grad_(true);
+  auto w = at::ones({64}, cuda(at::kFloat));
+  auto y = uniattn::rms_norm(x, w, 1e-6, false);
+  ASSERT_TRUE(y.requires_grad());
+  y.sum().backward();
+  ASSERT_TRUE(x.grad().defined());
+  // d/dx sum(rms(x)) from the ATen path, compared with the same computed in fp64 by autograd.
+  auto xd = x.detach().to(at::kDouble).requires_grad_(true);
+  rms_ref(xd, w, 1e-6, false).sum().backward();
+  EXPECT_LT(max_err(x.grad(), xd.grad()), 1e-5);
+}
+
+}  // namespace
