@@ -9,6 +9,7 @@
 //   the head dimension): partial O = p . V per chunk, then follower_combine_kernel sums the splits.
 // Lengths are read on the device and clamped to [0, S]; nothing past len_b is read.
 #include <cfloat>
+#include <cstdlib>
 
 #include "launch.h"
 #include "mma_utils.cuh"
@@ -282,7 +283,7 @@ __global__ void __launch_bounds__(kThreads) leader_combine_kernel(const DecodeAr
 
 template <typename T, int D, int GT>
 __global__ void __launch_bounds__(kThreads) decode_follower_kernel(const DecodeArgs a) {
-  constexpr int TPK = D / 8, KP = kThreads / TPK, kUnroll = 8;  // 8 x 16 B of V in flight per thread
+  constexpr int TPK = D / 8, KP = kThreads / TPK, kUnroll = 4;
   __shared__ __align__(16) float red[KP * GT * D];
   const int split = blockIdx.x, b = blockIdx.z;
   const int G = a.Hq / a.Hkv, nsub = (G + GT - 1) / GT;
@@ -410,7 +411,13 @@ void plan_decode(DecodeArgs& a, int num_sms, bool leader) {
   const int G = a.Hq / a.Hkv;
   const int rows = leader ? kLeadRows : group_tile(G);
   const int64_t ctas = static_cast<int64_t>(a.B) * a.Hkv * ((G + rows - 1) / rows);
-  const int64_t target = (leader ? 16LL : 4LL) * num_sms;
+  // UNIATTN_FOLLOWER_CTAS_PER_SM overrides the follower's occupancy target (tuning runs only).
+  static const int64_t follower_ctas = [] {
+    const char* e = std::getenv("UNIATTN_FOLLOWER_CTAS_PER_SM");
+    const long v = e ? std::strtol(e, nullptr, 10) : 0;
+    return v >= 1 && v <= 64 ? static_cast<int64_t>(v) : 4LL;
+  }();
+  const int64_t target = (leader ? 16LL : follower_ctas) * num_sms;
   const int64_t min_chunk = leader ? 128 : 256, align = leader ? kLeadBN : kBK;
   int64_t splits = (target + ctas - 1) / ctas;
   const int64_t max_splits = (static_cast<int64_t>(a.S) + min_chunk - 1) / min_chunk;

@@ -54,7 +54,9 @@ def main():
         fpt = flops_per_token(m)
         B = s["batch"]
         ids = torch.randint(0, cfg.vocab_size, (B, SEQ), device="cuda")
+        torch.cuda.reset_peak_memory_stats()
         dt = hf_step_time(m, B, ids)
+        hf_peak_gib = torch.cuda.max_memory_allocated() / 2**30
         tps = B * SEQ / dt
         rows += [{"case": f"{name}/train/S={SEQ}/B={B}", "variant": "transformers_sdpa",
                   "metric": "tokens_per_s", "value": tps, "unit": "tokens/s"},
@@ -70,20 +72,30 @@ def main():
         cmd = [os.path.join(a.build, "uniattn-train"), "-c", "configs/compare/one-stage.yaml", "--fresh",
                "--set", f"model.path={d}", "--set", "data.format=tokens", "--set", "training.progress=false",
                "--set", f"data.train={a.out}/{name}.jsonl", "--set", f"data.eval={a.out}/{name}.jsonl",
-               "--set", f"data.max_length={SEQ}", "--set", f"output_dir={a.out}/{name}-run",
+               "--set", f"data.max_length={SEQ}",
                "--set", "training.device=cuda", "--set", "training.precision=bf16",
                "--set", f"training.global_batch={B}", "--set", f"training.micro_batch={B}",
                "--set", "checkpoint.every_steps=0", "--set", "eval.every_steps=0",
                "--set", f"stages=[{{params: all, steps: {STEPS}, lr: 1.0e-5}}]"]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        print(r.stderr[-800:])
-        mets = [json.loads(l) for l in open(f"{a.out}/{name}-run/metrics.jsonl") if l.strip()]
-        tps_u = sorted(x["tokens_per_s"] for x in mets[WARM:])[len(mets[WARM:]) // 2]
-        rows += [{"case": f"{name}/train/S={SEQ}/B={B}", "variant": "none", "metric": "tokens_per_s",
-                  "value": tps_u, "unit": "tokens/s"},
-                 {"case": f"{name}/train/S={SEQ}/B={B}", "variant": "none", "metric": "mfu",
-                  "value": tps_u * fpt / 800e12, "unit": "fraction"}]
-        print(name, "transformers", tps, "uniattn-train", tps_u)
+        case = f"{name}/train/S={SEQ}/B={B}"
+        rows.append({"case": case, "variant": "transformers_sdpa", "metric": "peak_memory_gib",
+                     "value": hf_peak_gib, "unit": "GiB"})
+        # uniattn-train as configured by default, then with activation checkpointing.
+        for variant, extra in (("none", []),
+                               ("none_checkpointing", ["--set", "training.activation_checkpointing=true"])):
+            run_dir = f"{a.out}/{name}-{variant}"
+            r = subprocess.run(cmd + ["--set", f"output_dir={run_dir}"] + extra, capture_output=True,
+                               text=True)
+            print(r.stderr[-800:])
+            mets = [json.loads(l) for l in open(f"{run_dir}/metrics.jsonl") if l.strip()]
+            tps_u = sorted(x["tokens_per_s"] for x in mets[WARM:])[len(mets[WARM:]) // 2]
+            rows += [{"case": case, "variant": variant, "metric": "tokens_per_s", "value": tps_u,
+                      "unit": "tokens/s"},
+                     {"case": case, "variant": variant, "metric": "mfu",
+                      "value": tps_u * fpt / 800e12, "unit": "fraction"},
+                     {"case": case, "variant": variant, "metric": "peak_memory_gib",
+                      "value": max(x.get("peak_memory_gib", 0) for x in mets), "unit": "GiB"}]
+            print(name, "transformers", tps, "uniattn-train", variant, tps_u)
     json.dump({"gpu": torch.cuda.get_device_name(), "commit": os.environ.get("UNIATTN_COMMIT", "?"),
                "command": "scripts/train_throughput.sh build-gpu OUT", "rows": rows},
               open(os.path.join(a.out, "train-throughput.json"), "w"), indent=1)

@@ -37,7 +37,8 @@ struct StepMetrics {
   double tokens_per_s = 0.0;  // input tokens (all ranks) per second, this step
   double grad_norm = 0.0;
   std::optional<double> eval_loss;
-  bool skipped = false;  // non-finite loss skipped (nan_policy: skip)
+  bool skipped = false;          // non-finite loss skipped (nan_policy: skip)
+  double peak_memory_gib = 0.0;  // CUDA: peak allocated device memory so far (this rank); 0 on CPU
 };
 
 struct TrainOptions {

@@ -18,6 +18,18 @@ inline at::ScalarType accumulation_type(at::ScalarType t) {
 // (*_aten). Both round at the same points, so they differ only by summation order.
 void set_fused_ops_enabled(bool on);  // default on; benchmarks switch it to measure the gain
 bool fused_ops_enabled();
+// While alive, this thread takes the ATen path. Activation checkpointing runs its graph-free
+// forward under it, so the forward and its recomputation round identically.
+class AtenOpsScope {
+ public:
+  AtenOpsScope();
+  ~AtenOpsScope();
+  AtenOpsScope(const AtenOpsScope&) = delete;
+  AtenOpsScope& operator=(const AtenOpsScope&) = delete;
+
+ private:
+  bool prev_;
+};
 
 // RMSNorm as Hugging Face computes it: normalise in fp32; LLaMA multiplies by w after casting
 // back, Gemma multiplies by (1 + w) in fp32 before casting.

@@ -101,6 +101,7 @@ class UnitFunction : public torch::autograd::Function<UnitFunction> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& hidden,
                             const c10::intrusive_ptr<UnitContext>& unit) {
     at::NoGradGuard ng;  // apply() already disables grad; keep it explicit
+    AtenOpsScope same_rounding_as_recompute;
     ctx->save_for_backward({hidden});
     ctx->saved_data["unit"] = c10::IValue::make_capsule(unit);
     return run_layers(*unit, hidden);

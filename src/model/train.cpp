@@ -16,6 +16,11 @@
 
 #include <unistd.h>
 
+#ifdef UNIATTN_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#endif
+
 #include "model/fused_adamw.h"
 #include "model/train_internal.h"
 #include "model/train_state.h"
@@ -162,10 +167,28 @@ void progress_line(const StepMetrics& m, double eta, bool tty) {
   std::fflush(stderr);
 }
 
+double peak_memory_gib(const at::Device& device) {
+#ifdef UNIATTN_WITH_CUDA
+  if (device.is_cuda()) {
+    const auto index = device.has_index() ? device.index() : c10::cuda::current_device();
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(index);
+    return static_cast<double>(stats.allocated_bytes[0].peak) / (1024.0 * 1024.0 * 1024.0);
+  }
+#else
+  (void)device;
+#endif
+  return 0.0;
+}
+
 nlohmann::json metrics_json(const StepMetrics& m) {
-  nlohmann::json j = {{"step", m.step},      {"stage", m.stage},   {"stage_step", m.stage_step},
-                      {"lr", m.lr},          {"tokens", m.tokens}, {"tokens_per_s", m.tokens_per_s},
-                      {"skipped", m.skipped}};
+  nlohmann::json j = {{"step", m.step},
+                      {"stage", m.stage},
+                      {"stage_step", m.stage_step},
+                      {"lr", m.lr},
+                      {"tokens", m.tokens},
+                      {"tokens_per_s", m.tokens_per_s},
+                      {"skipped", m.skipped},
+                      {"peak_memory_gib", m.peak_memory_gib}};
   j["loss"] = std::isfinite(m.loss) ? nlohmann::json(m.loss) : nlohmann::json();
   j["grad_norm"] = std::isfinite(m.grad_norm) ? nlohmann::json(m.grad_norm) : nlohmann::json();
   j["eval_loss"] = m.eval_loss ? nlohmann::json(*m.eval_loss) : nlohmann::json();
@@ -395,6 +418,7 @@ TrainResult train(const TrainConfig& c, const TrainOptions& options) {
       ++st.global_step;
       ++st.stage_step;
       mt.tokens = st.tokens;
+      mt.peak_memory_gib = peak_memory_gib(device);
       const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
       mt.tokens_per_s = static_cast<double>(inputs) / std::max(dt, 1e-9);
       const bool stage_end = st.stage_step == total;
