@@ -32,7 +32,7 @@ def category(name):
 
 def is_embedding(name):
     n = name.lower()
-    return "indexselect" in n or "index_select" in n or "embedding" in n
+    return "vectorized_gather_kernel" in n or "indexselect" in n or "embedding" in n
 
 
 def main():
