@@ -61,9 +61,12 @@ struct TrainOptimizerConfig {
 };
 
 struct TrainRunConfig {
-  int64_t global_batch = 48;              // sequences per optimiser step, over all ranks
-  int64_t micro_batch = 4;                // sequences per forward pass on one rank
-  std::string precision = "bf16";         // bf16 (autocast, fp32 master weights) | fp32
+  int64_t global_batch = 48;  // sequences per optimiser step, over all ranks
+  int64_t micro_batch = 4;    // sequences per forward pass on one rank
+  // bf16: fp32 master weights, gradients and AdamW state, matmuls under bf16 autocast.
+  // bf16_weights: weights, gradients and AdamW state in bf16, no autocast (half the memory of
+  // the weights/gradients/state; updates below bf16's resolution are lost). fp32: all fp32.
+  std::string precision = "bf16";
   std::string device = "auto";            // auto | cpu | cuda | cuda:N
   double grad_clip = 1.0;                 // 0 = off
   bool activation_checkpointing = false;  // recompute each SuperBlock / layer in backward

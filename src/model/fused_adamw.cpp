@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <map>
+#include <optional>
 #include <tuple>
 
 #include "uniattn/error.h"
@@ -77,7 +78,14 @@ double clip_grad_norm_foreach(const std::vector<at::Tensor>& params, double max_
     if (p.grad().defined()) grads.push_back(p.grad());
   if (grads.empty()) return 0.0;
   at::NoGradGuard no_grad;
-  auto norms = at::_foreach_norm(grads, 2);
+  // bf16 / fp16 gradients (training.precision bf16_weights) get their norms in fp32, as
+  // squares summed in 8 bits of mantissa would be coarse; fp64 ones keep fp64.
+  bool narrow = true;
+  for (const auto& g : grads)
+    narrow &= g.scalar_type() == at::kFloat || g.scalar_type() == at::kBFloat16 ||
+              g.scalar_type() == at::kHalf;
+  auto norms = at::_foreach_norm(grads, 2,
+                                 narrow ? std::optional<at::ScalarType>(at::kFloat) : std::nullopt);
   at::Tensor total;
   if (norms.size() == 1) {
     total = norms[0];

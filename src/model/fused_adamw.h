@@ -35,7 +35,8 @@ class FusedAdamW : public torch::optim::AdamW {
 
 // Clips the gradients of `params` (those that have one) in place to a global L2 norm of at most
 // `max_norm`, as torch::nn::utils::clip_grad_norm_ does: every gradient is multiplied by
-// min(1, max_norm / (total_norm + 1e-6)). Returns the total norm before clipping (inf/NaN when a
+// min(1, max_norm / (total_norm + 1e-6)); the norm is computed in fp32 for fp32/bf16/fp16
+// gradients (in fp64 for fp64 ones). Returns the total norm before clipping (inf/NaN when a
 // gradient is non-finite; the gradients are then scaled by NaN as torch's version does), or 0
 // when no parameter has a gradient. Uses at::_foreach_norm and at::_foreach_mul_ and synchronises
 // with the device once, to read the norm.

@@ -56,9 +56,15 @@ at::Device pick_device(const std::string& d, const DistEnv& env) {
   return at::Device(d);
 }
 
+// The dtype the trained weights (and so their gradients and AdamW state) are held in: bf16 for
+// training.precision bf16_weights; otherwise fp32 master weights (bf16 only inside autocast).
+at::ScalarType weight_dtype(const TrainConfig& c) {
+  return c.training.precision == "bf16_weights" ? at::kBFloat16 : at::kFloat;
+}
+
 CausalLM build_model(const TrainConfig& c, at::Device device) {
   LoadOptions lo;
-  lo.dtype = at::kFloat;  // fp32 master weights; bf16 only inside autocast
+  lo.dtype = weight_dtype(c);
   lo.device = device;
   if (c.model.variant != "none") {
     const auto mc = load_config(c.model.path);
@@ -206,7 +212,8 @@ TrainResult train(const TrainConfig& c, const TrainOptions& options) {
                 ") must be a multiple of micro_batch x world size (", c.training.micro_batch, " x ",
                 env.world_size, ")");
   const int64_t accum = c.training.global_batch / (c.training.micro_batch * env.world_size);
-  const bool bf16 = c.training.precision == "bf16";
+  // Autocast only for "bf16"; "bf16_weights" runs on bf16 weights directly.
+  const bool autocast = c.training.precision == "bf16";
   Comm comm(env, c.distributed.backend, cuda, c.distributed.timeout_s);
   const bool rank0 = comm.rank() == 0;
   const bool zero1 = c.distributed.zero1 && comm.world() > 1;
@@ -230,12 +237,20 @@ TrainResult train(const TrainConfig& c, const TrainOptions& options) {
 
   TrainState st;
   st.zero1 = zero1;
+  st.weights_dtype = weight_dtype(c);
   TrainResult result;
   std::optional<fs::path> resume_dir;
   if (options.resume) resume_dir = latest_checkpoint(out);
   if (resume_dir) {
     st = read_state(*resume_dir, comm.world(), zero1);
     st.zero1 = zero1;
+    // The optimiser state has the weights' dtype, and the fused kernel wants them to agree.
+    const auto wd = weight_dtype(c);
+    UNIATTN_CHECK(st.weights_dtype == wd, *resume_dir, ": its weights and optimizer state are ",
+                  st.weights_dtype, ", but training.precision ", c.training.precision, " trains ",
+                  wd,
+                  " weights: resume with the precision it was written with (bf16 and fp32 share "
+                  "fp32 weights; bf16_weights has bf16 ones)");
     UNIATTN_CHECK(st.stage <= static_cast<int64_t>(c.stages.size()), *resume_dir, ": stage ",
                   st.stage, " is beyond the config's ", c.stages.size(), " stages");
     load_weights(*resume_dir, model);
@@ -257,7 +272,7 @@ TrainResult train(const TrainConfig& c, const TrainOptions& options) {
   const bool tty = ::isatty(2) != 0;
   auto all_params = model->named_parameters();
   const auto run_eval = [&]() -> double {
-    AutocastScope ac(bf16, device);
+    AutocastScope ac(autocast, device);
     return response_loss(model, eval_data, c.eval.batch_tokens, pad);
   };
 
@@ -340,7 +355,7 @@ TrainResult train(const TrainConfig& c, const TrainOptions& options) {
         if (reducer) reducer->arm(m == accum - 1);
         at::Tensor loss;
         {
-          AutocastScope ac(bf16, device);
+          AutocastScope ac(autocast, device);
           ForwardOptions fo;
           fo.recompute = c.training.activation_checkpointing;
           auto logits = model->forward(ids, nullptr, fo);

@@ -20,7 +20,9 @@
 #endif
 
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <string>
 
 #include "model/train_internal.h"
@@ -95,7 +97,25 @@ Comm::Comm(const DistEnv& env, const std::string& backend, bool cuda, int64_t ti
   }
 }
 
-Comm::~Comm() = default;
+Comm::~Comm() {
+  if (!pg_) return;
+  // What destroy_process_group() does: NCCL flushes its work, destroys its communicators and
+  // stops its watchdog (without it, ProcessGroupNCCL's destructor warns and aborts them); Gloo
+  // has no shutdown of its own (a no-op). While an exception unwinds (this rank failed; peers may
+  // sit in a collective it will never join), a clean shutdown could wait on them, so the group is
+  // aborted instead. Destructors must not throw, and a failure here leaves nothing to recover:
+  // it is reported, not raised.
+  try {
+    if (std::uncaught_exceptions() > 0)
+      pg_->abort();
+    else
+      pg_->shutdown();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "[train] warning: rank %d: shutting down the process group: %s\n", rank_,
+                 e.what());
+  }
+  pg_.reset();
+}
 
 void Comm::wait(const c10::intrusive_ptr<c10d::Work>& w) {
   if (w) w->wait();
@@ -150,8 +170,10 @@ GradReducer::GradReducer(Comm& comm, const std::vector<at::Tensor>& params, doub
   };
   for (size_t k = params_.size(); k-- > 0;) {
     const auto& p = params_[k];
-    UNIATTN_CHECK(p.scalar_type() == at::kFloat,
-                  "data-parallel training needs fp32 master weights");
+    // bf16 weights (training.precision bf16_weights) are summed over ranks in fp32 too: one
+    // rounding to bf16 when the sum is written back, none per hop of the all-reduce.
+    UNIATTN_CHECK(p.scalar_type() == at::kFloat || p.scalar_type() == at::kBFloat16,
+                  "data-parallel training needs fp32 or bf16 weights, got ", p.scalar_type());
     bucket_of_[k] = buckets_.size();
     cur.params.push_back(k);
     cur.offsets.push_back(cur_numel);
@@ -237,7 +259,7 @@ void GradReducer::finish() {
       if (p.grad().defined())
         p.mutable_grad().copy_(src);
       else
-        p.mutable_grad() = src.clone();
+        p.mutable_grad() = src.to(p.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
     }
   }
   armed_ = false;

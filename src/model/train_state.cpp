@@ -1,6 +1,7 @@
-// Training checkpoints: output_dir/checkpoints/step-XXXXXXXX/ holds the fp32 model (config.json +
-// safetensors), one optimiser archive per rank (its ZeRO-1 shard, or the whole state) with the
-// RNG state, and state.json (step, stage, world size). A checkpoint is written into a temporary
+// Training checkpoints: output_dir/checkpoints/step-XXXXXXXX/ holds the model in the dtype it is
+// trained in (fp32, or bf16 for training.precision bf16_weights; config.json + safetensors), one
+// optimiser archive per rank (its ZeRO-1 shard, or the whole state) with the RNG state, and
+// state.json (step, stage, world size, weights dtype). A checkpoint is written into a temporary
 // directory that is renamed into place only when complete; `latest` then names it.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -39,11 +40,16 @@ void save_checkpoint(const fs::path& out_dir, const TrainState& st, CausalLM& mo
   }
   comm.barrier();
   if (comm.rank() == 0) {
-    save_model(model, tmp, at::kFloat);
-    nlohmann::json j = {{"global_step", st.global_step}, {"stage", st.stage},
-                        {"stage_step", st.stage_step},   {"tokens", st.tokens},
-                        {"world_size", comm.world()},    {"zero1", st.zero1},
-                        {"last_loss", st.last_loss}};
+    // The weights as trained (lossless; bf16 weights take half the space of fp32 ones).
+    save_model(model, tmp, st.weights_dtype);
+    nlohmann::json j = {{"global_step", st.global_step},
+                        {"stage", st.stage},
+                        {"stage_step", st.stage_step},
+                        {"tokens", st.tokens},
+                        {"world_size", comm.world()},
+                        {"zero1", st.zero1},
+                        {"last_loss", st.last_loss},
+                        {"weights_dtype", st.weights_dtype == at::kBFloat16 ? "bf16" : "f32"}};
     write_text_atomic(tmp / "state.json", j.dump(2) + "\n");
   }
   {
@@ -109,6 +115,11 @@ TrainState read_state(const fs::path& dir, int world, bool zero1) {
     st.tokens = j.at("tokens").get<int64_t>();
     st.zero1 = j.at("zero1").get<bool>();
     st.last_loss = j.value("last_loss", 0.0);
+    // Checkpoints from before bf16_weights existed hold fp32 weights and state.
+    const auto wd = j.value("weights_dtype", std::string("f32"));
+    UNIATTN_CHECK(wd == "f32" || wd == "bf16", dir, "/state.json: weights_dtype is '", wd,
+                  "'; expected f32 or bf16");
+    st.weights_dtype = wd == "bf16" ? at::kBFloat16 : at::kFloat;
     const int ws = j.at("world_size").get<int>();
     const bool was = st.zero1 && ws > 1, now = zero1 && world > 1;
     UNIATTN_CHECK(was == now && (!was || ws == world), dir, ": written by ", ws, " rank(s)",
@@ -142,7 +153,11 @@ void load_optimizer(const fs::path& dir, int rank, torch::optim::Optimizer* opt)
 
 void load_weights(const fs::path& dir, CausalLM& model) {
   LoadOptions lo;
-  lo.dtype = at::kFloat;
+  // In the model's own dtype: the checkpoint stores the weights as trained, so this is exact.
+  for (auto& kv : model->named_parameters()) {
+    lo.dtype = kv.value().scalar_type();
+    break;
+  }
   auto saved = load_model(dir, lo);
   auto src = saved->named_parameters();
   at::NoGradGuard ng;

@@ -19,6 +19,9 @@ struct TrainState {
   int64_t tokens = 0;
   bool zero1 = false;
   double last_loss = 0.0;
+  // The dtype of the trained weights and of the optimiser state (fp32, or bf16 for
+  // training.precision bf16_weights); checkpoints store the weights in it.
+  at::ScalarType weights_dtype = at::kFloat;
 };
 
 // Collective: every rank calls it. `opt` may be null (no optimiser state to keep).

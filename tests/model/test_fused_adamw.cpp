@@ -1,7 +1,9 @@
 // FusedAdamW (at::_fused_adamw_) against LibTorch's per-tensor torch::optim::AdamW on CPU: same
 // parameters and state over steps with weight decay, changing learning rates and a parameter
 // that misses a gradient; optimiser state saved by either loads into the other and continues
-// identically; clip_grad_norm_foreach against torch::nn::utils::clip_grad_norm_.
+// identically; clip_grad_norm_foreach against torch::nn::utils::clip_grad_norm_. bf16 parameters
+// (training.precision bf16_weights): the fused step against AdamW run in fp32 on the same values
+// and rounded, and the clip's norm against an fp64 norm of the bf16 gradients.
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
@@ -194,6 +196,79 @@ TEST(ClipGradNormForeach, EqualsTorchClipGradNorm) {
   set_grads(nan, 0);
   nan[1].mutable_grad()[0] = std::nan("");
   EXPECT_TRUE(std::isnan(clip_grad_norm_foreach(nan, 1.0)));
+}
+
+// bf16 parameters, gradients and state: the kernel computes in fp32 and rounds what it stores, so
+// five steps match per-tensor AdamW on fp32 copies (same values, rounded to bf16 after each step,
+// as the bf16 state is) to within bf16 rounding of the result.
+TEST(FusedAdamWBf16, MatchesFp32AdamWRoundedEachStep) {
+  auto ref = make_params(11);
+  std::vector<at::Tensor> bf;
+  for (auto& p : ref) {
+    at::NoGradGuard ng;
+    p.copy_(p.to(at::kBFloat16).to(at::kFloat));  // start from bf16-representable values
+    bf.push_back(p.detach().to(at::kBFloat16).requires_grad_(true));
+  }
+  const auto init = clone_params(ref);
+  torch::optim::AdamW a(ref, options(false));
+  FusedAdamW b(bf, options(false));
+  for (int s = 0; s < 5; ++s) {
+    set_grads(ref, s);
+    for (size_t i = 0; i < ref.size(); ++i) {
+      if (ref[i].grad().defined()) {
+        // Both see the bf16 gradient.
+        ref[i].mutable_grad() = ref[i].grad().to(at::kBFloat16).to(at::kFloat);
+        bf[i].mutable_grad() = ref[i].grad().to(at::kBFloat16);
+      } else {
+        bf[i].mutable_grad().reset();
+      }
+    }
+    step_with_lr(a, kLrs[s]);
+    step_with_lr(b, kLrs[s]);
+    at::NoGradGuard ng;
+    for (size_t i = 0; i < ref.size(); ++i) {
+      EXPECT_EQ(bf[i].scalar_type(), at::kBFloat16);
+      // Same inputs (the reference takes the bf16 state below), so only the rounding of the
+      // result differs: half a bf16 ulp, at most 2^-8 of the value, plus fp32 noise.
+      const auto diff = (bf[i].to(at::kFloat) - ref[i]).abs();
+      const auto tol = ref[i].abs() * (1.0 / 256) + 1e-6;
+      EXPECT_TRUE((diff <= tol).all().item<bool>())
+          << "step " << s + 1 << " param " << i << ": max diff " << diff.max().item<double>();
+      // The reference carries the bf16 rounding forward, as the bf16 weights do.
+      ref[i].copy_(bf[i].to(at::kFloat));
+      auto& sa =
+          static_cast<torch::optim::AdamWParamState&>(*a.state().at(ref[i].unsafeGetTensorImpl()));
+      auto& sb =
+          static_cast<torch::optim::AdamWParamState&>(*b.state().at(bf[i].unsafeGetTensorImpl()));
+      EXPECT_EQ(sb.exp_avg().scalar_type(), at::kBFloat16);
+      sa.exp_avg().copy_(sb.exp_avg().to(at::kFloat));
+      sa.exp_avg_sq().copy_(sb.exp_avg_sq().to(at::kFloat));
+    }
+  }
+  EXPECT_GT(max_param_diff(ref, init), 1e-2);
+}
+
+TEST(ClipGradNormForeach, Bf16GradientsGetAnFp32Norm) {
+  auto ps = make_params(12);
+  std::vector<at::Tensor> bf;
+  for (auto& p : ps) bf.push_back(p.detach().to(at::kBFloat16).requires_grad_(true));
+  set_grads(ps, 3);
+  double sq = 0;
+  for (size_t i = 0; i < ps.size(); ++i) {
+    bf[i].mutable_grad() = ps[i].grad().to(at::kBFloat16);
+    sq += bf[i].grad().to(at::kDouble).pow(2).sum().item<double>();
+  }
+  const double expected = std::sqrt(sq);
+  // A bf16 norm would be off by up to 2^-9 relative; fp32 accumulation is far closer.
+  EXPECT_NEAR(clip_grad_norm_foreach(bf, 1e30), expected, 1e-5 * expected);
+  const double n = clip_grad_norm_foreach(bf, 0.5);
+  EXPECT_NEAR(n, expected, 1e-5 * expected);
+  double after = 0;
+  for (auto& p : bf) {
+    EXPECT_EQ(p.grad().scalar_type(), at::kBFloat16);
+    after += p.grad().to(at::kDouble).pow(2).sum().item<double>();
+  }
+  EXPECT_NEAR(std::sqrt(after), 0.5, 0.5 * 4e-3);  // each gradient rounded to bf16 again
 }
 
 }  // namespace

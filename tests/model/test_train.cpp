@@ -1,9 +1,10 @@
 // uniattn-train on a tiny random LLaMA (vocab 97) with random token data: resumption gives the
 // same loss curve as an uninterrupted run, activation checkpointing and the unfused AdamW keep the
 // curve, SIGTERM checkpoints and resumes, non-finite losses stop (naming the step) or are skipped,
-// two Gloo processes match one process on the same global batch (also with checkpointing), and
-// bf16 autocast runs on CPU.
+// two Gloo processes match one process on the same global batch (also with checkpointing), bf16
+// autocast runs on CPU, and bf16 weights (training.precision bf16_weights) train and resume.
 #include <gtest/gtest.h>
+#include <torch/serialize/input-archive.h>
 #include <nlohmann/json.hpp>
 
 #include <chrono>
@@ -164,6 +165,81 @@ TEST(Train, ResumeGivesTheUninterruptedCurve) {
   expect_same_curve(read_metrics(part.output_dir), ref, 1e-6);
   EXPECT_LT(model_diff(fs::path(full.output_dir) / "final", fs::path(part.output_dir) / "final"),
             1e-6);
+}
+
+// Every floating tensor of the optimiser state (exp_avg, exp_avg_sq) in a checkpoint's archive;
+// the step counts are integers.
+std::vector<at::Tensor> optimizer_moments(const fs::path& file) {
+  torch::serialize::InputArchive ar, state;
+  ar.load_from(file.string());
+  ar.read("state", state);
+  std::vector<at::Tensor> v;
+  for (const auto& key : state.keys()) {
+    torch::serialize::InputArchive ps;
+    if (!state.try_read(key, ps)) continue;
+    for (const char* name : {"exp_avg", "exp_avg_sq"}) {
+      at::Tensor t;
+      if (ps.try_read(name, t)) v.push_back(t);
+    }
+  }
+  return v;
+}
+
+// training.precision bf16_weights: bf16 weights, gradients and AdamW state without autocast. The
+// loss falls, an interrupted run resumes onto the uninterrupted curve, checkpoints hold bf16
+// weights and bf16 optimiser state, the final model is stored as checkpoint.save_dtype says, and
+// a resume under another precision is refused.
+TEST(Train, Bf16WeightsTrainsAndResumes) {
+  const auto dir = test::scratch_dir();
+  const std::string bw = "training.precision=bf16_weights";
+  const auto full = tiny_config(dir, "full", {bw});
+  EXPECT_EQ(train(full).steps, 7);
+  const auto ref = read_metrics(full.output_dir);
+  ASSERT_EQ(ref.size(), 7u);
+  // Held-out loss falls: below the first evaluation (step 2) and below the untrained model's
+  // (an fp32 run whose only steps have lr 0, the warm-up's first step).
+  const auto fp32 = tiny_config(dir, "fp32", {"stages[0].steps=1", "stages[1].steps=1"});
+  train(fp32);
+  const auto mf = read_metrics(fp32.output_dir);
+  ASSERT_EQ(mf.size(), 2u);
+  EXPECT_DOUBLE_EQ(mf[1]["lr"].get<double>(), 0.0);
+  EXPECT_LT(ref.back()["eval_loss"].get<double>(), ref[1]["eval_loss"].get<double>());
+  EXPECT_LT(ref.back()["eval_loss"].get<double>(), mf[1]["eval_loss"].get<double>());
+  // The first step runs on the initial weights: rounding them (and every activation) to bf16
+  // moves the fp32 loss a little.
+  EXPECT_NEAR(mf[0]["loss"].get<double>(), ref[0]["loss"].get<double>(), 0.05);
+  EXPECT_NE(mf[0]["loss"].get<double>(), ref[0]["loss"].get<double>());
+
+  auto part = tiny_config(dir, "part", {bw, "debug.stop_after_steps=5"});
+  EXPECT_TRUE(train(part).interrupted);
+  const fs::path ck = fs::path(part.output_dir) / "checkpoints" / "step-00000005";
+  auto st = nlohmann::json::parse(std::ifstream(ck / "state.json"));
+  EXPECT_EQ(st["weights_dtype"], "bf16");
+  const auto weights = SafetensorsFile::open(ck / "model.safetensors");
+  ASSERT_FALSE(weights.tensors().empty());
+  for (const auto& t : weights.tensors()) EXPECT_EQ(t.dtype, DType::BF16) << t.name;
+  const auto moments = optimizer_moments(ck / "optimizer-rank0.pt");
+  ASSERT_FALSE(moments.empty());
+  for (const auto& t : moments) EXPECT_EQ(t.scalar_type(), at::kBFloat16);
+
+  part.debug.stop_after_steps = 0;
+  auto other = part;
+  other.training.precision = "fp32";
+  try {
+    train(other);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("training.precision fp32"), std::string::npos) << e.what();
+  }
+  const auto r2 = train(part);
+  EXPECT_EQ(r2.resumed_from, 5);
+  EXPECT_EQ(r2.steps, 7);
+  expect_same_curve(read_metrics(part.output_dir), ref, 1e-6);
+  EXPECT_EQ(model_diff(fs::path(full.output_dir) / "final", fs::path(part.output_dir) / "final"),
+            0.0);
+  // checkpoint.save_dtype f32 (the tiny config's) for the final model.
+  const auto fin = SafetensorsFile::open(fs::path(full.output_dir) / "final" / "model.safetensors");
+  for (const auto& t : fin.tensors()) EXPECT_EQ(t.dtype, DType::F32) << t.name;
 }
 
 // Recomputing each SuperBlock / layer in backward and the per-tensor (unfused) AdamW give the

@@ -260,7 +260,7 @@ TrainConfig from_node(const YAML::Node& root, const std::string& origin) {
     if (c.training.global_batch % c.training.micro_batch != 0)
       fail(origin, ": training.global_batch (", c.training.global_batch,
            ") must be a multiple of training.micro_batch (", c.training.micro_batch, ")");
-    r.one_of("precision", c.training.precision, {"bf16", "fp32"});
+    r.one_of("precision", c.training.precision, {"bf16", "bf16_weights", "fp32"});
     r.read("device", c.training.device);
     if (c.training.device != "auto" && c.training.device != "cpu" &&
         c.training.device.rfind("cuda", 0) != 0)

@@ -62,6 +62,22 @@ TEST(TrainConfig, CheckpointingAndFusedOptimizerRoundTrip) {
   EXPECT_EQ(d.to_yaml(), c.to_yaml());
 }
 
+TEST(TrainConfig, PrecisionValuesRoundTripAndUnknownOnesListTheAllowed) {
+  EXPECT_EQ(TrainConfig::parse(kMinimal).training.precision, "bf16");
+  for (const std::string p : {"bf16", "bf16_weights", "fp32"}) {
+    SCOPED_TRACE(p);
+    const auto c = TrainConfig::parse(kMinimal, "cfg.yaml", {"training.precision=" + p});
+    EXPECT_EQ(c.training.precision, p);
+    EXPECT_EQ(TrainConfig::parse(c.to_yaml()).training.precision, p);
+  }
+  for (const std::string bad : {"fp16", "bf16-weights", "BF16"}) {
+    SCOPED_TRACE(bad);
+    const auto e = error_of(kMinimal, {"training.precision=" + bad});
+    EXPECT_NE(e.find("training.precision is '" + bad + "'"), std::string::npos) << e;
+    EXPECT_NE(e.find("expected one of: bf16, bf16_weights, fp32"), std::string::npos) << e;
+  }
+}
+
 TEST(TrainConfig, RoundTripsThroughYaml) {
   const auto c = TrainConfig::parse(kMinimal);
   const auto d = TrainConfig::parse(c.to_yaml());
