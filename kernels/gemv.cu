@@ -10,6 +10,8 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 
 #include "launch.h"
 
@@ -131,12 +133,24 @@ __global__ void __launch_bounds__(128) gemv_kernel(const GemvArgs a) {
   }
 }
 
+// UNIATTN_GEMV_UNROLL=8 doubles the single-row kernel's loads in flight (tuning runs only).
+int single_row_unroll() {
+  static const int u = [] {
+    const char* e = std::getenv("UNIATTN_GEMV_UNROLL");
+    return e && std::string(e) == "8" ? 8 : 4;
+  }();
+  return u;
+}
+
 template <typename T, int R, int MT>
 cudaError_t launch_rm(const GemvArgs& a, cudaStream_t st) {
   constexpr int U = MT <= 2 ? 4 : (MT == 4 ? 2 : 1);
   const int64_t warps = (a.N + R - 1) / R;
   const auto blocks = static_cast<unsigned>((warps + 3) / 4);
-  gemv_kernel<T, R, MT, U><<<blocks, 128, 0, st>>>(a);
+  if (MT == 1 && single_row_unroll() == 8)
+    gemv_kernel<T, R, MT, 8><<<blocks, 128, 0, st>>>(a);
+  else
+    gemv_kernel<T, R, MT, U><<<blocks, 128, 0, st>>>(a);
   return cudaGetLastError();
 }
 

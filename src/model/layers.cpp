@@ -3,6 +3,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <numbers>
 #include <vector>
 
@@ -180,6 +181,18 @@ at::Tensor MlpImpl::forward(const at::Tensor& x, const at::Tensor& residual) {
 
 namespace {
 bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
+
+// Rows up to which the GEMV kernel replaces cuBLAS. Measured on the H100 (LLaMA-8B shapes): at
+// one row it is on par with or ahead of cuBLAS (which adds split-K reductions); at 8 rows it was
+// 17% slower end to end, so the default is 1. UNIATTN_GEMV_MAX_ROWS (0-8) overrides it for tuning.
+int64_t gemv_max_rows() {
+  static const int64_t rows = [] {
+    const char* e = std::getenv("UNIATTN_GEMV_MAX_ROWS");
+    const long v = e ? std::strtol(e, nullptr, 10) : 1;
+    return static_cast<int64_t>(v < 0 ? 0 : v > 8 ? 8 : v);
+  }();
+  return rows;
+}
 }  // namespace
 
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
@@ -189,8 +202,8 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bi
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = w.size(0);
   const bool gemv = use_fused({&x, &w}) && x.scalar_type() != at::kFloat && w.dim() == 2 &&
-                    x.size(-1) == k && k % 8 == 0 && rows >= 1 && rows <= 8 && x.is_contiguous() &&
-                    w.is_contiguous() && aligned16(x) && aligned16(w) &&
+                    x.size(-1) == k && k % 8 == 0 && rows >= 1 && rows <= gemv_max_rows() &&
+                    x.is_contiguous() && w.is_contiguous() && aligned16(x) && aligned16(w) &&
                     (!bias.defined() || (use_fused({&x, &bias}) && bias.is_contiguous())) &&
                     (!add.defined() || (use_fused({&x, &add}) && add.is_contiguous() &&
                                         add.sizes() == at::IntArrayRef(out_shape)));

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <array>
+#include <cstdlib>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -17,6 +18,10 @@
 namespace {
 
 using uniattn::Activation;
+
+// The GEMV kernel serves 1 row by default; this file tests all the row counts it supports (the
+// limit is read once, so it must be set before any projection runs).
+[[maybe_unused]] const int kAllGemvRows = setenv("UNIATTN_GEMV_MAX_ROWS", "8", 1);
 
 #define SKIP_WITHOUT_GPU()                                                                    \
   do {                                                                                        \
