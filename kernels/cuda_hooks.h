@@ -35,10 +35,6 @@ struct CudaHooks {
                  const at::Tensor* pos, const at::Tensor& out) = nullptr;
   // out = act(gate) * up, all contiguous and of one shape.
   void (*gated)(const at::Tensor& gate, const at::Tensor& up, bool gelu, at::Tensor& out) = nullptr;
-  // y [M, N] = x [M, K] . w [N, K]^T (+ bias [N]) (+ add [M, N]); M <= 8, bf16/fp16, K % 8 == 0,
-  // all contiguous and 16-byte aligned (checked by the caller).
-  void (*gemv)(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bias,
-               const at::Tensor* add, at::Tensor& y) = nullptr;
 };
 
 CudaHooks& cuda_hooks();

@@ -406,8 +406,9 @@ cudaError_t launch_dt(const DecodeArgs& a, cudaStream_t st) {
 }  // namespace
 
 void plan_decode(DecodeArgs& a, int num_sms, bool leader) {
-  // Leader: one-warp CTAs, ~16 per SM, chunks >= 128 keys. Follower: 4-warp CTAs, ~4 per SM,
-  // chunks >= 256 keys. Both keep the split overhead (workspace, combine) small.
+  // Leader: one-warp CTAs, ~16 per SM, chunks >= 128 keys. Follower: 4-warp CTAs, ~16 per SM
+  // (H100, B=8, S=32K: 0.206 ms at 16 against 0.240 at 4 and 0.243 at 8), chunks >= 256 keys.
+  // Both keep the split overhead (workspace, combine) small.
   const int G = a.Hq / a.Hkv;
   const int rows = leader ? kLeadRows : group_tile(G);
   const int64_t ctas = static_cast<int64_t>(a.B) * a.Hkv * ((G + rows - 1) / rows);
@@ -415,7 +416,7 @@ void plan_decode(DecodeArgs& a, int num_sms, bool leader) {
   static const int64_t follower_ctas = [] {
     const char* e = std::getenv("UNIATTN_FOLLOWER_CTAS_PER_SM");
     const long v = e ? std::strtol(e, nullptr, 10) : 0;
-    return v >= 1 && v <= 64 ? static_cast<int64_t>(v) : 4LL;
+    return v >= 1 && v <= 64 ? static_cast<int64_t>(v) : 16LL;
   }();
   const int64_t target = (leader ? 16LL : follower_ctas) * num_sms;
   const int64_t min_chunk = leader ? 128 : 256, align = leader ? kLeadBN : kBK;

@@ -74,28 +74,11 @@ void gated_cuda(const at::Tensor& gate, const at::Tensor& up, bool gelu, at::Ten
         "gated activation");
 }
 
-void gemv_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bias,
-               const at::Tensor* add, at::Tensor& y) {
-  const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t k = w.size(1), n = w.size(0), m = x.numel() / k;
-  UNIATTN_CHECK(n <= INT32_MAX && k <= INT32_MAX, "gemv: weight ", w.sizes(), " too large");
-  cuda::GemvArgs a{x.data_ptr(),
-                   w.data_ptr(),
-                   bias ? bias->data_ptr() : nullptr,
-                   add ? add->data_ptr() : nullptr,
-                   y.data_ptr(),
-                   static_cast<int>(m),
-                   static_cast<int>(n),
-                   static_cast<int>(k)};
-  check(cuda::launch_gemv(a, small_op_dtype(x), at::cuda::getCurrentCUDAStream()), "gemv");
-}
-
 [[maybe_unused]] const bool registered = [] {
   auto& h = detail::cuda_hooks();
   h.rms_norm = &rms_norm_cuda;
   h.rotary = &rotary_cuda;
   h.gated = &gated_cuda;
-  h.gemv = &gemv_cuda;
   return true;
 }();
 

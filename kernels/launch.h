@@ -87,17 +87,4 @@ struct GatedArgs {
 };
 cudaError_t launch_gated(const GatedArgs& a, DType dt, cudaStream_t stream);
 
-// ---- decode projections (gemv.cu) --------------------------------------------------------------
-constexpr int kGemvMaxRows = 8;
-struct GemvArgs {
-  const void* x;     // [M, K] contiguous
-  const void* w;     // [N, K] contiguous
-  const void* bias;  // [N] or nullptr
-  const void* add;   // [M, N] or nullptr: added before the single rounding
-  void* y;           // [M, N]
-  int M, N, K;       // M <= kGemvMaxRows, K % 8 == 0, every pointer 16-byte aligned
-};
-// kHalf or kBFloat16 only.
-cudaError_t launch_gemv(const GemvArgs& a, DType dt, cudaStream_t stream);
-
 }  // namespace uniattn::kernels::cuda

@@ -35,5 +35,5 @@ for v in none uniattn cla; do
   echo "--- generate --bench, $v, bf16"
   sb=(); [ $v != none ] && sb=(--uniattn $v --superblocks 4,15,30)
   "$BUILD/uniattn-generate" --model "$GGUF" --device cuda --dtype bf16 "${sb[@]}" \
-    --max-new-tokens 128 --prompt "Tell me about the heart." --bench 2>&1 >/dev/null | tail -4
+    --max-new-tokens 128 --ignore-eos --prompt "Tell me about the heart." --bench 2>&1 >/dev/null | tail -4
 done

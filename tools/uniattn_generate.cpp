@@ -29,7 +29,7 @@ int run(int argc, char** argv) {
   CLI::App app{"Generate text with a (UniAttn) LLaMA / Mistral / Gemma model"};
   std::string model_path, variant = "none", superblocks, prompt_file, device = "cpu", dtype = "f32";
   std::vector<std::string> prompts, stops;
-  bool chat = false, bench = false;
+  bool chat = false, bench = false, ignore_eos = false;
   uniattn::GenerateOptions opt;
   opt.max_new_tokens = 128;
   auto& sp = opt.sampling;
@@ -54,6 +54,8 @@ int run(int argc, char** argv) {
   app.add_option("--device", device, "cpu|cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--dtype", dtype, "f32|bf16")->check(CLI::IsMember({"f32", "bf16"}));
   app.add_flag("--bench", bench, "Print TTFT, decode tokens/s and KV bytes/token to stderr");
+  app.add_flag("--ignore-eos", ignore_eos,
+               "Do not stop at the tokenizer's end-of-sequence token (fixed-length benchmarks)");
   CLI11_PARSE(app, argc, argv);
 
   if (!prompt_file.empty() && !prompts.empty())
@@ -73,6 +75,7 @@ int run(int argc, char** argv) {
   auto model = uniattn::load_model(path, lo);
   auto tok = uniattn::load_tokenizer(path);
 
+  opt.stop_at_eos = !ignore_eos;
   std::vector<std::vector<int32_t>> ids;
   for (const auto& p : prompts) {
     if (chat) {

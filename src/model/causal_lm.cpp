@@ -145,7 +145,7 @@ at::Tensor CausalLMImpl::logits(const at::Tensor& hidden, bool last_only) {
   auto x = last_only ? hidden.narrow(1, hidden.size(1) - 1, 1) : hidden;
   x = rms_norm(x, final_norm_weight_, config_->rms_norm_eps, config_->norm_plus_one);
   const auto& w = config_->tie_word_embeddings ? embed_weight_ : lm_head_weight_;
-  auto out = linear(x, w, at::Tensor());  // the GEMV kernel in decode
+  auto out = at::matmul(x, w.t());
   if (config_->final_logit_softcap > 0) {
     const double cap = config_->final_logit_softcap;
     out = at::tanh(out / cap) * cap;

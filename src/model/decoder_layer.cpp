@@ -59,8 +59,13 @@ at::Tensor AttentionImpl::forward(const at::Tensor& xn, ForwardState& s) {
   const int64_t b = xn.size(0), t = xn.size(1);
   auto out = s.decode() ? decode_attention(xn, s) : prefill_attention(xn, s);
   auto a = o_proj->forward(out.transpose(1, 2).reshape({b, t, c.num_heads * c.head_dim}));
-  // o_proj(out) + W_c xn, summed inside the second projection (no separate add kernel).
-  if (w_c) a = w_c->forward_add(xn, a);
+  if (w_c) {
+    // o_proj(out) + W_c xn as one GEMM with beta = 1 (no separate add kernel).
+    const int64_t hidden = c.hidden_size;
+    a = at::addmm(a.reshape({b * t, hidden}), xn.reshape({b * t, hidden}), w_c->weight.t())
+            .view({b, t, hidden});
+    if (w_c->bias.defined()) a = a + w_c->bias;
+  }
   return a;
 }
 
@@ -189,8 +194,8 @@ at::Tensor DecoderLayerImpl::forward(const at::Tensor& x, ForwardState& s) {
     s.captured_attn_residual[layer_] = h;
     s.captured_normed_input[layer_] = xn;
   }
-  if (!c.sandwich_norms) return mlp->forward(hn, /*residual=*/h);  // h + MLP in one pass
-  auto m = rms_norm(mlp->forward(hn), post_feedforward_layernorm, eps, p1);
+  auto m = mlp->forward(hn);
+  if (c.sandwich_norms) m = rms_norm(m, post_feedforward_layernorm, eps, p1);
   return h + m;
 }
 

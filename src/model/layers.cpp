@@ -2,10 +2,7 @@
 
 #include <atomic>
 #include <cmath>
-#include <cstdint>
-#include <cstdlib>
 #include <numbers>
-#include <vector>
 
 #include "cuda_hooks.h"
 #include "uniattn/error.h"
@@ -174,48 +171,8 @@ MlpImpl::MlpImpl(const ModelConfig& c, const at::TensorOptions& o) : act_(c.acti
   down_proj = register_module("down_proj", lin(c.intermediate_size, c.hidden_size));
 }
 
-at::Tensor MlpImpl::forward(const at::Tensor& x, const at::Tensor& residual) {
-  return down_proj->forward_add(gated_activation(gate_proj->forward(x), up_proj->forward(x), act_),
-                                residual);
-}
-
-namespace {
-bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
-
-// Rows up to which the GEMV kernel replaces cuBLAS. Measured on the H100 (LLaMA-8B shapes): at
-// one row it is on par with or ahead of cuBLAS (which adds split-K reductions); at 8 rows it was
-// 17% slower end to end, so the default is 1. UNIATTN_GEMV_MAX_ROWS (0-8) overrides it for tuning.
-int64_t gemv_max_rows() {
-  static const int64_t rows = [] {
-    const char* e = std::getenv("UNIATTN_GEMV_MAX_ROWS");
-    const long v = e ? std::strtol(e, nullptr, 10) : 1;
-    return static_cast<int64_t>(v < 0 ? 0 : v > 8 ? 8 : v);
-  }();
-  return rows;
-}
-}  // namespace
-
-at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
-                  const at::Tensor& add) {
-  const int64_t k = w.size(-1);
-  const int64_t rows = k > 0 ? x.numel() / k : 0;
-  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
-  out_shape.back() = w.size(0);
-  const bool gemv = use_fused({&x, &w}) && x.scalar_type() != at::kFloat && w.dim() == 2 &&
-                    x.size(-1) == k && k % 8 == 0 && rows >= 1 && rows <= gemv_max_rows() &&
-                    x.is_contiguous() && w.is_contiguous() && aligned16(x) && aligned16(w) &&
-                    (!bias.defined() || (use_fused({&x, &bias}) && bias.is_contiguous())) &&
-                    (!add.defined() || (use_fused({&x, &add}) && add.is_contiguous() &&
-                                        add.sizes() == at::IntArrayRef(out_shape)));
-  if (gemv) {
-    auto y = at::empty(out_shape, x.options());
-    kernels::detail::cuda_hooks().gemv(x, w, bias.defined() ? &bias : nullptr,
-                                       add.defined() ? &add : nullptr, y);
-    return y;
-  }
-  // A separate add, not addmm: under autocast addmm would round an fp32 residual to bf16.
-  auto y = at::linear(x, w, bias);
-  return add.defined() ? y + add : y;
+at::Tensor MlpImpl::forward(const at::Tensor& x) {
+  return down_proj->forward(gated_activation(gate_proj->forward(x), up_proj->forward(x), act_));
 }
 
 at::Tensor register_weight(torch::nn::Module& owner, const std::string& name, at::Tensor value) {

@@ -61,23 +61,13 @@ void apply_rotary_into(const at::Tensor& x, const at::Tensor& cos, const at::Ten
 at::Tensor gated_activation(const at::Tensor& gate, const at::Tensor& up, Activation act);
 at::Tensor gated_activation_aten(const at::Tensor& gate, const at::Tensor& up, Activation act);
 
-// x . w^T (+ bias) (+ add), with one rounding of the sum where the fused path applies: a
-// decode-sized x (at most 8 rows) in bf16/fp16 on CUDA runs the GEMV kernel (kernels/gemv.cu);
-// otherwise ATen (at::linear, or addmm when `add` is given). `add` has the output's shape.
-at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
-                  const at::Tensor& add = {});
-
 // A bias-optional linear projection whose parameters are created directly with the given
 // options (dtype, device) and initialised N(0, 0.02) as HF initialises decoders: building an
 // 8B-parameter model on the GPU then takes no CPU-side initialisation or copy.
 class ProjImpl : public torch::nn::Module {
  public:
   ProjImpl(int64_t in, int64_t out, bool bias, const at::TensorOptions& options);
-  at::Tensor forward(const at::Tensor& x) const { return linear(x, weight, bias); }
-  // forward(x) + add, summed before rounding (a residual or another projection's output).
-  at::Tensor forward_add(const at::Tensor& x, const at::Tensor& add) const {
-    return linear(x, weight, bias, add);
-  }
+  at::Tensor forward(const at::Tensor& x) const { return at::linear(x, weight, bias); }
   at::Tensor weight, bias;
 };
 TORCH_MODULE(Proj);
@@ -86,8 +76,7 @@ TORCH_MODULE(Proj);
 class MlpImpl : public torch::nn::Module {
  public:
   MlpImpl(const ModelConfig& c, const at::TensorOptions& options);
-  // `residual`, when given, is added to the down projection's output in the same pass.
-  at::Tensor forward(const at::Tensor& x, const at::Tensor& residual = {});
+  at::Tensor forward(const at::Tensor& x);
   Proj gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 
  private:
