@@ -33,7 +33,8 @@ struct CudaHooks {
   // dim; cos/sin [B|1, 1, T, D].
   void (*rotary)(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                  const at::Tensor* pos, const at::Tensor& out) = nullptr;
-  // out = act(gate) * up, all contiguous and of one shape.
+  // out = act(gate) * up; gate and up of one shape, each with a contiguous last dim and rows a
+  // common stride apart (flattenable to [rows, cols]); out contiguous.
   void (*gated)(const at::Tensor& gate, const at::Tensor& up, bool gelu, at::Tensor& out) = nullptr;
 };
 

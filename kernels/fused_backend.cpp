@@ -69,7 +69,10 @@ void rotary_cuda(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& s
 
 void gated_cuda(const at::Tensor& gate, const at::Tensor& up, bool gelu, at::Tensor& out) {
   const c10::cuda::CUDAGuard guard(gate.device());
-  cuda::GatedArgs a{gate.data_ptr(), up.data_ptr(), out.data_ptr(), gate.numel(), gelu};
+  const int64_t cols = gate.size(1);  // gate/up arrive as [rows, cols] views
+  const int64_t in_stride = gate.size(0) > 1 ? gate.stride(0) : cols;
+  cuda::GatedArgs a{gate.data_ptr(), up.data_ptr(), out.data_ptr(), gate.numel(), cols,
+                    in_stride,       gelu};
   check(cuda::launch_gated(a, small_op_dtype(gate), at::cuda::getCurrentCUDAStream()),
         "gated activation");
 }

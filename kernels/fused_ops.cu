@@ -131,27 +131,29 @@ __device__ __forceinline__ T gated_one(T g, T u) {
   return Cvt<T>::from(round_to<T>(act) * Cvt<T>::to(u));
 }
 
-// 16-byte vectors when every pointer is 16-byte aligned (linear outputs always are).
+// Rows of `cols` elements; gate and up rows start `in_stride` elements apart (both halves of a
+// fused gate/up projection output), out is contiguous. 16-byte vectors when every pointer, cols
+// and the stride allow it.
 template <typename T, bool kGelu>
 __global__ void gated_kernel(const T* __restrict__ g, const T* __restrict__ u, T* __restrict__ out,
-                             int64_t n, bool vectorised) {
+                             int64_t n, int64_t cols, int64_t in_stride, bool vectorised) {
   constexpr int kVec = 16 / sizeof(T);
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  int64_t done = 0;
+  auto src = [&](int64_t i) { return (i / cols) * in_stride + i % cols; };
   if (vectorised) {
-    const int64_t nv = n / kVec;
-    for (int64_t v = tid; v < nv; v += stride) {
+    for (int64_t v = tid; v < n / kVec; v += stride) {
+      const int64_t s = src(v * kVec);
       alignas(16) T gv[kVec], uv[kVec], ov[kVec];
-      *reinterpret_cast<uint4*>(gv) = reinterpret_cast<const uint4*>(g)[v];
-      *reinterpret_cast<uint4*>(uv) = reinterpret_cast<const uint4*>(u)[v];
+      *reinterpret_cast<uint4*>(gv) = *reinterpret_cast<const uint4*>(g + s);
+      *reinterpret_cast<uint4*>(uv) = *reinterpret_cast<const uint4*>(u + s);
 #pragma unroll
       for (int j = 0; j < kVec; ++j) ov[j] = gated_one<T, kGelu>(gv[j], uv[j]);
       reinterpret_cast<uint4*>(out)[v] = *reinterpret_cast<const uint4*>(ov);
     }
-    done = nv * kVec;
+    return;
   }
-  for (int64_t i = done + tid; i < n; i += stride) out[i] = gated_one<T, kGelu>(g[i], u[i]);
+  for (int64_t i = tid; i < n; i += stride) out[i] = gated_one<T, kGelu>(g[src(i)], u[src(i)]);
 }
 
 template <typename T>
@@ -178,10 +180,12 @@ cudaError_t rotary_dt(const RotaryArgs& a, cudaStream_t st) {
 template <typename T>
 cudaError_t gated_dt(const GatedArgs& a, cudaStream_t st) {
   constexpr int kThreads = 256;
+  constexpr int64_t kVec = 16 / sizeof(T);
   const bool vec = (reinterpret_cast<uintptr_t>(a.gate) | reinterpret_cast<uintptr_t>(a.up) |
                     reinterpret_cast<uintptr_t>(a.out)) %
-                       16 ==
-                   0;
+                           16 ==
+                       0 &&
+                   a.cols % kVec == 0 && a.in_stride % kVec == 0;
   const int64_t per_thread = vec ? 16 / static_cast<int64_t>(sizeof(T)) : 1;
   int64_t blocks = (a.n / per_thread + kThreads - 1) / kThreads;
   blocks = blocks < 1 ? 1 : blocks > 65535 * 8 ? 65535 * 8 : blocks;
@@ -189,9 +193,11 @@ cudaError_t gated_dt(const GatedArgs& a, cudaStream_t st) {
   const auto u = static_cast<const T*>(a.up);
   const auto o = static_cast<T*>(a.out);
   if (a.gelu)
-    gated_kernel<T, true><<<static_cast<unsigned>(blocks), kThreads, 0, st>>>(g, u, o, a.n, vec);
+    gated_kernel<T, true><<<static_cast<unsigned>(blocks), kThreads, 0, st>>>(g, u, o, a.n, a.cols,
+                                                                              a.in_stride, vec);
   else
-    gated_kernel<T, false><<<static_cast<unsigned>(blocks), kThreads, 0, st>>>(g, u, o, a.n, vec);
+    gated_kernel<T, false><<<static_cast<unsigned>(blocks), kThreads, 0, st>>>(g, u, o, a.n, a.cols,
+                                                                               a.in_stride, vec);
   return cudaGetLastError();
 }
 

@@ -79,10 +79,11 @@ struct RotaryArgs {
 cudaError_t launch_rotary(const RotaryArgs& a, DType dt, cudaStream_t stream);
 
 struct GatedArgs {
-  const void* gate;  // [n] contiguous
-  const void* up;    // [n]
-  void* out;         // [n]
-  int64_t n;
+  const void* gate;  // [rows, cols], rows in_stride elements apart, last dim contiguous
+  const void* up;    // same layout as gate
+  void* out;         // [rows, cols] contiguous
+  int64_t n;         // rows * cols
+  int64_t cols, in_stride;
   bool gelu;  // tanh-approximated GELU (Gemma); else SiLU
 };
 cudaError_t launch_gated(const GatedArgs& a, DType dt, cudaStream_t stream);

@@ -23,11 +23,19 @@ AttentionImpl::AttentionImpl(std::shared_ptr<const ModelConfig> cp, int64_t laye
   const bool cla = variant_ == Variant::Cla;
   auto lin = [&](int64_t in, int64_t out, bool bias) { return Proj(in, out, bias, opts); };
   const int64_t q_out = c.num_heads * c.head_dim, kv_out = c.num_kv_heads * c.head_dim;
-  if (!follower || cla)
-    q_proj = register_module("q_proj", lin(c.hidden_size, q_out, c.attention_bias));
-  if (!follower) k_proj = register_module("k_proj", lin(c.hidden_size, kv_out, c.attention_bias));
-  if (!follower || !cla)
-    v_proj = register_module("v_proj", lin(c.hidden_size, kv_out, c.attention_bias));
+  if (!follower && !c.attention_bias) {
+    // q, k and v as row blocks of one weight: one GEMM in decode (FusedProjections).
+    auto qkv = qkv_.allocate(c.hidden_size, {q_out, kv_out, kv_out}, opts);
+    q_proj = register_module("q_proj", qkv[0]);
+    k_proj = register_module("k_proj", qkv[1]);
+    v_proj = register_module("v_proj", qkv[2]);
+  } else {
+    if (!follower || cla)
+      q_proj = register_module("q_proj", lin(c.hidden_size, q_out, c.attention_bias));
+    if (!follower) k_proj = register_module("k_proj", lin(c.hidden_size, kv_out, c.attention_bias));
+    if (!follower || !cla)
+      v_proj = register_module("v_proj", lin(c.hidden_size, kv_out, c.attention_bias));
+  }
   o_proj = register_module("o_proj", lin(q_out, c.hidden_size, c.attention_bias));
   if (follower && variant_ == Variant::UniAttn) {
     w_c = register_module("w_c", lin(c.hidden_size, c.hidden_size, c.attention_bias));
@@ -45,6 +53,19 @@ AttentionImpl::AttentionImpl(std::shared_ptr<const ModelConfig> cp, int64_t laye
 at::Tensor AttentionImpl::project(const Proj& proj, const at::Tensor& xn, int64_t heads) const {
   const int64_t b = xn.size(0), t = xn.size(1);
   return proj->forward(xn).view({b, t, heads, cfg_->head_dim}).transpose(1, 2);
+}
+
+std::array<at::Tensor, 3> AttentionImpl::project_qkv(const at::Tensor& xn) const {
+  const auto& c = *cfg_;
+  if (auto y = qkv_.forward(xn, {q_proj, k_proj, v_proj}); !y.empty()) {
+    const int64_t b = xn.size(0), t = xn.size(1);
+    auto heads = [&](const at::Tensor& part, int64_t h) {
+      return part.view({b, t, h, c.head_dim}).transpose(1, 2);
+    };
+    return {heads(y[0], c.num_heads), heads(y[1], c.num_kv_heads), heads(y[2], c.num_kv_heads)};
+  }
+  return {project(q_proj, xn, c.num_heads), project(k_proj, xn, c.num_kv_heads),
+          project(v_proj, xn, c.num_kv_heads)};
 }
 
 at::Tensor AttentionImpl::rope_and_norm(at::Tensor x, const at::Tensor& norm_weight,
@@ -87,9 +108,9 @@ at::Tensor AttentionImpl::prefill_attention(const at::Tensor& xn, ForwardState& 
                        !at::autocast::is_autocast_enabled(at::kCUDA);
   const auto p = kernel_params();
   if (!is_follower()) {
-    auto q = rope_and_norm(project(q_proj, xn, c.num_heads), q_norm_, s);
-    auto k = rope_and_norm(project(k_proj, xn, c.num_kv_heads), k_norm_, s);
-    auto v = project(v_proj, xn, c.num_kv_heads);
+    auto [q_lin, k_lin, v] = project_qkv(xn);
+    auto q = rope_and_norm(q_lin, q_norm_, s);
+    auto k = rope_and_norm(k_lin, k_norm_, s);
     if (s.cache) {
       k = s.cache->write_k(layer_, k);
       v = s.cache->write_v(layer_, v);
@@ -132,15 +153,14 @@ at::Tensor AttentionImpl::decode_attention(const at::Tensor& xn, ForwardState& s
   const auto p = kernel_params();
   const auto& pos = s.decode_position;
   if (!is_follower()) {
-    auto q = rope_and_norm(project(q_proj, xn, c.num_heads), q_norm_, s).contiguous();
-    auto k = project(k_proj, xn, c.num_kv_heads);
+    auto [q_lin, k, v] = project_qkv(xn);
+    auto q = rope_and_norm(q_lin, q_norm_, s).contiguous();
     if (k_norm_.defined()) k = rms_norm(k, k_norm_, c.rms_norm_eps, c.norm_plus_one);
     // RoPE writes K straight into its cache slot (one kernel, no intermediate K tensor).
     const auto& [cos, sin] = sliding_ ? s.rope_sliding : s.rope_global;
     UNIATTN_CHECK(s.cache->has_k(layer_), "KV cache: layer ", layer_, " keeps no K");
     const auto& kbuf = s.cache->k_buffer(layer_);
     apply_rotary_into(k, cos, sin, kbuf, pos);
-    auto v = project(v_proj, xn, c.num_kv_heads);
     const auto& vbuf = s.cache->write_v_at(layer_, v, pos);
     // A leader's kernel also writes the normalised probability row its followers reuse; a layer
     // without followers (all of them in `none`) skips that row.

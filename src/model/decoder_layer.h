@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>
 
+#include <array>
+
 #include "forward_state.h"
 #include "layers.h"
 #include "shared_softmax.h"
@@ -33,6 +35,8 @@ class AttentionImpl : public torch::nn::Module {
   at::Tensor decode_attention(const at::Tensor& xn, ForwardState& s);
   kernels::AttnParams kernel_params() const;
   at::Tensor project(const Proj& proj, const at::Tensor& xn, int64_t heads) const;
+  // q [B,Hq,T,D], k and v [B,Hkv,T,D] (before RoPE); one GEMM where qkv_ applies.
+  std::array<at::Tensor, 3> project_qkv(const at::Tensor& xn) const;
   at::Tensor rope_and_norm(at::Tensor x, const at::Tensor& norm_weight, ForwardState& s) const;
 
   std::shared_ptr<const ModelConfig> cfg_;
@@ -40,6 +44,7 @@ class AttentionImpl : public torch::nn::Module {
   bool sliding_, has_followers_ = false;
   Variant variant_;
   at::Tensor q_norm_, k_norm_;  // Gemma-3
+  FusedProjections qkv_;        // q/k/v weights of leaders and ordinary layers
 };
 TORCH_MODULE(Attention);
 

@@ -1,5 +1,6 @@
 #include "layers.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <numbers>
@@ -150,13 +151,30 @@ at::Tensor gated_activation_aten(const at::Tensor& gate, const at::Tensor& up, A
   return g * up;
 }
 
+namespace {
+// [..., cols] whose leading dims flatten to rows a single stride apart, last dim contiguous:
+// a contiguous tensor, or one half of a fused gate/up projection output.
+bool row_strided(const at::Tensor& t) {
+  if (t.dim() == 0 || t.stride(-1) != 1) return false;
+  if (t.dim() == 1) return true;
+  int64_t expect = t.stride(-2);
+  for (int64_t d = t.dim() - 2; d >= 0; --d) {
+    if (t.size(d) != 1 && t.stride(d) != expect) return false;
+    expect *= t.size(d);
+  }
+  return true;
+}
+}  // namespace
+
 at::Tensor gated_activation(const at::Tensor& gate, const at::Tensor& up, Activation act) {
-  if (!use_fused({&gate, &up}) || gate.sizes() != up.sizes() || !gate.is_contiguous() ||
-      !up.is_contiguous())
+  if (!use_fused({&gate, &up}) || gate.sizes() != up.sizes() || gate.strides() != up.strides() ||
+      !row_strided(gate))
     return gated_activation_aten(gate, up, act);
-  auto out = at::empty_like(gate);
-  kernels::detail::cuda_hooks().gated(gate, up, act == Activation::GeluTanh, out);
-  return out;
+  const int64_t cols = gate.size(-1);
+  auto out = at::empty({gate.numel() / std::max<int64_t>(cols, 1), cols}, gate.options());
+  kernels::detail::cuda_hooks().gated(gate.view({-1, cols}), up.view({-1, cols}),
+                                      act == Activation::GeluTanh, out);
+  return out.view(gate.sizes());
 }
 
 ProjImpl::ProjImpl(int64_t in, int64_t out, bool with_bias, const at::TensorOptions& o) {
@@ -164,14 +182,63 @@ ProjImpl::ProjImpl(int64_t in, int64_t out, bool with_bias, const at::TensorOpti
   if (with_bias) bias = register_parameter("bias", at::zeros({out}, o));
 }
 
+ProjImpl::ProjImpl(at::Tensor w) { weight = register_parameter("weight", std::move(w)); }
+
+std::vector<Proj> FusedProjections::allocate(int64_t in, const std::vector<int64_t>& outs,
+                                             const at::TensorOptions& o) {
+  int64_t total = 0;
+  for (int64_t n : outs) total += n;
+  base_ = at::empty({total, in}, o).normal_(0.0, 0.02);
+  outs_ = outs;
+  std::vector<Proj> projs;
+  int64_t off = 0;
+  for (int64_t n : outs) {
+    projs.push_back(Proj(base_.narrow(0, off, n)));
+    off += n;
+  }
+  return projs;
+}
+
+std::vector<at::Tensor> FusedProjections::forward(const at::Tensor& x,
+                                                  const std::vector<Proj>& projs) const {
+  if (!base_.defined() || at::GradMode::is_enabled() || projs.size() != outs_.size()) return {};
+  const int64_t in = base_.size(1);
+  if (x.size(-1) != in || x.numel() / in > kMaxRows) return {};
+  auto* p = static_cast<const char*>(base_.data_ptr());
+  int64_t off = 0;
+  for (size_t i = 0; i < projs.size(); ++i) {
+    const auto& w = projs[i]->weight;
+    if (w.data_ptr() != p + off * in * static_cast<int64_t>(base_.element_size()) ||
+        w.scalar_type() != base_.scalar_type() || projs[i]->bias.defined())
+      return {};
+    off += outs_[i];
+  }
+  auto y = at::linear(x, base_);
+  std::vector<at::Tensor> parts;
+  off = 0;
+  for (int64_t n : outs_) {
+    parts.push_back(y.narrow(-1, off, n));
+    off += n;
+  }
+  return parts;
+}
+
 MlpImpl::MlpImpl(const ModelConfig& c, const at::TensorOptions& o) : act_(c.activation) {
   auto lin = [&](int64_t in, int64_t out) { return Proj(in, out, c.mlp_bias, o); };
-  gate_proj = register_module("gate_proj", lin(c.hidden_size, c.intermediate_size));
-  up_proj = register_module("up_proj", lin(c.hidden_size, c.intermediate_size));
+  if (c.mlp_bias) {
+    gate_proj = register_module("gate_proj", lin(c.hidden_size, c.intermediate_size));
+    up_proj = register_module("up_proj", lin(c.hidden_size, c.intermediate_size));
+  } else {
+    auto gu = gate_up_.allocate(c.hidden_size, {c.intermediate_size, c.intermediate_size}, o);
+    gate_proj = register_module("gate_proj", gu[0]);
+    up_proj = register_module("up_proj", gu[1]);
+  }
   down_proj = register_module("down_proj", lin(c.intermediate_size, c.hidden_size));
 }
 
 at::Tensor MlpImpl::forward(const at::Tensor& x) {
+  if (auto gu = gate_up_.forward(x, {gate_proj, up_proj}); !gu.empty())
+    return down_proj->forward(gated_activation(gu[0], gu[1], act_));
   return down_proj->forward(gated_activation(gate_proj->forward(x), up_proj->forward(x), act_));
 }
 

@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>
 
+#include <vector>
+
 #include "uniattn/config.h"
 
 namespace uniattn {
@@ -67,10 +69,36 @@ at::Tensor gated_activation_aten(const at::Tensor& gate, const at::Tensor& up, A
 class ProjImpl : public torch::nn::Module {
  public:
   ProjImpl(int64_t in, int64_t out, bool bias, const at::TensorOptions& options);
+  // A bias-free projection whose parameter is `weight` as given (a row block of a
+  // FusedProjections allocation).
+  explicit ProjImpl(at::Tensor weight);
   at::Tensor forward(const at::Tensor& x) const { return at::linear(x, weight, bias); }
   at::Tensor weight, bias;
 };
 TORCH_MODULE(Proj);
+
+// Bias-free projections of one input (q/k/v, gate/up) whose weights are row blocks of one
+// allocation, so that small inference batches run them as one GEMM: at decode batch 1 the K and V
+// projections alone run far below HBM bandwidth, and each launch costs a few microseconds. Every
+// Proj keeps its own parameter (a view into the block), so names, checkpoints and training are
+// unchanged; if a parameter is re-pointed (set_data, as calibration's weight sharing does) the
+// fused GEMM is no longer used.
+class FusedProjections {
+ public:
+  // Allocates [sum(outs), in] with `options`, initialised N(0, 0.02), and returns one Proj per
+  // block.
+  std::vector<Proj> allocate(int64_t in, const std::vector<int64_t>& outs,
+                             const at::TensorOptions& options);
+  // x [..., in] -> one output per block ([..., out_i], views into one GEMM's result) when no
+  // gradient is needed, x has at most kMaxRows rows and every Proj still points into the
+  // allocation; otherwise an empty vector (the caller runs the projections one by one).
+  std::vector<at::Tensor> forward(const at::Tensor& x, const std::vector<Proj>& projs) const;
+  static constexpr int64_t kMaxRows = 16;
+
+ private:
+  at::Tensor base_;
+  std::vector<int64_t> outs_;
+};
 
 // down(act(gate(x)) * up(x)); act is SiLU (LLaMA/Mistral) or tanh-approximated GELU (Gemma).
 class MlpImpl : public torch::nn::Module {
@@ -81,6 +109,7 @@ class MlpImpl : public torch::nn::Module {
 
  private:
   Activation act_;
+  FusedProjections gate_up_;
 };
 TORCH_MODULE(Mlp);
 

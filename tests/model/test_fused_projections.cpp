@@ -1,0 +1,93 @@
+// FusedProjections: q/k/v and gate/up weights stored as row blocks of one allocation. The fused
+// GEMM must equal the separate projections, be used only where it applies (no grad, few rows,
+// parameters still inside the allocation), and leave parameter names, shapes and gradients as
+// they were.
+#include <gtest/gtest.h>
+
+#include "model/decoder_layer.h"
+#include "model/layers.h"
+#include "model_test_util.h"
+#include "uniattn/model.h"
+
+namespace uniattn {
+namespace {
+
+ModelConfig tiny_config() {
+  ModelConfig c;
+  c.arch = Arch::Llama;
+  c.vocab_size = 64;
+  c.hidden_size = 32;
+  c.intermediate_size = 48;
+  c.num_layers = 4;
+  c.num_heads = 4;
+  c.num_kv_heads = 2;
+  c.head_dim = 8;
+  c.sliding_layers.assign(c.num_layers, false);
+  return c;
+}
+
+TEST(FusedProjections, EqualsSeparateProjectionsAndKeepsParameters) {
+  at::manual_seed(0);
+  FusedProjections fp;
+  auto projs = fp.allocate(32, {40, 8, 8}, at::TensorOptions().dtype(at::kDouble));
+  ASSERT_EQ(projs.size(), 3u);
+  EXPECT_EQ(projs[0]->weight.sizes(), (std::vector<int64_t>{40, 32}));
+  EXPECT_EQ(projs[2]->weight.sizes(), (std::vector<int64_t>{8, 32}));
+  EXPECT_TRUE(projs[1]->weight.requires_grad());
+  auto x = at::randn({2, 3, 32}, at::kDouble);
+  {
+    at::NoGradGuard ng;
+    auto parts = fp.forward(x, projs);
+    ASSERT_EQ(parts.size(), 3u);
+    for (size_t i = 0; i < 3; ++i)
+      EXPECT_LT(test::max_abs_diff(parts[i], projs[i]->forward(x)), 1e-12) << i;
+    // More rows than a decode batch: the caller runs the projections separately.
+    EXPECT_TRUE(
+        fp.forward(at::randn({2, FusedProjections::kMaxRows, 32}, at::kDouble), projs).empty());
+    // A parameter re-pointed elsewhere (as calibration's weight sharing does) disables fusion.
+    projs[1]->weight.set_data(at::randn({8, 32}, at::kDouble));
+    EXPECT_TRUE(fp.forward(x, projs).empty());
+  }
+  // With gradients the projections run separately (each parameter gets its own gradient).
+  EXPECT_TRUE(fp.forward(x, projs).empty());
+}
+
+TEST(FusedProjections, ModelNamesAndDecodeUnchanged) {
+  at::manual_seed(1);
+  auto c = tiny_config();
+  CausalLM model(c, at::TensorOptions().dtype(at::kDouble));
+  auto params = model->named_parameters();
+  for (const char* n :
+       {"model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight",
+        "model.layers.0.self_attn.v_proj.weight", "model.layers.0.mlp.gate_proj.weight",
+        "model.layers.0.mlp.up_proj.weight"})
+    EXPECT_TRUE(params.contains(n)) << n;
+  EXPECT_EQ(params["model.layers.0.self_attn.k_proj.weight"].sizes(),
+            (std::vector<int64_t>{16, 32}));
+  // Separate weights must not share values (one normal_ over the block, not one row repeated).
+  EXPECT_GT(test::max_abs_diff(params["model.layers.0.mlp.gate_proj.weight"],
+                               params["model.layers.0.mlp.up_proj.weight"]),
+            0.0);
+
+  // A short forward without grad (fused GEMMs) against the same forward with grad mode on
+  // (separate GEMMs).
+  auto ids = at::randint(c.vocab_size, {1, 5}, at::kLong);
+  at::Tensor fused;
+  {
+    at::NoGradGuard ng;
+    fused = model->forward(ids);
+  }
+  auto separate = model->forward(ids).detach();
+  EXPECT_LT(test::max_abs_diff(fused, separate), 1e-12);
+  // Gradients reach every block of the fused allocation.
+  model->forward(ids).sum().backward();
+  for (const char* n :
+       {"model.layers.1.self_attn.q_proj.weight", "model.layers.1.self_attn.v_proj.weight",
+        "model.layers.1.mlp.up_proj.weight"}) {
+    ASSERT_TRUE(params[n].grad().defined()) << n;
+    EXPECT_GT(params[n].grad().abs().sum().item<double>(), 0.0) << n;
+  }
+}
+
+}  // namespace
+}  // namespace uniattn
