@@ -9,13 +9,19 @@ import json
 
 def category(name):
     n = name.lower()
-    if any(k in n for k in ("gemv", "gemm", "cutlass", "sm90", "xmma", "nvjet")):
-        return "GEMM/GEMV (projections, MLP, lm_head)"
-    if "decode" in n:
+    if "rms_norm_kernel" in n:
+        return "RMSNorm (+ residual add), fused"
+    if "rotary_kernel" in n:
+        return "RoPE (K straight into the cache), fused"
+    if "gated_kernel" in n:
+        return "SiLU x up, fused"
+    if any(k in n for k in ("gemv", "gemm", "cutlass", "sm90", "xmma", "nvjet", "splitkreduce")):
+        return "GEMM/GEMV (projections, MLP, lm_head; cuBLAS split-K reductions included)"
+    if "decode" in n or "combine" in n:
         return "attention (our decode kernels)"
     if "reduce" in n:
-        return "reductions (RMSNorm mean, argmax)"
-    return "elementwise (casts, RMSNorm scale, RoPE, SiLU, residual, cache writes)"
+        return "reductions (argmax; unfused RMSNorm mean)"
+    return "other elementwise (V cache index_copy, residual add; unfused: casts, RoPE, SiLU)"
 
 
 def main():
