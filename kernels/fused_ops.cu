@@ -91,6 +91,63 @@ __global__ void rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ d
   }
 }
 
+// The same for 16-bit types with rows of at most kThreads * V * 8 elements: each thread loads its
+// V 16-byte vectors of x, delta and w at once and keeps them in registers, so a row costs one
+// memory round trip (the scalar kernel above needs three: x, then x again, then w). Decode runs
+// one row per call, where that latency is the whole cost.
+template <typename T, int V>
+__global__ void __launch_bounds__(128)
+    rms_norm_vec_kernel(const T* __restrict__ x, const T* __restrict__ delta,
+                        const T* __restrict__ w, T* __restrict__ h_out, T* __restrict__ out, int n,
+                        float eps, bool plus_one) {
+  constexpr int kVec = 8;
+  const int64_t base = static_cast<int64_t>(blockIdx.x) * n;
+  const int nv = n / kVec;
+  alignas(16) T xv[V][kVec], dv[V][kVec], wv[V][kVec];
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    const int v = threadIdx.x + j * blockDim.x;
+    if (v < nv) {
+      *reinterpret_cast<uint4*>(xv[j]) = reinterpret_cast<const uint4*>(x + base)[v];
+      if (delta) *reinterpret_cast<uint4*>(dv[j]) = reinterpret_cast<const uint4*>(delta + base)[v];
+      *reinterpret_cast<uint4*>(wv[j]) = reinterpret_cast<const uint4*>(w)[v];
+    }
+  }
+  float ss = 0.f;
+  float hv[V][kVec];
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    const int v = threadIdx.x + j * blockDim.x;
+    if (v >= nv) continue;
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) {
+      float h = Cvt<T>::to(xv[j][e]);
+      if (delta) {
+        const T r = Cvt<T>::from(h + Cvt<T>::to(dv[j][e]));
+        xv[j][e] = r;  // now holds h, stored below
+        h = Cvt<T>::to(r);
+      }
+      hv[j][e] = h;
+      ss += h * h;
+    }
+    if (delta) reinterpret_cast<uint4*>(h_out + base)[v] = *reinterpret_cast<const uint4*>(xv[j]);
+  }
+  const float r = rsqrtf(block_sum(ss) / static_cast<float>(n) + eps);
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    const int v = threadIdx.x + j * blockDim.x;
+    if (v >= nv) continue;
+    alignas(16) T ov[kVec];
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) {
+      const float normed = hv[j][e] * r;
+      const float wf = Cvt<T>::to(wv[j][e]);
+      ov[e] = plus_one ? Cvt<T>::from(normed * (1.f + wf)) : Cvt<T>::from(wf * round_to<T>(normed));
+    }
+    reinterpret_cast<uint4*>(out + base)[v] = *reinterpret_cast<const uint4*>(ov);
+  }
+}
+
 // One thread per pair (i, i + D/2) of one (b, h, t) row. HF: x * cos + rotate_half(x) * sin with
 // rotate_half(x) = cat(-x2, x1); each product and the sum are rounded to T, as ATen does.
 template <typename T>
@@ -156,8 +213,28 @@ __global__ void gated_kernel(const T* __restrict__ g, const T* __restrict__ u, T
   for (int64_t i = tid; i < n; i += stride) out[i] = gated_one<T, kGelu>(g[src(i)], u[src(i)]);
 }
 
+template <typename T, int V>
+cudaError_t rms_norm_vec(const NormArgs& a, cudaStream_t st) {
+  rms_norm_vec_kernel<T, V><<<static_cast<unsigned>(a.rows), 128, 0, st>>>(
+      static_cast<const T*>(a.x), static_cast<const T*>(a.delta), static_cast<const T*>(a.w),
+      static_cast<T*>(a.h_out), static_cast<T*>(a.out), a.n, a.eps, a.plus_one);
+  return cudaGetLastError();
+}
+
 template <typename T>
 cudaError_t rms_norm_dt(const NormArgs& a, cudaStream_t st) {
+  if constexpr (sizeof(T) == 2) {
+    const auto ptrs = reinterpret_cast<uintptr_t>(a.x) | reinterpret_cast<uintptr_t>(a.delta) |
+                      reinterpret_cast<uintptr_t>(a.w) | reinterpret_cast<uintptr_t>(a.h_out) |
+                      reinterpret_cast<uintptr_t>(a.out);
+    if (a.n % 8 == 0 && ptrs % 16 == 0) {
+      const int vecs_per_thread = (a.n / 8 + 127) / 128;
+      if (vecs_per_thread <= 1) return rms_norm_vec<T, 1>(a, st);
+      if (vecs_per_thread <= 2) return rms_norm_vec<T, 2>(a, st);
+      if (vecs_per_thread <= 4) return rms_norm_vec<T, 4>(a, st);
+      if (vecs_per_thread <= 8) return rms_norm_vec<T, 8>(a, st);
+    }
+  }
   const int threads = a.n >= 2048 ? 512 : a.n >= 512 ? 128 : 64;
   rms_norm_kernel<T><<<static_cast<unsigned>(a.rows), threads, 0, st>>>(
       static_cast<const T*>(a.x), static_cast<const T*>(a.delta), static_cast<const T*>(a.w),
