@@ -9,7 +9,7 @@ import json
 
 def category(name):
     n = name.lower()
-    if "rms_norm_kernel" in n:
+    if "rms_norm" in n:
         return "RMSNorm (+ residual add), fused"
     if "rotary_kernel" in n:
         return "RoPE (K straight into the cache), fused"

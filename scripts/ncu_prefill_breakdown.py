@@ -15,7 +15,7 @@ PEAK_BF16_TFLOPS = 989.0  # H100 SXM dense bf16 tensor-core peak
 
 def category(name):
     n = name.lower()
-    if "rms_norm_kernel" in n:
+    if "rms_norm" in n:
         return "RMSNorm (fused)"
     if "rotary_kernel" in n:
         return "RoPE (fused)"

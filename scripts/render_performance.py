@@ -214,10 +214,32 @@ def render(results_dir):
                                for b, c, cmd in g["sources"]))
         parts.append("### Targets\n\n" + render_targets(g["rows"]).replace("### ", "#### "))
         parts.append("### Cases\n\n" + render_cases(g["rows"]).replace("### ", "#### "))
+    profiles = render_profiles(results_dir)
+    if profiles:
+        parts.append("## Where the time goes (Nsight Compute)\n\n" + profiles)
     if kernels:
         parts.append("## Kernel micro-benchmarks\n\n" + render_kernels(kernels).replace("### ",
                                                                                        "#### "))
     return "\n\n".join(parts) + "\n"
+
+
+def render_profiles(results_dir):
+    """ncu-*.json: per-category kernel counts and times of one decode step or prefill."""
+    out = []
+    for path in sorted(glob.glob(os.path.join(results_dir, "ncu-*.json"))):
+        d = json.load(open(path))
+        b = d.get("breakdown", {})
+        cats = b.get("categories", {})
+        if not cats:
+            continue
+        total = sum(v["ms"] for v in cats.values())
+        body = [[k, str(v["kernels"]), f"{v['ms']:.3f}", f"{100 * v['ms'] / total:.1f}%"]
+                for k, v in sorted(cats.items(), key=lambda kv: -kv[1]["ms"])]
+        out.append(f"### {os.path.basename(path)}\n\n{d.get('gpu', '?')}, commit "
+                   f"`{d.get('commit', '?')}`, command `{d.get('command', '?')}`\n\n"
+                   f"{d.get('notes', '')}\n\n" +
+                   table(["category", "kernels", "ms (ncu, caches flushed)", "share"], body))
+    return "\n\n".join(out)
 
 
 def main():
