@@ -2,7 +2,7 @@
 # Data-parallel check on a host with 2 GPUs: uniattn-train over NCCL with 2 ranks (micro-batch 1,
 # ZeRO-1, small gradient buckets) against 1 GPU with the same global batch (micro-batch 2), on a
 # tiny random LLaMA (UniAttn two-stage). Prints per-step losses and the largest difference.
-# Usage: scripts/gpu_ddp_check.sh BUILD OUT
+# Usage: [UNIATTN_DDP_SET="k=v ..."] scripts/gpu_ddp_check.sh BUILD OUT
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 BUILD=$1 OUT=$2
@@ -22,6 +22,8 @@ PY
 common=(-c configs/tiny-cpu-smoke.yaml --fresh --set "model.path=$OUT/td/models/llama"
   --set "data.train=$OUT/train.jsonl" --set "data.eval=$OUT/eval.jsonl" --set training.device=cuda
   --set checkpoint.every_steps=0 --set distributed.bucket_mb=0.01)
+# Extra "--set key=value" pairs for both runs, e.g. training.activation_checkpointing=true.
+for kv in ${UNIATTN_DDP_SET:-}; do common+=(--set "$kv"); done
 "$BUILD/uniattn-train" "${common[@]}" --set "output_dir=$OUT/one" --set training.micro_batch=2 \
   >"$OUT/one.log" 2>&1 || { tail -20 "$OUT/one.log"; exit 1; }
 for r in 0 1; do
