@@ -3,19 +3,17 @@
 Usage: ncu_decode_breakdown.py NCU.csv [--json OUT.json]"""
 import argparse
 import collections
-import csv
 import json
+
+from ncu_common import fused_category, is_gemm, read_kernel_times
 
 
 def category(name):
+    fused = fused_category(name)
+    if fused:
+        return fused
     n = name.lower()
-    if "rms_norm" in n:
-        return "RMSNorm (+ residual add), fused"
-    if "rotary_kernel" in n:
-        return "RoPE (K straight into the cache), fused"
-    if "gated_kernel" in n:
-        return "SiLU x up, fused"
-    if any(k in n for k in ("gemv", "gemm", "cutlass", "sm90", "xmma", "nvjet", "splitkreduce")):
+    if is_gemm(name):
         return "GEMM/GEMV (projections, MLP, lm_head; cuBLAS split-K reductions included)"
     if "decode" in n or "combine" in n:
         return "attention (our decode kernels)"
@@ -32,9 +30,9 @@ def main():
     ap.add_argument("--kernels-per-layer", type=int, default=2,
                     help="our decode-attention kernels per layer (leader split + combine)")
     a = ap.parse_args()
-    rows = list(csv.DictReader(l for l in open(a.csv) if l.startswith('"')))
-    names = [r["Kernel Name"] for r in rows]
-    dur_ns = [float(r["Metric Value"].replace(",", "")) for r in rows]
+    times = read_kernel_times(a.csv)
+    names = [n for n, _ in times]
+    dur_ns = [ms * 1e6 for _, ms in times]
     dec = [i for i, n in enumerate(names)
            if "decode_leader" in n or "leader_combine" in n or "decode_follower" in n]
     # One step's layers: `layers` periods of the attention kernels, starting at the first one

@@ -7,23 +7,21 @@ with the embedding gather, so the CSV is split there and the last forward is ana
 Usage: ncu_prefill_breakdown.py NCU.csv --seq 4096 --matmul-params N [--json OUT.json]"""
 import argparse
 import collections
-import csv
 import json
+
+from ncu_common import fused_category, is_gemm, read_kernel_times
 
 PEAK_BF16_TFLOPS = 989.0  # H100 SXM dense bf16 tensor-core peak
 
 
 def category(name):
+    fused = fused_category(name)
+    if fused:
+        return fused
     n = name.lower()
-    if "rms_norm" in n:
-        return "RMSNorm (fused)"
-    if "rotary_kernel" in n:
-        return "RoPE (fused)"
-    if "gated_kernel" in n:
-        return "SiLU x up (fused)"
     if any(k in n for k in ("flash", "fmha", "cudnn", "attention", "prefill_kernel", "sdpa")):
         return "attention"
-    if any(k in n for k in ("gemv", "gemm", "cutlass", "sm90", "xmma", "nvjet")):
+    if is_gemm(name):
         return "GEMM"
     if "reduce" in n:
         return "reductions"
@@ -44,10 +42,9 @@ def main():
                     help="parameters in the per-token GEMMs (all layers, not the embedding)")
     ap.add_argument("--json")
     a = ap.parse_args()
-    rows = list(csv.DictReader(l for l in open(a.csv) if l.startswith('"')))
-    rows = [r for r in rows if r.get("Metric Name") == "gpu__time_duration.sum"]
-    names = [r["Kernel Name"] for r in rows]
-    dur_ms = [float(r["Metric Value"].replace(",", "")) / 1e6 for r in rows]
+    times = read_kernel_times(a.csv)
+    names = [n for n, _ in times]
+    dur_ms = [ms for _, ms in times]
     starts = [i for i, n in enumerate(names) if is_embedding(n)]
     first = starts[-1] if starts else 0
     cats = collections.defaultdict(lambda: [0, 0.0])

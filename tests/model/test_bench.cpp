@@ -9,6 +9,7 @@
 #include <map>
 #include <set>
 
+#include "model_test_util.h"
 #include "test_util.h"
 #include "uniattn/bench.h"
 #include "uniattn/error.h"
@@ -17,17 +18,8 @@ namespace uniattn {
 namespace {
 
 ModelConfig tiny_config() {
-  ModelConfig c;
-  c.arch = Arch::Llama;
-  c.vocab_size = 64;
-  c.hidden_size = 32;
-  c.intermediate_size = 48;
-  c.num_layers = 8;
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.head_dim = 8;
+  auto c = test::tiny_llama_config(8);
   c.tie_word_embeddings = true;  // decode then reads every parameter
-  c.sliding_layers.assign(c.num_layers, false);
   return c;
 }
 

@@ -12,20 +12,6 @@
 namespace uniattn {
 namespace {
 
-ModelConfig tiny_config() {
-  ModelConfig c;
-  c.arch = Arch::Llama;
-  c.vocab_size = 64;
-  c.hidden_size = 32;
-  c.intermediate_size = 48;
-  c.num_layers = 4;
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.head_dim = 8;
-  c.sliding_layers.assign(c.num_layers, false);
-  return c;
-}
-
 TEST(FusedProjections, EqualsSeparateProjectionsAndKeepsParameters) {
   at::manual_seed(0);
   FusedProjections fp;
@@ -54,7 +40,7 @@ TEST(FusedProjections, EqualsSeparateProjectionsAndKeepsParameters) {
 
 TEST(FusedProjections, ModelNamesAndDecodeUnchanged) {
   at::manual_seed(1);
-  auto c = tiny_config();
+  auto c = test::tiny_llama_config(4);
   CausalLM model(c, at::TensorOptions().dtype(at::kDouble));
   auto params = model->named_parameters();
   for (const char* n :
