@@ -1,5 +1,7 @@
 // Helpers shared by the command-line tools (each tool stays a thin shell over the library).
 #pragma once
+#include <cstdio>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -16,6 +18,19 @@ inline std::vector<std::string> split_list(const std::string& s) {
     pos = c + 1;
   }
   return out;
+}
+
+// A tool's main(): runs `run(argc, argv)`; an exception becomes "<tool>: <message>" on stderr
+// (after whatever the tool already streamed to stdout) and exit status 1.
+template <typename Run>
+int guarded_main(const char* tool, Run run, int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "%s: %s\n", tool, e.what());
+    return 1;
+  }
 }
 
 }  // namespace uniattn::cli

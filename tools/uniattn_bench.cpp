@@ -4,7 +4,6 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
-#include <iostream>
 #include <string>
 #include <vector>
 
@@ -78,10 +77,5 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const std::exception& e) {
-    std::cerr << "uniattn-bench: " << e.what() << "\n";
-    return 1;
-  }
+  return uniattn::cli::guarded_main("uniattn-bench", run, argc, argv);
 }

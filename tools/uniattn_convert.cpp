@@ -10,7 +10,8 @@ int main(int argc, char** argv) {
   std::string in, out, dtype = "bf16";
   app.add_option("gguf", in, "input .gguf file")->required()->check(CLI::ExistingFile);
   app.add_option("out", out, "output directory")->required();
-  app.add_option("--dtype", dtype, "stored precision")->check(CLI::IsMember({"f32", "bf16", "f16"}));
+  app.add_option("--dtype", dtype, "stored precision")
+      ->check(CLI::IsMember({"f32", "bf16", "f16"}));
   CLI11_PARSE(app, argc, argv);
   try {
     auto st = dtype == "f32" ? at::kFloat : dtype == "f16" ? at::kHalf : at::kBFloat16;

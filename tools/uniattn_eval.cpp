@@ -6,7 +6,6 @@
 
 #include <chrono>
 #include <cstdio>
-#include <iostream>
 #include <map>
 
 #include "cli_util.h"
@@ -20,7 +19,6 @@
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
 
 nlohmann::json to_json(const uniattn::McTaskResult& r, bool items) {
   nlohmann::json j = {{"task", r.task},         {"n", r.n},
@@ -157,10 +155,5 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "uniattn-eval: %s\n", e.what());
-    return 1;
-  }
+  return uniattn::cli::guarded_main("uniattn-eval", run, argc, argv);
 }

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "cli_util.h"
 #include "uniattn/checkpoint.h"
 #include "uniattn/error.h"
 #include "uniattn/generate.h"
@@ -146,11 +147,5 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const std::exception& e) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "uniattn-generate: %s\n", e.what());
-    return 1;
-  }
+  return uniattn::cli::guarded_main("uniattn-generate", run, argc, argv);
 }
