@@ -188,12 +188,16 @@ std::vector<Proj> FusedProjections::allocate(int64_t in, const std::vector<int64
                                              const at::TensorOptions& o) {
   int64_t total = 0;
   for (int64_t n : outs) total += n;
-  base_ = at::empty({total, in}, o).normal_(0.0, 0.02);
+  auto block = at::empty({total, in}, o).normal_(0.0, 0.02);
   outs_ = outs;
   std::vector<Proj> projs;
   int64_t off = 0;
   for (int64_t n : outs) {
-    projs.push_back(Proj(base_.narrow(0, off, n)));
+    // Aliases of the block's storage, not autograd views: a view would keep `block` alive as its
+    // base even after the parameter is re-pointed.
+    auto w = at::empty({0}, o);
+    w.set_(block.storage(), off * in, {n, in}, {in, 1});
+    projs.push_back(Proj(w));
     off += n;
   }
   return projs;
@@ -201,19 +205,23 @@ std::vector<Proj> FusedProjections::allocate(int64_t in, const std::vector<int64
 
 std::vector<at::Tensor> FusedProjections::forward(const at::Tensor& x,
                                                   const std::vector<Proj>& projs) const {
-  if (!base_.defined() || at::GradMode::is_enabled() || projs.size() != outs_.size()) return {};
-  const int64_t in = base_.size(1);
+  if (outs_.empty() || at::GradMode::is_enabled() || projs.size() != outs_.size()) return {};
+  const auto& first = projs[0]->weight;
+  const int64_t in = first.size(1);
   if (x.size(-1) != in || x.numel() / in > kMaxRows) return {};
-  auto* p = static_cast<const char*>(base_.data_ptr());
-  int64_t off = 0;
+  // The blocks must still be consecutive rows of one storage (a re-pointed parameter is not).
+  int64_t off = first.storage_offset();
   for (size_t i = 0; i < projs.size(); ++i) {
     const auto& w = projs[i]->weight;
-    if (w.data_ptr() != p + off * in * static_cast<int64_t>(base_.element_size()) ||
-        w.scalar_type() != base_.scalar_type() || projs[i]->bias.defined())
+    if (!w.is_alias_of(first) || w.storage_offset() != off || !w.is_contiguous() ||
+        w.size(0) != outs_[i] || w.size(1) != in || projs[i]->bias.defined())
       return {};
-    off += outs_[i];
+    off += outs_[i] * in;
   }
-  auto y = at::linear(x, base_);
+  // The whole block, re-derived from the parameters each time: holding it here would keep the
+  // old weights alive after the parameters were re-pointed.
+  const int64_t rows = (off - first.storage_offset()) / in;
+  auto y = at::linear(x, first.as_strided({rows, in}, {in, 1}));
   std::vector<at::Tensor> parts;
   off = 0;
   for (int64_t n : outs_) {

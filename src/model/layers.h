@@ -96,8 +96,7 @@ class FusedProjections {
   static constexpr int64_t kMaxRows = 16;
 
  private:
-  at::Tensor base_;
-  std::vector<int64_t> outs_;
+  std::vector<int64_t> outs_;  // rows per block; the block itself lives only in the parameters
 };
 
 // down(act(gate(x)) * up(x)); act is SiLU (LLaMA/Mistral) or tanh-approximated GELU (Gemma).

@@ -20,6 +20,15 @@ TEST(FusedProjections, EqualsSeparateProjectionsAndKeepsParameters) {
   EXPECT_EQ(projs[0]->weight.sizes(), (std::vector<int64_t>{40, 32}));
   EXPECT_EQ(projs[2]->weight.sizes(), (std::vector<int64_t>{8, 32}));
   EXPECT_TRUE(projs[1]->weight.requires_grad());
+  {
+    // Only the parameters reference the block: once all are re-pointed, it is freed.
+    FusedProjections other;
+    auto ps = other.allocate(8, {4, 4}, at::TensorOptions().dtype(at::kDouble));
+    const auto storage = ps[0]->weight.storage();
+    at::NoGradGuard ng;
+    for (auto& p : ps) p->weight.set_data(at::zeros({4, 8}, at::kDouble));
+    EXPECT_EQ(storage.use_count(), 1);  // `storage` itself
+  }
   auto x = at::randn({2, 3, 32}, at::kDouble);
   {
     at::NoGradGuard ng;
