@@ -313,14 +313,8 @@ BenchResult run_bench(const BenchOptions& opt) {
       run_model_variant(ctx, m, v);
       if (v == Variant::None && opt.unfused_baseline) {
         ctx.variant = "none_unfused";
-        set_fused_ops_enabled(false);
-        try {
-          run_model_variant(ctx, m, v);
-        } catch (...) {
-          set_fused_ops_enabled(true);
-          throw;
-        }
-        set_fused_ops_enabled(true);
+        AtenOpsScope unfused;  // the benchmark builds, prefills and captures on this thread
+        run_model_variant(ctx, m, v);
       }
     }
   }

@@ -1,7 +1,6 @@
 #include "layers.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <numbers>
 
@@ -11,15 +10,13 @@
 namespace uniattn {
 
 namespace {
-std::atomic<bool> g_fused_ops{true};
 thread_local bool t_force_aten = false;
 
 // The fused kernels have no backward and take one dtype: they apply to CUDA tensors of one
 // supported dtype when no input takes part in autograd.
 bool use_fused(std::initializer_list<const at::Tensor*> ts) {
   const at::Tensor& first = **ts.begin();
-  if (t_force_aten || !g_fused_ops.load(std::memory_order_relaxed) || !first.is_cuda())
-    return false;
+  if (t_force_aten || !first.is_cuda()) return false;
   if (!kernels::detail::cuda_hooks().rms_norm) return false;
   const auto dt = first.scalar_type();
   if (dt != at::kFloat && dt != at::kBFloat16 && dt != at::kHalf) return false;
@@ -32,10 +29,8 @@ bool use_fused(std::initializer_list<const at::Tensor*> ts) {
 }
 }  // namespace
 
-void set_fused_ops_enabled(bool on) { g_fused_ops.store(on); }
 AtenOpsScope::AtenOpsScope() : prev_(t_force_aten) { t_force_aten = true; }
 AtenOpsScope::~AtenOpsScope() { t_force_aten = prev_; }
-bool fused_ops_enabled() { return g_fused_ops.load(); }
 
 at::Tensor rms_norm_aten(const at::Tensor& x, const at::Tensor& weight, double eps, bool plus_one) {
   const auto acc = accumulation_type(x.scalar_type());

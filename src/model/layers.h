@@ -16,12 +16,12 @@ inline at::ScalarType accumulation_type(at::ScalarType t) {
 
 // The small per-token ops below run as one fused CUDA kernel each (kernels/fused_ops.cu) when
 // their inputs are CUDA tensors of one dtype (fp32, bf16, fp16) that need no autograd; otherwise,
-// and whenever fused ops are disabled, as the ATen expressions of Hugging Face's formulas
-// (*_aten). Both round at the same points, so they differ only by summation order.
-void set_fused_ops_enabled(bool on);  // default on; benchmarks switch it to measure the gain
-bool fused_ops_enabled();
-// While alive, this thread takes the ATen path. Activation checkpointing runs its graph-free
-// forward under it, so the forward and its recomputation round identically.
+// and inside an AtenOpsScope, as the ATen expressions of Hugging Face's formulas (*_aten). Both
+// round at the same points, so they differ only by summation order.
+//
+// AtenOpsScope: while alive, this thread takes the ATen path. Activation checkpointing runs its
+// graph-free forward under it, so forward and recomputation round identically; uniattn-bench's
+// unfused baseline runs under it to measure what the fused kernels buy.
 class AtenOpsScope {
  public:
   AtenOpsScope();
