@@ -126,4 +126,43 @@ __device__ __forceinline__ float cap_logit(float x, float softcap, float inv_cap
   return softcap > 0.f ? softcap * fast_tanh(x * inv_cap) : x;
 }
 
+constexpr float kLog2e = 1.4426950408889634f;
+
+// One online-softmax step (leader kernels, prefill and decode) over a tile of BN keys held as
+// m16n8 accumulator fragments: s[BN / 8][4] holds this lane's logits of rows row0 (elements 0, 1)
+// and row0 + 8 (elements 2, 3). Updates the running row max m_run and per-thread partial sum l_run
+// (quad-reduced by the caller at the end), turns s into exp(s - max) and rescales the output
+// accumulator o[D / 8][4] by the change of max. A row fully masked so far keeps max -inf without
+// producing NaN.
+template <int BN, int D>
+__device__ __forceinline__ void online_softmax_step(float (&s)[BN / 8][4], float (&m_run)[2],
+                                                    float (&l_run)[2], float (&o)[D / 8][4]) {
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * i], s[nt][2 * i + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_new = fmaxf(m_run[i], mx);
+    const float m_use = m_new == -INFINITY ? 0.f : m_new;
+    const float alpha = exp2f((m_run[i] - m_use) * kLog2e);
+    m_run[i] = m_new;
+    const float mb2 = m_use * kLog2e;
+    float sum = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+      s[nt][2 * i] = exp2f(fmaf(s[nt][2 * i], kLog2e, -mb2));
+      s[nt][2 * i + 1] = exp2f(fmaf(s[nt][2 * i + 1], kLog2e, -mb2));
+      sum += s[nt][2 * i] + s[nt][2 * i + 1];
+    }
+    l_run[i] = l_run[i] * alpha + sum;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) {
+      o[dt][2 * i] *= alpha;
+      o[dt][2 * i + 1] *= alpha;
+    }
+  }
+}
+
 }  // namespace uniattn::kernels::cuda

@@ -16,7 +16,6 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kBM = 64;
-constexpr float kLog2e = 1.4426950408889634f;
 
 template <typename T, int D, int BN, bool kFollower>
 __global__ void __launch_bounds__(kThreads) prefill_kernel(const PrefillArgs a) {
@@ -114,32 +113,7 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(const PrefillArgs a) 
     }
 
     if constexpr (!kFollower) {
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        float mx = -INFINITY;
-#pragma unroll
-        for (int nt = 0; nt < BN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * i], s[nt][2 * i + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float m_new = fmaxf(m_run[i], mx);
-        const float m_use = m_new == -INFINITY ? 0.f : m_new;  // fully masked so far: avoid NaN
-        const float alpha = exp2f((m_run[i] - m_use) * kLog2e);
-        m_run[i] = m_new;
-        const float mb2 = m_use * kLog2e;
-        float sum = 0.f;
-#pragma unroll
-        for (int nt = 0; nt < BN / 8; ++nt) {
-          s[nt][2 * i] = exp2f(fmaf(s[nt][2 * i], kLog2e, -mb2));
-          s[nt][2 * i + 1] = exp2f(fmaf(s[nt][2 * i + 1], kLog2e, -mb2));
-          sum += s[nt][2 * i] + s[nt][2 * i + 1];
-        }
-        l_run[i] = l_run[i] * alpha + sum;  // per-thread partial; quad-reduced at the end
-#pragma unroll
-        for (int dt = 0; dt < D / 8; ++dt) {
-          o[dt][2 * i] *= alpha;
-          o[dt][2 * i + 1] *= alpha;
-        }
-      }
+      online_softmax_step<BN, D>(s, m_run, l_run, o);
     } else {
 #pragma unroll
       for (int nt = 0; nt < BN / 8; ++nt) {
