@@ -97,6 +97,8 @@ struct TrainDistributedConfig {
 struct TrainDebugConfig {
   int64_t inject_nan_at_step = 0;  // > 0: the loss of that global step becomes NaN
   int64_t stop_after_steps = 0;    // > 0: checkpoint and exit after that global step (as on SIGINT)
+  int64_t fail_at_step = 0;        // > 0: rank fail_rank throws at the start of that global step
+  int64_t fail_rank = 0;
 };
 
 struct TrainConfig {

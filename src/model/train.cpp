@@ -201,27 +201,13 @@ nlohmann::json metrics_json(const StepMetrics& m) {
   return j;
 }
 
-}  // namespace
-
-TrainResult train(const TrainConfig& c, const TrainOptions& options) {
-  const DistEnv& env = options.dist;
-  const at::Device device = pick_device(c.training.device, env);
+// Everything after the process group exists; train() reports a failure here to the other ranks.
+TrainResult run_training(const TrainConfig& c, const TrainOptions& options, Comm& comm,
+                         const at::Device device) {
   const bool cuda = device.is_cuda();
-  UNIATTN_CHECK(c.training.global_batch % (c.training.micro_batch * env.world_size) == 0,
-                "training.global_batch (", c.training.global_batch,
-                ") must be a multiple of micro_batch x world size (", c.training.micro_batch, " x ",
-                env.world_size, ")");
-  const int64_t accum = c.training.global_batch / (c.training.micro_batch * env.world_size);
+  const int64_t accum = c.training.global_batch / (c.training.micro_batch * comm.world());
   // Autocast only for "bf16"; "bf16_weights" runs on bf16 weights directly.
   const bool autocast = c.training.precision == "bf16";
-  // Checked before any process group exists: a 2-rank NCCL run with recomputation on 2 H200s did
-  // not finish (bench/results/ddp-nccl-2xh200.json), while the same on 2 Gloo CPU ranks matches
-  // one process (tests/model/test_train.cpp). Until the NCCL case is understood it is refused.
-  UNIATTN_CHECK(!(c.training.activation_checkpointing && env.world_size > 1 && cuda),
-                "training.activation_checkpointing with data parallelism on GPUs is not supported "
-                "yet (a 2-GPU NCCL check hung); train on one GPU per run with it, or set "
-                "training.activation_checkpointing: false");
-  Comm comm(env, c.distributed.backend, cuda, c.distributed.timeout_s);
   const bool rank0 = comm.rank() == 0;
   const bool zero1 = c.distributed.zero1 && comm.world() > 1;
   const fs::path out = c.output_dir;
@@ -350,6 +336,9 @@ TrainResult train(const TrainConfig& c, const TrainOptions& options) {
       }
       const int64_t per_rank = c.training.global_batch / comm.world();
       const bool inject = c.debug.inject_nan_at_step == st.global_step + 1;
+      UNIATTN_CHECK(
+          !(c.debug.fail_at_step == st.global_step + 1 && c.debug.fail_rank == comm.rank()),
+          "debug.fail_at_step: injected failure at step ", st.global_step + 1);
       double local_sum = 0.0;
       for (auto& p : params) p.mutable_grad().reset();
       for (int64_t m = 0; m < accum; ++m) {
@@ -502,6 +491,28 @@ TrainResult train(const TrainConfig& c, const TrainOptions& options) {
   }
   comm.barrier();
   return result;
+}
+
+}  // namespace
+
+TrainResult train(const TrainConfig& c, const TrainOptions& options) {
+  const DistEnv& env = options.dist;
+  const at::Device device = pick_device(c.training.device, env);
+  UNIATTN_CHECK(c.training.global_batch % (c.training.micro_batch * env.world_size) == 0,
+                "training.global_batch (", c.training.global_batch,
+                ") must be a multiple of micro_batch x world size (", c.training.micro_batch, " x ",
+                env.world_size, ")");
+  // Each rank's own GPU is its current device, for the main thread's allocations and for NCCL
+  // (otherwise every rank would also open a context on GPU 0).
+  if (device.is_cuda()) c10::cuda::set_device(device.index());
+  Comm comm(env, c.distributed.backend, device.is_cuda(), c.distributed.timeout_s);
+  try {
+    return run_training(c, options, comm, device);
+  } catch (const std::exception& e) {
+    if (const auto first = comm.report_failure(e.what()))
+      fail(*first, " (rank ", comm.rank(), " then stopped with: ", e.what(), ")");
+    throw;
+  }
 }
 
 }  // namespace uniattn

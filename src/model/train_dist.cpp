@@ -24,6 +24,8 @@
 #include <cstdlib>
 #include <exception>
 #include <string>
+#include <string_view>
+#include <thread>
 
 #include "model/train_internal.h"
 #include "uniattn/error.h"
@@ -73,6 +75,7 @@ Comm::Comm(const DistEnv& env, const std::string& backend, bool cuda, int64_t ti
          " failed (rank ", rank_, " of ", world_, "): ", e.what());
   }
   auto prefixed = c10::make_intrusive<c10d::PrefixStore>("uniattn-train", store);
+  store_ = c10::make_intrusive<c10d::PrefixStore>("uniattn-watch", store);
   if (be == "gloo") {
 #ifdef UNIATTN_HAVE_GLOO
     UNIATTN_CHECK(!cuda,
@@ -95,10 +98,100 @@ Comm::Comm(const DistEnv& env, const std::string& backend, bool cuda, int64_t ti
     fail("distributed.backend nccl is unavailable: this build has no CUDA/NCCL support");
 #endif
   }
+  watcher_ = std::thread([this] { watch_peers(); });
+}
+
+namespace {
+std::vector<uint8_t> bytes_of(std::string_view s) { return {s.begin(), s.end()}; }
+
+// The first line of an exception's text (c10's messages carry a C++ backtrace after it).
+std::string first_line(const char* what) {
+  std::string s(what);
+  if (const auto nl = s.find('\n'); nl != std::string::npos) s.resize(nl);
+  return s;
+}
+
+// Polls `done` every 50 ms until it holds or `limit` passes; store errors end the wait.
+template <typename F>
+void wait_until(F done, std::chrono::milliseconds limit) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  try {
+    while (!done() && std::chrono::steady_clock::now() < end)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  } catch (const std::exception&) {
+  }
+}
+}  // namespace
+
+void Comm::watch_peers() {
+  std::unique_lock<std::mutex> lock(watch_mu_);
+  while (
+      !watch_cv_.wait_for(lock, std::chrono::milliseconds(500), [this] { return watch_stop_; })) {
+    std::string why;
+    try {
+      if (!store_->check({"failed"})) continue;
+      const auto v = store_->get("failed");
+      why.assign(v.begin(), v.end());
+      store_->add("failed_seen", 1);
+    } catch (const std::exception& e) {
+      why = "lost the rendezvous store (did rank 0 exit?): " + first_line(e.what());
+    }
+    if (reported_) return;  // this rank's own failure: it is unwinding already
+    // The collective this rank may be blocked in will never complete; exiting here leaves the
+    // last complete checkpoint as it is.
+    std::fprintf(stderr, "uniattn-train: rank %d stops: %s\n", rank_, why.c_str());
+    std::fflush(stderr);
+    std::_Exit(1);
+  }
+}
+
+std::optional<std::string> Comm::report_failure(const std::string& what) {
+  if (!store_) return std::nullopt;
+  {
+    std::lock_guard<std::mutex> lock(watch_mu_);
+    reported_ = true;
+  }
+  const std::string mine = "rank " + std::to_string(rank_) + " failed: " + first_line(what.c_str());
+  try {
+    const auto v = store_->compareSet("failed", {}, bytes_of(mine));
+    std::string first(v.begin(), v.end());
+    if (first != mine) return first;
+  } catch (const std::exception&) {
+    // The store is gone too (rank 0 died first): the others learn it from that.
+  }
+  return std::nullopt;
+}
+
+void Comm::close_store(bool failing) {
+  if (!store_) return;
+  {
+    std::lock_guard<std::mutex> lock(watch_mu_);
+    watch_stop_ = true;
+  }
+  watch_cv_.notify_all();
+  if (watcher_.joinable()) watcher_.join();
+  // Rank 0 hosts the store: it stays up until the others no longer need it, so that their
+  // watchers don't take a normal end for a lost rank 0 (or, when failing, until they have read
+  // why). Both waits are bounded: a peer that never comes must not keep this process alive.
+  try {
+    if (failing) {
+      if (rank_ == 0)
+        wait_until([&] { return store_->add("failed_seen", 0) >= world_ - 1; },
+                   std::chrono::seconds(3));
+    } else {
+      store_->add("closed", 1);
+      if (rank_ == 0)
+        wait_until([&] { return store_->add("closed", 0) >= world_; }, std::chrono::seconds(60));
+    }
+  } catch (const std::exception&) {
+  }
+  store_.reset();
 }
 
 Comm::~Comm() {
   if (!pg_) return;
+  const bool failing = std::uncaught_exceptions() > 0;
+  close_store(failing);
   // What destroy_process_group() does: NCCL flushes its work, destroys its communicators and
   // stops its watchdog (without it, ProcessGroupNCCL's destructor warns and aborts them); Gloo
   // has no shutdown of its own (a no-op). While an exception unwinds (this rank failed; peers may
@@ -106,7 +199,7 @@ Comm::~Comm() {
   // aborted instead. Destructors must not throw, and a failure here leaves nothing to recover:
   // it is reported, not raised.
   try {
-    if (std::uncaught_exceptions() > 0)
+    if (failing)
       pg_->abort();
     else
       pg_->shutdown();
@@ -150,6 +243,7 @@ void Comm::barrier() {
   if (cuda_) opts = opts.device(at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(local_rank_)));
   auto t = at::zeros({1}, opts);
   allreduce_sum(t);
+  (void)t.item<float>();
 }
 
 // ---- GradReducer ----

@@ -4,10 +4,13 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/intrusive_ptr.h>
 
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "uniattn/data.h"
@@ -15,6 +18,7 @@
 
 namespace c10d {
 class Backend;
+class Store;
 class Work;
 }  // namespace c10d
 
@@ -42,16 +46,29 @@ void collate(const std::vector<Sequence>& data, const std::vector<int64_t>& idx,
              at::Tensor& ids, at::Tensor& mask);
 
 // ---- communication (train_dist.cpp) ----
+// With more than one rank, a watcher thread polls the rendezvous store: when another rank reports
+// a failure (report_failure), or the store itself goes away (rank 0 died), this process prints why
+// and exits at once, rather than waiting in its next collective for distributed.timeout_s. What it
+// leaves on disk is the last complete checkpoint: checkpoints are written to a temporary directory
+// and renamed.
 class Comm {
  public:
   // world_size 1: no process group; collectives are no-ops.
   Comm(const DistEnv& env, const std::string& backend, bool cuda, int64_t timeout_s);
   ~Comm();
+  Comm(const Comm&) = delete;
+  Comm& operator=(const Comm&) = delete;
+  // This rank is failing with `what`: tell the others before unwinding. The first report wins;
+  // when another rank's came first (this rank's error is then often only the broken connection
+  // to it), that report is returned.
+  std::optional<std::string> report_failure(const std::string& what);
   int rank() const { return rank_; }
   int world() const { return world_; }
   void allreduce_sum(at::Tensor& t);
   c10::intrusive_ptr<c10d::Work> allreduce_async(at::Tensor& t);
   void broadcast(at::Tensor& t, int root);
+  // Returns on every rank only once all ranks have entered it, host-side included (an NCCL
+  // all-reduce's wait() only orders streams, so the result is read back to the host).
   void barrier();
   static void wait(const c10::intrusive_ptr<c10d::Work>& w);
 
@@ -59,7 +76,15 @@ class Comm {
   int rank_ = 0, world_ = 1;
   bool cuda_ = false;
   int local_rank_ = 0;
+  c10::intrusive_ptr<c10d::Store> store_;
   c10::intrusive_ptr<c10d::Backend> pg_;
+  void watch_peers();
+  void close_store(bool failing);
+  std::thread watcher_;
+  std::mutex watch_mu_;
+  std::condition_variable watch_cv_;
+  bool watch_stop_ = false;
+  bool reported_ = false;  // this rank reported its own failure (the watcher ignores it)
 };
 
 // Sums gradients over ranks in buckets of ~bucket_bytes, each launched (asynchronously, in a fixed

@@ -97,9 +97,15 @@ double model_diff(const fs::path& a, const fs::path& b) {
 
 fs::path cli() { return test::data_dir().parent_path() / "uniattn-train"; }
 
-pid_t spawn(const std::vector<std::string>& args, const std::vector<std::string>& env) {
+// Runs args[0] with `env` added; its stderr goes to `log` when given.
+pid_t spawn(const std::vector<std::string>& args, const std::vector<std::string>& env,
+            const fs::path& log = {}) {
   const pid_t pid = fork();
   if (pid == 0) {
+    if (!log.empty()) {
+      std::FILE* f = std::fopen(log.c_str(), "w");
+      if (f) dup2(fileno(f), 2);
+    }
     std::vector<char*> av, ev;
     for (const auto& a : args) av.push_back(const_cast<char*>(a.c_str()));
     av.push_back(nullptr);
@@ -112,10 +118,34 @@ pid_t spawn(const std::vector<std::string>& args, const std::vector<std::string>
   return pid;
 }
 
+int exit_code(int status) {
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
 int wait_exit(pid_t pid) {
   int status = 0;
   waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return exit_code(status);
+}
+
+// Like wait_exit, but kills the process after `limit` and then returns -1.
+int wait_exit_within(pid_t pid, std::chrono::seconds limit) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  int status = 0;
+  while (waitpid(pid, &status, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() > end) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      return -1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return exit_code(status);
+}
+
+std::string read_file(const fs::path& p) {
+  std::ifstream f(p);
+  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
 }
 
 std::vector<std::string> cli_args(const fs::path& dir, const std::string& out,
@@ -380,6 +410,51 @@ TEST(Train, TwoGlooProcessesMatchOneProcess) {
   for (auto p : pids) EXPECT_EQ(wait_exit(p), 0);
   expect_same_curve(read_metrics(dir / "two-rc"), read_metrics(dir / "one"), 1e-5);
   EXPECT_LT(model_diff(dir / "one" / "final", dir / "two-rc" / "final"), 1e-5);
+}
+
+// A rank that fails stops the others at once (they would otherwise wait in their next collective
+// for distributed.timeout_s, 600 s by default), and what it leaves resumes to the same curve.
+TEST(Train, AFailingRankStopsTheOthersAndTheRunResumes) {
+#if !__has_include(<gloo/algorithm.h>)
+  GTEST_SKIP() << "Gloo headers (Debian libgloo-dev) missing: the library was built without Gloo";
+#endif
+  ASSERT_TRUE(fs::exists(cli())) << cli() << " missing: build the uniattn-train target";
+  const auto dir = test::scratch_dir();
+  const std::vector<std::string> common{"distributed.bucket_mb=0.01", "training.micro_batch=1",
+                                        "checkpoint.every_steps=2"};
+  const int port = 20000 + static_cast<int>((getpid() + 7919) % 20000);
+  const auto launch = [&](const std::vector<std::string>& extra, int port_offset) {
+    auto ov = common;
+    ov.insert(ov.end(), extra.begin(), extra.end());
+    const auto args = cli_args(dir, "run", ov);  // writes the data files: once, before spawning
+    std::vector<pid_t> pids;
+    for (int r = 0; r < 2; ++r)
+      pids.push_back(
+          spawn(args,
+                {"RANK=" + std::to_string(r), "WORLD_SIZE=2", "MASTER_ADDR=127.0.0.1",
+                 "MASTER_PORT=" + std::to_string(port + port_offset), "OMP_NUM_THREADS=1"},
+                dir / ("rank" + std::to_string(r) + "-" + std::to_string(port_offset) + ".log")));
+    std::vector<int> codes;
+    for (auto p : pids) codes.push_back(wait_exit_within(p, std::chrono::seconds(120)));
+    return codes;
+  };
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto failed = launch({"debug.fail_at_step=5", "debug.fail_rank=1"}, 0);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(failed[1], 1);  // the failing rank reports its error
+  EXPECT_EQ(failed[0], 1);  // the other one stops too, not killed by the 120 s limit (-1)
+  EXPECT_LT(took, 60.0);
+  EXPECT_NE(read_file(dir / "rank1-0.log").find("injected failure at step 5"), std::string::npos);
+  EXPECT_NE(read_file(dir / "rank0-0.log").find("rank 1 failed: "), std::string::npos)
+      << read_file(dir / "rank0-0.log");
+  // The checkpoint of step 4 (optimiser state sharded over the ranks) is intact; both ranks resume
+  // from it and finish.
+  const auto resumed = launch({}, 1);
+  EXPECT_EQ(resumed[0], 0);
+  EXPECT_EQ(resumed[1], 0);
+  EXPECT_NE(read_file(dir / "rank0-1.log").find("resumed from step 4"), std::string::npos);
+  train(tiny_config(dir, "ref", {"training.micro_batch=2"}));
+  expect_same_curve(read_metrics(dir / "run"), read_metrics(dir / "ref"), 1e-5);
 }
 
 // The first step's loss (lr 0 during warm-up, so the weights are the checkpoint's) against

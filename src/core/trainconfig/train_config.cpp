@@ -295,6 +295,8 @@ TrainConfig from_node(const YAML::Node& root, const std::string& origin) {
     Reader r(top.get("debug"), "debug", origin);
     r.positive("inject_nan_at_step", c.debug.inject_nan_at_step, true);
     r.positive("stop_after_steps", c.debug.stop_after_steps, true);
+    r.positive("fail_at_step", c.debug.fail_at_step, true);
+    r.positive("fail_rank", c.debug.fail_rank, true);
   }
   return c;
 }
