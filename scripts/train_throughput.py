@@ -1,5 +1,16 @@
 """See scripts/train_throughput.sh. Builds the random models with transformers, measures
-transformers' training step, then runs uniattn-train on the same model and data."""
+transformers' training step, then runs uniattn-train on the same model and data.
+
+Each uniattn-train mode is set against the transformers step that does the same work:
+  none_bf16_weights (bf16 weights, gradients, AdamW state)  <->  transformers_sdpa
+      (model.to(bfloat16), fused AdamW on the bf16 parameters)
+  none (the default: bf16 autocast over fp32 master weights)  <->  transformers_sdpa_amp
+      (fp32 model under torch.autocast(bfloat16), fused AdamW on fp32 parameters: what the HF
+      Trainer does with bf16=True)
+Both transformers steps clip the gradient norm to 1.0 (foreach), as the HF Trainer does by default
+and as uniattn-train does with grad_clip 1.0.
+
+--profile-hf DIR runs a few transformers steps on the saved model DIR and exits (for ncu)."""
 import argparse
 import json
 import os
@@ -18,6 +29,7 @@ SHAPES = {
                                      num_key_value_heads=8, tie_word_embeddings=False), batch=4),
 }
 SEQ, STEPS, WARM = 1024, 12, 3
+PEAK_TFLOPS = 800e12  # the bf16 matmul rate measured on the H100 (KINDS.md), not the datasheet's
 
 
 def flops_per_token(m):
@@ -27,22 +39,55 @@ def flops_per_token(m):
     return 6 * n + 6 * attn
 
 
-def hf_step_time(m, batch, ids):
+def hf_step_times(m, ids, steps, amp):
+    """Seconds per training step of transformers: fp32 weights under bf16 autocast when amp, else
+    the weights' own dtype; fused AdamW; clipping to 1.0."""
     opt = torch.optim.AdamW(m.parameters(), lr=1e-5, fused=True)
     times = []
-    for i in range(STEPS):
-        torch.cuda.synchronize(); t = time.perf_counter()
-        loss = m(input_ids=ids, labels=ids).loss
-        loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize(); times.append(time.perf_counter() - t)
-    return sorted(times[WARM:])[len(times[WARM:]) // 2]
+    for _ in range(steps):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            loss = m(input_ids=ids, labels=ids).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0, foreach=True)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return times
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--build", required=True)
-    a = ap.parse_args()
+def median_after_warmup(xs):
+    xs = sorted(xs[WARM:])
+    return xs[len(xs) // 2]
+
+
+def uniattn_cmd(build, model_dir, data, batch, steps, run_dir):
+    return [os.path.join(build, "uniattn-train"), "-c", "configs/compare/one-stage.yaml", "--fresh",
+            "--set", f"model.path={model_dir}", "--set", "data.format=tokens",
+            "--set", "training.progress=false", "--set", f"data.train={data}",
+            "--set", f"data.eval={data}", "--set", f"data.max_length={SEQ}",
+            "--set", "training.device=cuda", "--set", "training.precision=bf16",
+            "--set", f"training.global_batch={batch}", "--set", f"training.micro_batch={batch}",
+            "--set", "checkpoint.every_steps=0", "--set", "eval.every_steps=0",
+            "--set", f"stages=[{{params: all, steps: {steps}, lr: 1.0e-5}}]",
+            "--set", f"output_dir={run_dir}"]
+
+
+def write_tokens(path, vocab, batch, steps):
+    with open(path, "w") as f:
+        g = torch.Generator().manual_seed(1)
+        for _ in range(batch * steps):
+            t = torch.randint(0, vocab, (SEQ,), generator=g).tolist()
+            f.write(json.dumps({"ids": t, "loss_mask": [1] * SEQ}) + "\n")
+
+
+def row(case, variant, metric, value, unit):
+    return {"case": case, "variant": variant, "metric": metric, "value": value, "unit": unit}
+
+
+def measure(a):
     rows = []
     for name, s in SHAPES.items():
         torch.manual_seed(0)
@@ -53,55 +98,69 @@ def main():
         m.save_pretrained(d)
         fpt = flops_per_token(m)
         B = s["batch"]
+        case = f"{name}/train/S={SEQ}/B={B}"
         ids = torch.randint(0, cfg.vocab_size, (B, SEQ), device="cuda")
-        torch.cuda.reset_peak_memory_stats()
-        dt = hf_step_time(m, B, ids)
-        hf_peak_gib = torch.cuda.max_memory_allocated() / 2**30
-        tps = B * SEQ / dt
-        rows += [{"case": f"{name}/train/S={SEQ}/B={B}", "variant": "transformers_sdpa",
-                  "metric": "tokens_per_s", "value": tps, "unit": "tokens/s"},
-                 {"case": f"{name}/train/S={SEQ}/B={B}", "variant": "transformers_sdpa",
-                  "metric": "mfu", "value": tps * fpt / 800e12, "unit": "fraction"}]
+        for variant, amp in (("transformers_sdpa", False), ("transformers_sdpa_amp", True)):
+            if amp:
+                m = m.float()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            tps = B * SEQ / median_after_warmup(hf_step_times(m, ids, STEPS, amp))
+            rows += [row(case, variant, "tokens_per_s", tps, "tokens/s"),
+                     row(case, variant, "mfu", tps * fpt / PEAK_TFLOPS, "fraction"),
+                     row(case, variant, "peak_memory_gib",
+                         torch.cuda.max_memory_allocated() / 2**30, "GiB")]
+            print(name, variant, f"{tps:.0f} tokens/s", flush=True)
         del m
         torch.cuda.empty_cache()
-        with open(os.path.join(a.out, name + ".jsonl"), "w") as f:
-            g = torch.Generator().manual_seed(1)
-            for _ in range(B * STEPS):
-                t = torch.randint(0, cfg.vocab_size, (SEQ,), generator=g).tolist()
-                f.write(json.dumps({"ids": t, "loss_mask": [1] * SEQ}) + "\n")
-        cmd = [os.path.join(a.build, "uniattn-train"), "-c", "configs/compare/one-stage.yaml", "--fresh",
-               "--set", f"model.path={d}", "--set", "data.format=tokens", "--set", "training.progress=false",
-               "--set", f"data.train={a.out}/{name}.jsonl", "--set", f"data.eval={a.out}/{name}.jsonl",
-               "--set", f"data.max_length={SEQ}",
-               "--set", "training.device=cuda", "--set", "training.precision=bf16",
-               "--set", f"training.global_batch={B}", "--set", f"training.micro_batch={B}",
-               "--set", "checkpoint.every_steps=0", "--set", "eval.every_steps=0",
-               "--set", f"stages=[{{params: all, steps: {STEPS}, lr: 1.0e-5}}]"]
-        case = f"{name}/train/S={SEQ}/B={B}"
-        rows.append({"case": case, "variant": "transformers_sdpa", "metric": "peak_memory_gib",
-                     "value": hf_peak_gib, "unit": "GiB"})
+        data = os.path.join(a.out, name + ".jsonl")
+        write_tokens(data, cfg.vocab_size, B, STEPS)
         # uniattn-train as configured by default (bf16 autocast over fp32 master weights), with
-        # activation checkpointing, and with bf16 weights/gradients/AdamW state as transformers
-        # runs above (the later --set wins over the command's training.precision=bf16).
+        # activation checkpointing, and with bf16 weights/gradients/AdamW state (the later --set
+        # wins over the command's training.precision=bf16).
         for variant, extra in (("none", []),
                                ("none_checkpointing", ["--set", "training.activation_checkpointing=true"]),
                                ("none_bf16_weights", ["--set", "training.precision=bf16_weights"])):
             run_dir = f"{a.out}/{name}-{variant}"
-            r = subprocess.run(cmd + ["--set", f"output_dir={run_dir}"] + extra, capture_output=True,
-                               text=True)
+            r = subprocess.run(uniattn_cmd(a.build, d, data, B, STEPS, run_dir) + extra,
+                               capture_output=True, text=True)
             print(r.stderr[-800:])
             mets = [json.loads(l) for l in open(f"{run_dir}/metrics.jsonl") if l.strip()]
-            tps_u = sorted(x["tokens_per_s"] for x in mets[WARM:])[len(mets[WARM:]) // 2]
-            rows += [{"case": case, "variant": variant, "metric": "tokens_per_s", "value": tps_u,
-                      "unit": "tokens/s"},
-                     {"case": case, "variant": variant, "metric": "mfu",
-                      "value": tps_u * fpt / 800e12, "unit": "fraction"},
-                     {"case": case, "variant": variant, "metric": "peak_memory_gib",
-                      "value": max(x.get("peak_memory_gib", 0) for x in mets), "unit": "GiB"}]
-            print(name, "transformers", tps, "uniattn-train", variant, tps_u)
+            tps_u = median_after_warmup([x["tokens_per_s"] for x in mets])
+            rows += [row(case, variant, "tokens_per_s", tps_u, "tokens/s"),
+                     row(case, variant, "mfu", tps_u * fpt / PEAK_TFLOPS, "fraction"),
+                     row(case, variant, "peak_memory_gib",
+                         max(x.get("peak_memory_gib", 0) for x in mets), "GiB")]
+            print(name, "uniattn-train", variant, f"{tps_u:.0f} tokens/s", flush=True)
     json.dump({"gpu": torch.cuda.get_device_name(), "commit": os.environ.get("UNIATTN_COMMIT", "?"),
                "command": "scripts/train_throughput.sh build-gpu OUT", "rows": rows},
               open(os.path.join(a.out, "train-throughput.json"), "w"), indent=1)
+
+
+def profile_hf(a):
+    m = LlamaForCausalLM.from_pretrained(a.profile_hf, dtype=torch.bfloat16,
+                                         attn_implementation="sdpa").cuda()
+    if a.amp:
+        m = m.float()
+    ids = torch.randint(0, m.config.vocab_size, (a.batch, SEQ), device="cuda")
+    hf_step_times(m, ids, a.steps, a.amp)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out")
+    ap.add_argument("--build")
+    ap.add_argument("--profile-hf", metavar="MODEL_DIR")
+    ap.add_argument("--amp", action="store_true", help="with --profile-hf: fp32 under autocast")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=2)
+    a = ap.parse_args()
+    if a.profile_hf:
+        profile_hf(a)
+    else:
+        if not (a.out and a.build):
+            ap.error("--out and --build are required")
+        measure(a)
 
 
 if __name__ == "__main__":
