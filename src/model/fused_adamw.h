@@ -39,7 +39,8 @@ class FusedAdamW : public torch::optim::AdamW {
 // gradients (in fp64 for fp64 ones). Returns the total norm before clipping (inf/NaN when a
 // gradient is non-finite; the gradients are then scaled by NaN as torch's version does), or 0
 // when no parameter has a gradient. Uses at::_foreach_norm and at::_foreach_mul_ and synchronises
-// with the device once, to read the norm.
+// with the device once, to read the norm; when the coefficient is 1 nothing is multiplied. The
+// coefficient is applied in the gradients' dtype (bf16 for bf16 gradients, as torch does).
 double clip_grad_norm_foreach(const std::vector<at::Tensor>& params, double max_norm);
 
 }  // namespace uniattn

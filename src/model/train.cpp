@@ -356,10 +356,15 @@ TrainResult run_training(const TrainConfig& c, const TrainOptions& options, Comm
           fo.recompute = c.training.activation_checkpointing;
           auto logits = model->forward(ids, nullptr, fo);
           const auto l = ids.size(1);
-          auto lg = logits.narrow(1, 0, l - 1).to(at::kFloat).reshape({-1, vocab});
-          auto tgt = ids.narrow(1, 1, l - 1).reshape({-1});
+          // Position i predicts ids[i + 1]; the last one predicts nothing (a dummy target with
+          // weight 0). Scoring all l positions keeps the logits contiguous, so the fp32 cast and
+          // its backward are single vectorised copies (narrowing first cost two strided copies,
+          // 1.8 ms per step on the LLaMA-8B slice, ncu-train-llama8b-slice-h100.json).
+          auto lg = logits.to(at::kFloat).reshape({-1, vocab});
+          auto tgt = at::roll(ids, {-1}, {1}).reshape({-1});
+          auto weight = at::constant_pad_nd(mask.narrow(1, 1, l - 1), {0, 1}).reshape({-1});
           auto ce = at::cross_entropy_loss(lg, tgt, {}, at::Reduction::None);
-          auto sum = (ce * mask.narrow(1, 1, l - 1).reshape({-1})).sum();
+          auto sum = (ce * weight).sum();
           if (inject) sum = sum * std::numeric_limits<double>::quiet_NaN();
           loss = sum / static_cast<double>(targets);
           local_sum += sum.item<double>();
