@@ -340,7 +340,10 @@ TrainResult run_training(const TrainConfig& c, const TrainOptions& options, Comm
           !(c.debug.fail_at_step == st.global_step + 1 && c.debug.fail_rank == comm.rank()),
           "debug.fail_at_step: injected failure at step ", st.global_step + 1);
       double local_sum = 0.0;
-      for (auto& p : params) p.mutable_grad().reset();
+      if (reducer)
+        reducer->zero_grad();
+      else
+        for (auto& p : params) p.mutable_grad().reset();
       for (int64_t m = 0; m < accum; ++m) {
         const auto first = batch.begin() + comm.rank() * per_rank + m * c.training.micro_batch;
         std::vector<int64_t> idx(first, first + c.training.micro_batch);

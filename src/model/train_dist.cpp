@@ -1,5 +1,6 @@
 // Data-parallel plumbing over c10d: a TCPStore rendezvous from the torchrun environment, a Gloo
-// (CPU) or NCCL (CUDA) backend, and the bucketed gradient all-reduce driven by parameter hooks.
+// (CPU) or NCCL (CUDA) backend, and the watcher that stops every rank when one fails. The bucketed
+// gradient all-reduce is in grad_reducer.cpp.
 //
 // The PyPI torch wheel ships ProcessGroupGloo.hpp but not the Gloo headers it includes; they come
 // from Debian's libgloo-dev (the class layout we rely on holds only smart pointers to Gloo types,
@@ -244,119 +245,6 @@ void Comm::barrier() {
   auto t = at::zeros({1}, opts);
   allreduce_sum(t);
   (void)t.item<float>();
-}
-
-// ---- GradReducer ----
-
-GradReducer::GradReducer(Comm& comm, const std::vector<at::Tensor>& params, double bucket_bytes)
-    : comm_(comm), params_(params) {
-  // Buckets in reverse parameter order: the order in which backward produces gradients.
-  bucket_of_.resize(params_.size());
-  seen_.assign(params_.size(), false);
-  Bucket cur;
-  int64_t cur_numel = 0;
-  const auto flush = [&] {
-    if (cur.params.empty()) return;
-    cur.flat = at::zeros({cur_numel}, params_[cur.params[0]].options().dtype(at::kFloat));
-    buckets_.push_back(std::move(cur));
-    cur = Bucket();
-    cur_numel = 0;
-  };
-  for (size_t k = params_.size(); k-- > 0;) {
-    const auto& p = params_[k];
-    // bf16 weights (training.precision bf16_weights) are summed over ranks in fp32 too: one
-    // rounding to bf16 when the sum is written back, none per hop of the all-reduce.
-    UNIATTN_CHECK(p.scalar_type() == at::kFloat || p.scalar_type() == at::kBFloat16,
-                  "data-parallel training needs fp32 or bf16 weights, got ", p.scalar_type());
-    bucket_of_[k] = buckets_.size();
-    cur.params.push_back(k);
-    cur.offsets.push_back(cur_numel);
-    cur_numel += p.numel();
-    if (static_cast<double>(cur_numel) * 4.0 >= bucket_bytes) flush();
-  }
-  flush();
-  for (size_t k = 0; k < params_.size(); ++k) {
-    at::Tensor p = params_[k];
-    hooks_.push_back(p.register_hook([this, k](const at::Tensor& g) {
-      on_grad(k, g);
-      return at::Tensor();  // keep the gradient as is
-    }));
-  }
-}
-
-GradReducer::~GradReducer() {
-  for (size_t k = 0; k < params_.size(); ++k) params_[k].remove_hook(hooks_[k]);
-}
-
-void GradReducer::arm(bool on) {
-  std::lock_guard<std::mutex> lock(mu_);
-  armed_ = on;
-  std::fill(seen_.begin(), seen_.end(), false);
-  for (auto& b : buckets_) {
-    b.pending = b.params.size();
-    b.launched = false;
-    b.work.reset();
-  }
-  next_launch_ = 0;
-}
-
-void GradReducer::on_grad(size_t k, const at::Tensor& grad) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (!armed_ || seen_[k]) return;
-  seen_[k] = true;
-  auto& b = buckets_[bucket_of_[k]];
-  size_t slot = 0;
-  while (b.params[slot] != k) ++slot;
-  // The full gradient of this step = what earlier micro-batches accumulated + this one's.
-  const auto& acc = params_[k].grad();
-  auto dst = b.flat.narrow(0, b.offsets[slot], params_[k].numel()).view(params_[k].sizes());
-  if (acc.defined())
-    at::add_out(dst, acc, grad);
-  else
-    dst.copy_(grad);
-  --b.pending;
-  launch_ready();
-}
-
-void GradReducer::launch_ready() {
-  while (next_launch_ < buckets_.size() && buckets_[next_launch_].pending == 0) {
-    auto& b = buckets_[next_launch_++];
-    b.launched = true;
-    b.work = comm_.allreduce_async(b.flat);
-  }
-}
-
-void GradReducer::finish() {
-  std::lock_guard<std::mutex> lock(mu_);
-  // Parameters whose gradient never arrived in the last backward (unused in that graph) still
-  // contribute what earlier micro-batches accumulated, or zeros.
-  for (size_t k = 0; k < params_.size(); ++k) {
-    if (seen_[k]) continue;
-    seen_[k] = true;
-    auto& b = buckets_[bucket_of_[k]];
-    size_t slot = 0;
-    while (b.params[slot] != k) ++slot;
-    auto dst = b.flat.narrow(0, b.offsets[slot], params_[k].numel()).view(params_[k].sizes());
-    const auto& acc = params_[k].grad();
-    if (acc.defined())
-      dst.copy_(acc);
-    else
-      dst.zero_();
-    --b.pending;
-  }
-  launch_ready();
-  for (auto& b : buckets_) {
-    Comm::wait(b.work);
-    for (size_t s = 0; s < b.params.size(); ++s) {
-      auto& p = params_[b.params[s]];
-      auto src = b.flat.narrow(0, b.offsets[s], p.numel()).view(p.sizes());
-      if (p.grad().defined())
-        p.mutable_grad().copy_(src);
-      else
-        p.mutable_grad() = src.to(p.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
-    }
-  }
-  armed_ = false;
 }
 
 }  // namespace train_detail

@@ -88,14 +88,27 @@ class Comm {
 };
 
 // Sums gradients over ranks in buckets of ~bucket_bytes, each launched (asynchronously, in a fixed
-// order on every rank) as soon as all its parameters' gradients for the last micro-batch are
-// known; finish() launches the rest, waits and writes the sums back into .grad.
+// order on every rank) as soon as all its parameters' gradients for the last micro-batch have been
+// accumulated (a post-accumulate-grad hook per parameter); finish() launches the rest and waits.
+//
+// fp32 gradients are views into the buckets, as PyTorch DDP's gradient_as_bucket_view: autograd
+// accumulates every micro-batch straight into the bucket, the all-reduce runs in place, and no
+// second copy of the gradients exists (for an 8B model that copy alone is 32 GB). bf16 gradients
+// (training.precision bf16_weights) are copied into fp32 buckets instead, so the sum over ranks is
+// rounded to bf16 once, and copied back by finish().
 class GradReducer {
  public:
   GradReducer(Comm& comm, const std::vector<at::Tensor>& params, double bucket_bytes);
-  ~GradReducer();
+  ~GradReducer();  // detaches the hooks; with views, drops the gradients too
+  GradReducer(const GradReducer&) = delete;
+  GradReducer& operator=(const GradReducer&) = delete;
+  // Starts a step: zeroes the buckets; with views, (re)points each .grad at its bucket slice, so
+  // the trainer calls this instead of resetting the gradients.
+  void zero_grad();
   void arm(bool on);  // on: the next backward is the last micro-batch of the step
   void finish();
+  bool grads_are_views() const { return views_; }
+  void on_accumulated(size_t param);  // called by the hooks
 
  private:
   struct Bucket {
@@ -103,19 +116,19 @@ class GradReducer {
     std::vector<int64_t> offsets;
     at::Tensor flat;
     size_t pending = 0;
-    bool launched = false;
     c10::intrusive_ptr<c10d::Work> work;
   };
-  void on_grad(size_t param, const at::Tensor& grad);
+  at::Tensor slot_of(size_t param);  // the bucket slice of a parameter, shaped like it
   void launch_ready();
   Comm& comm_;
   std::vector<at::Tensor> params_;
   std::vector<size_t> bucket_of_;
+  std::vector<int64_t> offset_of_;
   std::vector<Bucket> buckets_;
   std::vector<bool> seen_;
-  std::vector<unsigned> hooks_;
   size_t next_launch_ = 0;
   bool armed_ = false;
+  bool views_ = false;
   std::mutex mu_;
 };
 
