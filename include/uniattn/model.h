@@ -4,9 +4,9 @@
 // q_proj/k_proj (Softmax/UniAttn) or k_proj/v_proj (CLA).
 #pragma once
 #include <ATen/core/Tensor.h>
+#include <c10/core/TensorOptions.h>
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
-#include <c10/core/TensorOptions.h>
 
 #include <memory>
 
@@ -69,6 +69,8 @@ class CausalLMImpl : public torch::nn::Module {
   at::Device device() const;
 
  private:
+  // logits(hidden + pending): the final norm adds the last layer's deferred residual.
+  at::Tensor logits_after(const at::Tensor& hidden, const at::Tensor& pending, bool last_only);
   std::shared_ptr<const ModelConfig> config_;
   std::vector<std::shared_ptr<DecoderLayerImpl>> layers_;
   at::Tensor embed_weight_, final_norm_weight_, lm_head_weight_;

@@ -142,8 +142,19 @@ at::Tensor CausalLMImpl::run_layer(int64_t l, const at::Tensor& hidden, ForwardS
 }
 
 at::Tensor CausalLMImpl::logits(const at::Tensor& hidden, bool last_only) {
-  auto x = last_only ? hidden.narrow(1, hidden.size(1) - 1, 1) : hidden;
-  x = rms_norm(x, final_norm_weight_, config_->rms_norm_eps, config_->norm_plus_one);
+  return logits_after(hidden, {}, last_only);
+}
+
+at::Tensor CausalLMImpl::logits_after(const at::Tensor& hidden, const at::Tensor& pending,
+                                      bool last_only) {
+  const auto last = [&](const at::Tensor& t) {
+    return last_only ? t.narrow(1, t.size(1) - 1, 1) : t;
+  };
+  auto x = last(hidden);
+  const double eps = config_->rms_norm_eps;
+  const bool p1 = config_->norm_plus_one;
+  x = pending.defined() ? add_rms_norm(x, last(pending), final_norm_weight_, eps, p1).second
+                        : rms_norm(x, final_norm_weight_, eps, p1);
   const auto& w = config_->tie_word_embeddings ? embed_weight_ : lm_head_weight_;
   auto out = at::matmul(x, w.t());
   if (config_->final_logit_softcap > 0) {
@@ -162,7 +173,13 @@ at::Tensor CausalLMImpl::forward(const at::Tensor& input_ids, KVCache* cache,
     for (const auto& [first, last] : checkpoint_units(*config_))
       x = run_unit_recomputed(*this, first, last, x, base);
   } else {
-    for (int64_t l = 0; l < config_->num_layers; ++l) x = run_layer(l, x, *state);
+    // Each layer's closing residual add is done by the next layer's input norm (and the last
+    // one's by the final norm): add_rms_norm fuses the two where the fused kernels apply.
+    at::Tensor pending;
+    for (int64_t l = 0; l < config_->num_layers; ++l)
+      std::tie(x, pending) = layers_.at(l)->forward_deferred(x, pending, *state);
+    if (cache && !options.decode_position.defined()) cache->advance(input_ids.size(1));
+    return logits_after(x, pending, options.last_only);
   }
   if (cache && !options.decode_position.defined()) cache->advance(input_ids.size(1));
   return logits(x, options.last_only);

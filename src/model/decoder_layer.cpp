@@ -201,10 +201,21 @@ DecoderLayerImpl::DecoderLayerImpl(std::shared_ptr<const ModelConfig> cp, int64_
 }
 
 at::Tensor DecoderLayerImpl::forward(const at::Tensor& x, ForwardState& s) {
+  auto [h, m] = forward_deferred(x, {}, s);
+  return h + m;
+}
+
+std::pair<at::Tensor, at::Tensor> DecoderLayerImpl::forward_deferred(const at::Tensor& x_in,
+                                                                     const at::Tensor& pending,
+                                                                     ForwardState& s) {
   const auto& c = *cfg_;
   const double eps = c.rms_norm_eps;
   const bool p1 = c.norm_plus_one;
-  auto xn = rms_norm(x, input_layernorm, eps, p1);
+  at::Tensor x, xn;
+  if (pending.defined())
+    std::tie(x, xn) = add_rms_norm(x_in, pending, input_layernorm, eps, p1);
+  else
+    x = x_in, xn = rms_norm(x, input_layernorm, eps, p1);
   auto a = self_attn->forward(xn, s);
   if (c.sandwich_norms) a = rms_norm(a, post_attention_layernorm, eps, p1);
   // The residual add and the MLP's input norm run as one kernel where the fused ops apply.
@@ -216,7 +227,7 @@ at::Tensor DecoderLayerImpl::forward(const at::Tensor& x, ForwardState& s) {
   }
   auto m = mlp->forward(hn);
   if (c.sandwich_norms) m = rms_norm(m, post_feedforward_layernorm, eps, p1);
-  return h + m;
+  return {h, m};
 }
 
 }  // namespace uniattn

@@ -52,6 +52,12 @@ class DecoderLayerImpl : public torch::nn::Module {
  public:
   DecoderLayerImpl(std::shared_ptr<const ModelConfig> c, int64_t layer, const at::TensorOptions& o);
   at::Tensor forward(const at::Tensor& x, ForwardState& state);
+  // The same layer with its closing residual add left to the caller: returns (h, m), the layer's
+  // output being h + m. `pending`, when defined, is the previous layer's m: the input is then
+  // x + pending, added by this layer's input norm (one fused kernel where there were two, the
+  // sum rounded exactly as the separate add rounds it).
+  std::pair<at::Tensor, at::Tensor> forward_deferred(const at::Tensor& x, const at::Tensor& pending,
+                                                     ForwardState& state);
 
   Attention self_attn{nullptr};
   Mlp mlp{nullptr};
