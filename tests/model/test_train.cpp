@@ -161,6 +161,22 @@ std::vector<std::string> cli_args(const fs::path& dir, const std::string& out,
   return a;
 }
 
+// Starts ranks 0 and 1 of a 2-process Gloo run of `args` (built once, before spawning: cli_args
+// writes the data files the ranks read). With `log_dir`, rank R's stderr goes to
+// log_dir/rankR-<port>.log.
+std::vector<pid_t> spawn_two_ranks(const std::vector<std::string>& args, int port,
+                                   const fs::path& log_dir = {}) {
+  std::vector<pid_t> pids;
+  for (int r = 0; r < 2; ++r)
+    pids.push_back(spawn(args,
+                         {"RANK=" + std::to_string(r), "WORLD_SIZE=2", "MASTER_ADDR=127.0.0.1",
+                          "MASTER_PORT=" + std::to_string(port), "OMP_NUM_THREADS=1"},
+                         log_dir.empty() ? fs::path()
+                                         : log_dir / ("rank" + std::to_string(r) + "-" +
+                                                      std::to_string(port) + ".log")));
+  return pids;
+}
+
 TEST(Train, CosineScheduleWithWarmup) {
   // total 10, warm-up ceil(0.25 * 10) = 3: 0, 1/3, 2/3, then 0.5 (1 + cos(pi (s - 3) / 7)).
   EXPECT_DOUBLE_EQ(cosine_lr_factor(0, 10, 0.25, 0.0), 0.0);
@@ -391,22 +407,14 @@ TEST(Train, TwoGlooProcessesMatchOneProcess) {
   auto two = common;
   two.push_back("training.micro_batch=1");
   const int port = 20000 + static_cast<int>(getpid() % 20000);
-  std::vector<pid_t> pids;
-  for (int r = 0; r < 2; ++r)
-    pids.push_back(spawn(cli_args(dir, "two", two),
-                         {"RANK=" + std::to_string(r), "WORLD_SIZE=2", "MASTER_ADDR=127.0.0.1",
-                          "MASTER_PORT=" + std::to_string(port), "OMP_NUM_THREADS=1"}));
+  auto pids = spawn_two_ranks(cli_args(dir, "two", two), port);
   for (auto p : pids) EXPECT_EQ(wait_exit(p), 0);
   expect_same_curve(read_metrics(dir / "two"), read_metrics(dir / "one"), 1e-5);
   EXPECT_LT(model_diff(dir / "one" / "final", dir / "two" / "final"), 1e-5);
   // With activation checkpointing, parameter gradients arrive inside the recomputing backward;
   // the reducer's hooks must still see each one once per step.
   two.push_back("training.activation_checkpointing=true");
-  pids.clear();
-  for (int r = 0; r < 2; ++r)
-    pids.push_back(spawn(cli_args(dir, "two-rc", two),
-                         {"RANK=" + std::to_string(r), "WORLD_SIZE=2", "MASTER_ADDR=127.0.0.1",
-                          "MASTER_PORT=" + std::to_string(port + 1), "OMP_NUM_THREADS=1"}));
+  pids = spawn_two_ranks(cli_args(dir, "two-rc", two), port + 1);
   for (auto p : pids) EXPECT_EQ(wait_exit(p), 0);
   expect_same_curve(read_metrics(dir / "two-rc"), read_metrics(dir / "one"), 1e-5);
   EXPECT_LT(model_diff(dir / "one" / "final", dir / "two-rc" / "final"), 1e-5);
@@ -426,14 +434,7 @@ TEST(Train, AFailingRankStopsTheOthersAndTheRunResumes) {
   const auto launch = [&](const std::vector<std::string>& extra, int port_offset) {
     auto ov = common;
     ov.insert(ov.end(), extra.begin(), extra.end());
-    const auto args = cli_args(dir, "run", ov);  // writes the data files: once, before spawning
-    std::vector<pid_t> pids;
-    for (int r = 0; r < 2; ++r)
-      pids.push_back(
-          spawn(args,
-                {"RANK=" + std::to_string(r), "WORLD_SIZE=2", "MASTER_ADDR=127.0.0.1",
-                 "MASTER_PORT=" + std::to_string(port + port_offset), "OMP_NUM_THREADS=1"},
-                dir / ("rank" + std::to_string(r) + "-" + std::to_string(port_offset) + ".log")));
+    const auto pids = spawn_two_ranks(cli_args(dir, "run", ov), port + port_offset, dir);
     std::vector<int> codes;
     for (auto p : pids) codes.push_back(wait_exit_within(p, std::chrono::seconds(120)));
     return codes;
@@ -444,15 +445,20 @@ TEST(Train, AFailingRankStopsTheOthersAndTheRunResumes) {
   EXPECT_EQ(failed[1], 1);  // the failing rank reports its error
   EXPECT_EQ(failed[0], 1);  // the other one stops too, not killed by the 120 s limit (-1)
   EXPECT_LT(took, 60.0);
-  EXPECT_NE(read_file(dir / "rank1-0.log").find("injected failure at step 5"), std::string::npos);
-  EXPECT_NE(read_file(dir / "rank0-0.log").find("rank 1 failed: "), std::string::npos)
-      << read_file(dir / "rank0-0.log");
+  EXPECT_NE(read_file(dir / ("rank1-" + std::to_string(port) + ".log"))
+                .find("injected failure at step 5"),
+            std::string::npos);
+  EXPECT_NE(read_file(dir / ("rank0-" + std::to_string(port) + ".log")).find("rank 1 failed: "),
+            std::string::npos)
+      << read_file(dir / ("rank0-" + std::to_string(port) + ".log"));
   // The checkpoint of step 4 (optimiser state sharded over the ranks) is intact; both ranks resume
   // from it and finish.
   const auto resumed = launch({}, 1);
   EXPECT_EQ(resumed[0], 0);
   EXPECT_EQ(resumed[1], 0);
-  EXPECT_NE(read_file(dir / "rank0-1.log").find("resumed from step 4"), std::string::npos);
+  EXPECT_NE(
+      read_file(dir / ("rank0-" + std::to_string(port + 1) + ".log")).find("resumed from step 4"),
+      std::string::npos);
   train(tiny_config(dir, "ref", {"training.micro_batch=2"}));
   expect_same_curve(read_metrics(dir / "run"), read_metrics(dir / "ref"), 1e-5);
 }
