@@ -41,10 +41,10 @@ TORCH_PREFIX=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
 step configure cmake -S . -B "$BUILD" -G Ninja -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" \
   -DUNIATTN_CUDA=ON -DUNIATTN_PYTHON="$(command -v python3)" -DCMAKE_BUILD_TYPE=Release
 step build cmake --build "$BUILD" -j"$(nproc)" --target test_kernels test_kernel_bench \
-  test_kernels_fallback test_fused_ops
+  test_attention_reference test_fused_ops
 
 if [ "${status[build]}" = 0 ]; then
-  step fallback_tests "$BUILD/tests/test_kernels_fallback" --gtest_brief=1
+  step fallback_tests "$BUILD/tests/test_attention_reference" --gtest_brief=1
   step gpu_tests "$BUILD/tests/test_kernels" --gtest_output=json:"$OUT/test_kernels.json"
   step fused_ops_tests "$BUILD/tests/test_fused_ops" --gtest_output=json:"$OUT/test_fused_ops.json"
   step memcheck env UNIATTN_KERNEL_TEST_QUICK=1 compute-sanitizer --tool memcheck \

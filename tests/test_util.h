@@ -7,7 +7,7 @@
 #include <gtest/gtest.h>
 
 #include "uniattn/error.h"
-#include "uniattn/file_io.h"
+#include "uniattn/io/file_io.h"
 
 namespace uniattn::test {
 

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "cli_util.h"
-#include "uniattn/bench.h"
+#include "bench.h"
 #include "uniattn/error.h"
 
 namespace {

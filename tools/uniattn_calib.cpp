@@ -10,10 +10,10 @@
 
 #include <unistd.h>
 
-#include "uniattn/calibrate.h"
-#include "uniattn/checkpoint.h"
+#include "uniattn/calib/calibrate.h"
+#include "uniattn/model/checkpoint.h"
 #include "uniattn/error.h"
-#include "uniattn/file_io.h"
+#include "uniattn/io/file_io.h"
 
 namespace {
 

@@ -2,7 +2,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 
-#include "uniattn/checkpoint.h"
+#include "uniattn/model/checkpoint.h"
 #include "uniattn/error.h"
 
 int main(int argc, char** argv) {

@@ -9,12 +9,13 @@
 #include <map>
 
 #include "cli_util.h"
-#include "uniattn/calibrate.h"
-#include "uniattn/checkpoint.h"
+#include "model_args.h"
+#include "uniattn/calib/calibrate.h"
+#include "uniattn/model/checkpoint.h"
 #include "uniattn/error.h"
-#include "uniattn/eval.h"
-#include "uniattn/file_io.h"
-#include "uniattn/generate.h"
+#include "uniattn/eval/eval.h"
+#include "uniattn/io/file_io.h"
+#include "uniattn/infer/generate.h"
 
 namespace {
 
@@ -79,7 +80,7 @@ int run(int argc, char** argv) {
   // Resolve tasks before loading the model so a missing file fails fast.
   const auto files = uniattn::resolve_mc_tasks(uniattn::cli::split_list(tasks), data_dir);
 
-  auto lo = uniattn::load_options(dtype, device, variant, superblocks, path);
+  auto lo = uniattn::cli::load_options(dtype, device, variant, superblocks, path);
   const auto t0 = Clock::now();
   auto model = uniattn::load_model(path, lo);
   auto tok = uniattn::load_tokenizer(path);

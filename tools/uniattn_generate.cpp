@@ -11,9 +11,10 @@
 #include <vector>
 
 #include "cli_util.h"
-#include "uniattn/checkpoint.h"
+#include "model_args.h"
+#include "uniattn/model/checkpoint.h"
 #include "uniattn/error.h"
-#include "uniattn/generate.h"
+#include "uniattn/infer/generate.h"
 
 namespace {
 
@@ -71,8 +72,8 @@ int run(int argc, char** argv) {
   if (prompts.empty()) uniattn::fail("no prompts (use --prompt, --prompt-file or stdin)");
 
   const std::filesystem::path path =
-      model_path.empty() ? uniattn::default_model_path() : std::filesystem::path(model_path);
-  auto lo = uniattn::load_options(dtype, device, variant, superblocks, path);
+      model_path.empty() ? uniattn::cli::default_model_path() : std::filesystem::path(model_path);
+  auto lo = uniattn::cli::load_options(dtype, device, variant, superblocks, path);
   auto model = uniattn::load_model(path, lo);
   auto tok = uniattn::load_tokenizer(path);
 

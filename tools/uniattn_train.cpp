@@ -10,7 +10,7 @@
 #include <iostream>
 
 #include "uniattn/error.h"
-#include "uniattn/train.h"
+#include "uniattn/train/train.h"
 
 namespace {
 std::atomic<bool> g_stop{false};

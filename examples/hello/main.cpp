@@ -2,7 +2,7 @@
 // two SuperBlocks, runs a prefill and one cached decode step, and prints the KV-cache saving.
 #include <cstdio>
 
-#include "uniattn/model.h"
+#include "uniattn/model/causal_lm.h"
 #include "uniattn/version.h"
 
 int main() {

@@ -5,9 +5,9 @@
 #include "decoder_layer.h"
 #include "forward_state.h"
 #include "layers.h"
-#include "recompute.h"
+#include "train/recompute.h"
 #include "uniattn/error.h"
-#include "uniattn/model.h"
+#include "uniattn/model/causal_lm.h"
 
 namespace uniattn {
 

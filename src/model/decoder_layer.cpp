@@ -2,7 +2,7 @@
 
 #include <ATen/autocast_mode.h>
 
-#include "attention_math.h"
+#include "attention/reference.h"
 #include "shared_softmax.h"
 #include "uniattn/error.h"
 

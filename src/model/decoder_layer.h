@@ -8,7 +8,7 @@
 #include "forward_state.h"
 #include "layers.h"
 #include "shared_softmax.h"
-#include "uniattn/config.h"
+#include "uniattn/config/model_config.h"
 
 namespace uniattn {
 

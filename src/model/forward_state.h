@@ -6,8 +6,8 @@
 #include <vector>
 
 #include "layers.h"
-#include "uniattn/kv_cache.h"
-#include "uniattn/model.h"
+#include "uniattn/model/kv_cache.h"
+#include "uniattn/model/causal_lm.h"
 
 namespace uniattn {
 

@@ -1,4 +1,4 @@
-#include "uniattn/kv_cache.h"
+#include "uniattn/model/kv_cache.h"
 
 #include "uniattn/error.h"
 

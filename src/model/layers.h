@@ -5,7 +5,7 @@
 
 #include <vector>
 
-#include "uniattn/config.h"
+#include "uniattn/config/model_config.h"
 
 namespace uniattn {
 

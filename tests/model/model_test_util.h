@@ -5,10 +5,10 @@
 #include <map>
 #include <string>
 
-#include "model/tensor_bytes.h"
+#include "model/load/tensor_bytes.h"
 #include "test_util.h"
-#include "uniattn/config.h"
-#include "uniattn/safetensors.h"
+#include "uniattn/config/model_config.h"
+#include "uniattn/io/safetensors.h"
 
 namespace uniattn::test {
 

@@ -6,9 +6,9 @@
 #include <nlohmann/json.hpp>
 
 #include "model_test_util.h"
-#include "uniattn/checkpoint.h"
+#include "uniattn/model/checkpoint.h"
 #include "uniattn/error.h"
-#include "uniattn/file_io.h"
+#include "uniattn/io/file_io.h"
 
 using namespace uniattn;
 

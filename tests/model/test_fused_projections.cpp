@@ -7,7 +7,7 @@
 #include "model/decoder_layer.h"
 #include "model/layers.h"
 #include "model_test_util.h"
-#include "uniattn/model.h"
+#include "uniattn/model/causal_lm.h"
 
 namespace uniattn {
 namespace {

@@ -4,7 +4,7 @@
 #include <cstdio>
 
 #include "model_test_util.h"
-#include "uniattn/checkpoint.h"
+#include "uniattn/model/checkpoint.h"
 
 using namespace uniattn;
 

@@ -4,8 +4,8 @@
 #include <fstream>
 
 #include "model_test_util.h"
-#include "uniattn/checkpoint.h"
-#include "uniattn/file_io.h"
+#include "uniattn/model/checkpoint.h"
+#include "uniattn/io/file_io.h"
 
 using namespace uniattn;
 

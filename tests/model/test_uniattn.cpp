@@ -5,7 +5,7 @@
 
 #include "model_test_util.h"
 #include "model/decoder_layer.h"
-#include "uniattn/checkpoint.h"
+#include "uniattn/model/checkpoint.h"
 
 using namespace uniattn;
 

@@ -1,0 +1,517 @@
+// The one-pass W_c calibration: base and unified activations advance layer by layer over the
+// whole calibration set; each follower is solved at its own depth, then applied before the
+// unified stream moves on (docs/calibration.md explains the design).
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <limits>
+
+#include <unistd.h>
+
+#include "internal.h"
+#include "model/decoder_layer.h"
+#include "model/forward_state.h"
+#include "model/load/tensor_bytes.h"
+#include "uniattn/error.h"
+#include "uniattn/io/file_io.h"
+#include "uniattn/io/safetensors.h"
+
+namespace uniattn {
+using namespace calib;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+// Rows of [B, T, d] where `valid` [B, T] is true -> [N, d].
+at::Tensor real_rows(const at::Tensor& t, const at::Tensor& valid) {
+  return t.reshape({-1, t.size(-1)}).index({valid.reshape({-1})});
+}
+
+// X with a column of ones when W_c has a bias (the bias is then the last row of W).
+at::Tensor with_bias_column(const at::Tensor& x, bool bias) {
+  return bias ? at::cat({x, at::ones({x.size(0), 1}, x.options())}, 1) : x;
+}
+
+// Sum of next-token NLL over target tokens, and their count, from final hidden states.
+std::pair<double, int64_t> loss_sums(CausalLM& m, const at::Tensor& hidden, const Batch& b) {
+  if (hidden.size(1) < 2) return {0.0, 0};
+  const int64_t t = hidden.size(1);
+  auto sel = b.loss_mask.narrow(1, 1, t - 1);
+  auto h = real_rows(hidden.narrow(1, 0, t - 1), sel);
+  auto target = b.ids.narrow(1, 1, t - 1).index({sel});
+  double sum = 0.0;
+  for (int64_t i = 0; i < h.size(0); i += 1024) {
+    const int64_t n = std::min<int64_t>(1024, h.size(0) - i);
+    auto logits = m->logits(h.narrow(0, i, n).unsqueeze(0), false).squeeze(0).to(at::kFloat);
+    sum += at::cross_entropy_loss(logits, target.narrow(0, i, n), {}, at::Reduction::Sum)
+               .item<double>();
+  }
+  return {sum, h.size(0)};
+}
+
+uint64_t fnv1a(uint64_t h, const void* p, size_t n) {
+  const auto* c = static_cast<const unsigned char*>(p);
+  for (size_t i = 0; i < n; ++i) h = (h ^ c[i]) * 1099511628211ull;
+  return h;
+}
+
+uint64_t hash_examples(const std::vector<TokenizedExample>& a, uint64_t h) {
+  for (const auto& e : a) {
+    h = fnv1a(h, e.ids.data(), e.ids.size() * sizeof(int32_t));
+    h = fnv1a(h, e.loss_mask.data(), e.loss_mask.size());
+  }
+  return h;
+}
+
+nlohmann::json to_json(const FollowerReport& r) {
+  return {{"layer", r.layer},
+          {"leader", r.leader},
+          {"ridge", r.ridge},
+          {"lambda", r.lambda},
+          {"calib_tokens", r.calib_tokens},
+          {"heldout_tokens", r.heldout_tokens},
+          {"calib_err", r.calib_err},
+          {"heldout_err", r.heldout_err},
+          {"calib_rel_residual", r.calib_rel_residual},
+          {"heldout_rel_residual", r.heldout_rel_residual},
+          {"solve_seconds", r.solve_seconds}};
+}
+
+FollowerReport report_from_json(const nlohmann::json& j) {
+  FollowerReport r;
+  r.layer = j.at("layer");
+  r.leader = j.at("leader");
+  r.ridge = j.at("ridge");
+  r.lambda = j.at("lambda");
+  r.calib_tokens = j.at("calib_tokens");
+  r.heldout_tokens = j.at("heldout_tokens");
+  auto num = [](const nlohmann::json& v) {
+    return v.is_null() ? std::numeric_limits<double>::quiet_NaN() : v.get<double>();
+  };
+  r.calib_err = num(j.at("calib_err"));
+  r.heldout_err = num(j.at("heldout_err"));
+  r.calib_rel_residual = num(j.at("calib_rel_residual"));
+  r.heldout_rel_residual = num(j.at("heldout_rel_residual"));
+  r.solve_seconds = j.at("solve_seconds");
+  return r;
+}
+
+double ratio(double num_sq, double den_sq) {
+  return den_sq > 0 ? std::sqrt(num_sq / den_sq) : std::numeric_limits<double>::quiet_NaN();
+}
+
+// The calibration run: models, batches, stored activations and the progress files.
+class Calibrator {
+ public:
+  Calibrator(CausalLM& base, CausalLM& unified, const CalibOptions& o)
+      : base_(base), uni_(unified), o_(o), spec_(unified->config().uniattn) {}
+
+  CalibResult run(const std::vector<TokenizedExample>& calib,
+                  const std::vector<TokenizedExample>& heldout);
+
+ private:
+  std::shared_ptr<ForwardState> state(CausalLM& m, const Batch& b) {
+    auto s = m->begin(b.ids, nullptr, ForwardOptions{});
+    s->captured_attn_residual.resize(nlayers_);
+    s->captured_normed_input.resize(nlayers_);
+    return s;
+  }
+  // Runs unified layer l on batch i from stream `in`; installs the leader's q/k for a follower
+  // and keeps them when l leads followers. Returns the layer output (capture optional).
+  at::Tensor run_unified(int64_t l, int64_t i, const at::Tensor& x, ForwardState& s) {
+    const int64_t lead = spec_.leader_of(l);
+    if (lead != l)
+      s.shared[lead] = SharedAttention{store_->get("q", i), store_->get("k", i), {}, {}, {}};
+    auto out = uni_->run_layer(l, x, s);
+    if (leads_[l]) {
+      store_->put("q", i, s.shared[l].q);
+      store_->put("k", i, s.shared[l].k);
+    }
+    return out;
+  }
+  // The same for the base model, which may itself be a unified model (e.g. planted tests).
+  at::Tensor run_base(int64_t l, int64_t i, const at::Tensor& x, ForwardState& s) {
+    const auto& bs = base_->config().uniattn;
+    const int64_t lead = bs.leader_of(l);
+    if (lead != l)
+      s.shared[lead] = SharedAttention{store_->get("bq", i), store_->get("bk", i), {}, {}, {}};
+    auto out = base_->run_layer(l, x, s);
+    if (base_leads_[l]) {
+      store_->put("bq", i, s.shared[l].q);
+      store_->put("bk", i, s.shared[l].k);
+    }
+    return out;
+  }
+  // A layer without a solve: both streams advance (or the shared one, before the first follower).
+  void advance(int64_t l, const std::string& phase, bool with_base = true);
+  void collect(int64_t l);  // follower: statistics with W_c off at l
+  void solve(int64_t l);
+  void set_wc(int64_t l, const at::Tensor& w);  // w [d(+1), d] in fp64 (or loaded fp32)
+  void save_progress(int64_t layers_done);
+  void tick(int64_t l, const std::string& phase, int64_t batch) {
+    if (o_.progress)
+      o_.progress(CalibProgress{l, nlayers_, batch, static_cast<int64_t>(batches_.size()), phase});
+  }
+  // Until `split_` both models compute the same thing and one stream serves both.
+  std::string base_in(int64_t l) const { return l <= split_ ? "uni" : "base"; }
+
+  CausalLM& base_;
+  CausalLM& uni_;
+  const CalibOptions& o_;
+  const UniAttnSpec& spec_;
+  int64_t nlayers_ = 0, hidden_ = 0, first_follower_ = 0, split_ = 0;
+  bool bias_ = false;
+  std::vector<bool> leads_, base_leads_;
+  std::vector<Batch> batches_;
+  std::unique_ptr<ActivationStore> store_;
+  std::string fingerprint_;
+  std::filesystem::path spill_dir_;
+  // Statistics of the follower being solved.
+  Stats fit_, val_, held_;
+  at::Tensor pos_x_, pos_d_;  // reference mode: per-position sums [L, d(+1)], [L, d]
+  int64_t pos_n_ = 0;
+  CalibResult result_;
+};
+
+void Calibrator::advance(int64_t l, const std::string& phase, bool with_base) {
+  for (size_t i = 0; i < batches_.size(); ++i) {
+    tick(l, phase, static_cast<int64_t>(i));
+    const auto& b = batches_[i];
+    auto su = state(uni_, b);
+    auto xu = run_unified(l, i, store_->get("uni", i), *su);
+    if (with_base && l >= split_) {
+      auto sb = state(base_, b);
+      store_->put("base", i, run_base(l, i, store_->get(base_in(l), i), *sb));
+    }
+    store_->put("uni", i, xu);
+  }
+}
+
+void Calibrator::collect(int64_t l) {
+  fit_ = val_ = held_ = Stats{};
+  pos_x_ = pos_d_ = at::Tensor();
+  pos_n_ = 0;
+  for (size_t i = 0; i < batches_.size(); ++i) {
+    tick(l, "stats", static_cast<int64_t>(i));
+    const auto& b = batches_[i];
+    auto sb = state(base_, b);
+    sb->capture = true;
+    store_->put("base", i, run_base(l, i, store_->get(base_in(l), i), *sb));
+    auto su = state(uni_, b);
+    su->capture = true;
+    run_unified(l, i, store_->get("uni", i), *su);  // W_c of l is still zero here
+    const auto& y = sb->captured_attn_residual[l];
+    auto d = (y - su->captured_attn_residual[l]).to(at::kDouble);
+    auto x = with_bias_column(su->captured_normed_input[l].to(at::kDouble), bias_);
+    Stats& st = b.part == Part::Fit ? fit_ : b.part == Part::Val ? val_ : held_;
+    st.add(real_rows(x, b.valid), real_rows(d, b.valid), real_rows(y, b.valid));
+    if (o_.mode == CalibMode::Reference && b.part == Part::Fit) {
+      // Pads included, as in the reference statistics.
+      auto sx = x.sum(0), sd = d.sum(0);
+      if (!pos_x_.defined()) {
+        pos_x_ = sx;
+        pos_d_ = sd;
+      } else {
+        pos_x_.add_(sx);
+        pos_d_.add_(sd);
+      }
+      pos_n_ += b.ids.size(0);
+    }
+  }
+}
+
+void Calibrator::solve(int64_t l) {
+  const auto t0 = Clock::now();
+  Stats all = fit_;
+  all.add(val_);
+  UNIATTN_CHECK(!all.empty(), "calibration: no calibration tokens at layer ", l);
+  const int64_t din = all.xtx.size(0);
+  auto lambda_for = [&](const Stats& s, double r) {
+    return r * s.xtx.diagonal().sum().item<double>() / static_cast<double>(din);
+  };
+  FollowerReport rep;
+  rep.layer = l;
+  rep.leader = spec_.leader_of(l);
+  at::Tensor w;
+  if (o_.mode == CalibMode::Reference) {
+    w = solve_pinv(pos_x_ / static_cast<double>(pos_n_), pos_d_ / static_cast<double>(pos_n_),
+                   o_.pinv_rcond);
+  } else {
+    double r = 1e-5;  // used when no validation slice exists
+    if (o_.ridge) {
+      r = *o_.ridge;
+    } else if (!val_.empty() && !fit_.empty()) {
+      double best = std::numeric_limits<double>::infinity();
+      for (double c : o_.ridge_candidates) {
+        auto wc = solve_ridge(fit_.xtx, fit_.xtd, lambda_for(fit_, c));
+        const double res = residual_sq(val_.xtx, val_.xtd, val_.dtd, wc);
+        if (res < best) {
+          best = res;
+          r = c;
+        }
+      }
+    }
+    rep.ridge = r;
+    rep.lambda = lambda_for(all, r);
+    w = solve_ridge(all.xtx, all.xtd, rep.lambda);
+  }
+  rep.solve_seconds = since(t0);
+  rep.calib_tokens = all.tokens;
+  rep.heldout_tokens = held_.tokens;
+  rep.calib_err = ratio(all.dtd, all.yty);
+  rep.calib_rel_residual = ratio(residual_sq(all.xtx, all.xtd, all.dtd, w), all.dtd);
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  rep.heldout_err = held_.empty() ? nan : ratio(held_.dtd, held_.yty);
+  rep.heldout_rel_residual =
+      held_.empty() ? nan : ratio(residual_sq(held_.xtx, held_.xtd, held_.dtd, w), held_.dtd);
+  result_.followers.push_back(rep);
+  set_wc(l, w);
+  // Saved before the layer counts as done, so a resume always finds it.
+  if (!o_.work_dir.empty()) {
+    auto wf = w.to(at::kFloat).contiguous();
+    at::Tensor keep;
+    write_safetensors(o_.work_dir / ("wc_" + std::to_string(l) + ".safetensors"),
+                      {tensor_to_write("w", wf, keep)}, {{"fingerprint", fingerprint_}});
+  }
+  fit_ = val_ = held_ = Stats{};
+}
+
+void Calibrator::set_wc(int64_t l, const at::Tensor& w) {
+  auto lin = uni_->layer(l)->self_attn->w_c;
+  at::NoGradGuard ng;
+  lin->weight.copy_(w.narrow(0, 0, hidden_).t());
+  if (bias_) lin->bias.copy_(w[hidden_]);
+}
+
+void Calibrator::save_progress(int64_t layers_done) {
+  if (o_.work_dir.empty()) return;
+  nlohmann::json j;
+  j["fingerprint"] = fingerprint_;
+  j["layers_done"] = layers_done;
+  j["mode"] = calib_mode_name(o_.mode);
+  auto& f = j["followers"] = nlohmann::json::array();
+  for (const auto& r : result_.followers) f.push_back(to_json(r));
+  write_text_atomic(o_.work_dir / "progress.json", j.dump(1));
+}
+
+CalibResult Calibrator::run(const std::vector<TokenizedExample>& calib,
+                            const std::vector<TokenizedExample>& heldout) {
+  const auto t0 = Clock::now();
+  const auto& uc = uni_->config();
+  const auto& bc = base_->config();
+  UNIATTN_CHECK(spec_.variant == Variant::UniAttn && spec_.enabled(),
+                "calibrate: the unified model must be a UniAttn model, got ", spec_.describe());
+  UNIATTN_CHECK(!uc.sandwich_norms, "calibrate: ", arch_name(uc.arch),
+                " puts W_c inside the post-attention norm, so the closed-form (linear) target "
+                "does not apply; only pre-norm LLaMA/Mistral layouts are supported");
+  UNIATTN_CHECK(bc.num_layers == uc.num_layers && bc.hidden_size == uc.hidden_size &&
+                    bc.vocab_size == uc.vocab_size,
+                "calibrate: base and unified models differ in shape");
+  UNIATTN_CHECK(base_->device() == uni_->device(), "calibrate: models on different devices");
+  UNIATTN_CHECK(!calib.empty(), "calibrate: no calibration examples");
+  nlayers_ = uc.num_layers;
+  hidden_ = uc.hidden_size;
+  bias_ = uc.attention_bias;
+  leads_.assign(nlayers_, false);
+  first_follower_ = nlayers_;
+  for (int64_t l = 0; l < nlayers_; ++l)
+    if (spec_.is_follower(l)) {
+      leads_[spec_.leader_of(l)] = true;
+      first_follower_ = std::min(first_follower_, l);
+    }
+  // A base with SuperBlocks of its own runs its own stream from the start.
+  const auto& bspec = bc.uniattn;
+  base_leads_.assign(nlayers_, false);
+  for (int64_t l = 0; l < nlayers_; ++l)
+    if (bspec.is_follower(l)) base_leads_[bspec.leader_of(l)] = true;
+  split_ = bspec.enabled() ? 0 : first_follower_;
+  at::NoGradGuard ng;
+  for (int64_t l = 0; l < nlayers_; ++l)
+    if (spec_.is_follower(l)) {
+      auto lin = uni_->layer(l)->self_attn->w_c;
+      lin->weight.zero_();
+      if (bias_) lin->bias.zero_();
+    }
+
+  // Batches: a validation slice (every k-th example) picks the ridge when none is given.
+  const auto dev = uni_->device();
+  std::vector<const TokenizedExample*> fit, val, held;
+  const bool want_val =
+      o_.mode == CalibMode::Tokens && !o_.ridge && o_.ridge_val_fraction > 0 && calib.size() >= 10;
+  const size_t every = want_val ? std::max<size_t>(2, std::lround(1.0 / o_.ridge_val_fraction)) : 0;
+  for (size_t i = 0; i < calib.size(); ++i)
+    (want_val && i % every == every - 1 ? val : fit).push_back(&calib[i]);
+  for (const auto& e : heldout) held.push_back(&e);
+  const int64_t pad_to = o_.mode == CalibMode::Reference ? o_.pad_to : 0;
+  for (auto& b : make_batches(fit, Part::Fit, o_.batch_tokens, pad_to, o_.pad_id, dev))
+    batches_.push_back(std::move(b));
+  for (auto& b : make_batches(val, Part::Val, o_.batch_tokens, 0, o_.pad_id, dev))
+    batches_.push_back(std::move(b));
+  for (auto& b : make_batches(held, Part::Heldout, o_.batch_tokens, 0, o_.pad_id, dev))
+    batches_.push_back(std::move(b));
+  for (const auto& b : batches_)
+    if (b.part != Part::Heldout) result_.calib_tokens += b.real_tokens;
+
+  // What makes two runs the same: inputs, options that change results, batching.
+  nlohmann::json fp = {{"caller", o_.fingerprint},
+                       {"mode", calib_mode_name(o_.mode)},
+                       {"ridge", o_.ridge ? nlohmann::json(*o_.ridge) : nlohmann::json()},
+                       {"candidates", o_.ridge_candidates},
+                       {"val_fraction", o_.ridge_val_fraction},
+                       {"pad_to", pad_to},
+                       {"pad_id", o_.pad_id},
+                       {"rcond", o_.pinv_rcond},
+                       {"batch_tokens", o_.batch_tokens},
+                       {"spec", spec_.describe()},
+                       {"layers", nlayers_},
+                       {"data", std::to_string(hash_examples(
+                                    heldout, hash_examples(calib, 1469598103934665603ull)))}};
+  fingerprint_ = fp.dump();
+
+  int64_t done = 0;
+  if (!o_.work_dir.empty()) {
+    std::filesystem::create_directories(o_.work_dir);
+    const auto pf = o_.work_dir / "progress.json";
+    if (std::filesystem::exists(pf)) {
+      nlohmann::json j;
+      try {
+        j = nlohmann::json::parse(read_text_file(pf));
+        UNIATTN_CHECK(j.at("fingerprint").get<std::string>() == fingerprint_, pf.string(),
+                      ": holds the progress of a different calibration run (other data, model "
+                      "or options); remove it or use another directory");
+        done = j.at("layers_done");
+        UNIATTN_CHECK(done >= 0 && done <= nlayers_, pf.string(), ": layers_done out of range");
+        for (const auto& r : j.at("followers")) result_.followers.push_back(report_from_json(r));
+      } catch (const nlohmann::json::exception& e) {
+        fail(pf.string(), ": malformed progress file: ", e.what());
+      }
+    }
+  }
+  spill_dir_ = !o_.work_dir.empty() ? o_.work_dir / "spill"
+                                    : std::filesystem::temp_directory_path() /
+                                          ("uniattn-calib-" + std::to_string(::getpid()));
+  store_ = std::make_unique<ActivationStore>(spill_dir_, o_.memory_budget_bytes);
+
+  // Held-out loss of the unified model without compensation (all W_c are zero now).
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  result_.loss_unified_no_wc =
+      heldout.empty() ? nan : response_loss(uni_, heldout, o_.batch_tokens, o_.pad_id);
+  if (done > 0) {  // load the finished layers' W_c
+    for (int64_t l = 0; l < done; ++l) {
+      if (!spec_.is_follower(l)) continue;
+      const auto f = o_.work_dir / ("wc_" + std::to_string(l) + ".safetensors");
+      auto sf = SafetensorsFile::open(f);
+      UNIATTN_CHECK(
+          sf.metadata().count("fingerprint") && sf.metadata().at("fingerprint") == fingerprint_,
+          f.string(), ": belongs to another run");
+      const auto* v = sf.find("w");
+      UNIATTN_CHECK(v, f.string(), ": no tensor 'w'");
+      auto w = tensor_from_view(*v).to(dev);
+      UNIATTN_CHECK(w.dim() == 2 && w.size(0) == hidden_ + (bias_ ? 1 : 0) && w.size(1) == hidden_,
+                    f.string(), ": tensor 'w' has shape ", w.sizes());
+      set_wc(l, w);
+    }
+    result_.resumed_layers = done;
+  }
+
+  for (size_t i = 0; i < batches_.size(); ++i) store_->put("uni", i, uni_->embed(batches_[i].ids));
+  for (int64_t l = 0; l < nlayers_; ++l) {
+    if (l < done) {
+      advance(l, "replay");
+    } else if (spec_.is_follower(l)) {
+      collect(l);
+      solve(l);
+      advance(l, "apply", /*with_base=*/false);  // collect advanced the base stream
+    } else {
+      advance(l, "forward");
+    }
+    if (spec_.is_follower(l)) {
+      // q/k of a leader are dropped once its last follower is done.
+      bool more = false;
+      for (int64_t m = l + 1; m < nlayers_; ++m)
+        more |= spec_.is_follower(m) && spec_.leader_of(m) == spec_.leader_of(l);
+      if (!more) {
+        store_->erase("q");
+        store_->erase("k");
+      }
+    }
+    if (l >= done) save_progress(l + 1);
+    tick(l, "layer-done", static_cast<int64_t>(batches_.size()));
+  }
+
+  double sb = 0, su = 0;
+  int64_t n = 0;
+  for (size_t i = 0; i < batches_.size(); ++i) {
+    if (batches_[i].part != Part::Heldout) continue;
+    auto [lb, cnt] = loss_sums(base_, store_->get(base_in(nlayers_), i), batches_[i]);
+    auto [lu, cnt2] = loss_sums(uni_, store_->get("uni", i), batches_[i]);
+    sb += lb;
+    su += lu;
+    n += cnt;
+  }
+  result_.heldout_target_tokens = n;
+  result_.loss_base = n ? sb / n : nan;
+  result_.loss_unified_wc = n ? su / n : nan;
+  store_.reset();
+  remove_tree(spill_dir_);
+  result_.seconds = since(t0);
+  return result_;
+}
+
+}  // namespace
+
+CalibResult calibrate(CausalLM& base, CausalLM& unified, const std::vector<TokenizedExample>& calib,
+                      const std::vector<TokenizedExample>& heldout, const CalibOptions& options) {
+  Calibrator c(base, unified, options);
+  return c.run(calib, heldout);
+}
+
+double response_loss(CausalLM& model, const std::vector<TokenizedExample>& examples,
+                     int64_t batch_tokens, int32_t pad_id) {
+  at::NoGradGuard ng;
+  std::vector<const TokenizedExample*> ex;
+  for (const auto& e : examples) ex.push_back(&e);
+  double sum = 0;
+  int64_t n = 0;
+  for (const auto& b : make_batches(ex, Part::Heldout, batch_tokens, 0, pad_id, model->device())) {
+    auto s = model->begin(b.ids, nullptr, ForwardOptions{});
+    auto x = model->embed(b.ids);
+    for (int64_t l = 0; l < model->config().num_layers; ++l) x = model->run_layer(l, x, *s);
+    auto [ls, cnt] = loss_sums(model, x, b);
+    sum += ls;
+    n += cnt;
+  }
+  return n ? sum / n : std::numeric_limits<double>::quiet_NaN();
+}
+
+int64_t share_weights(CausalLM& base, CausalLM& unified) {
+  auto bp = base->named_parameters(true);
+  int64_t n = 0;
+  at::NoGradGuard ng;
+  for (auto& item : unified->named_parameters(true)) {
+    const auto* src = bp.find(item.key());
+    if (!src || !src->sizes().equals(item.value().sizes()) ||
+        src->scalar_type() != item.value().scalar_type() || src->device() != item.value().device())
+      continue;
+    item.value().set_data(*src);
+    ++n;
+  }
+  return n;
+}
+
+TextEncoder text_encoder(const Tokenizer& tok) {
+  TextEncoder e;
+  e.encode = [&tok](std::string_view s) { return tok.encode(s, false, false); };
+  if (tok.adds_bos()) e.bos = tok.bos_id();
+  e.eos = tok.eos_id();
+  UNIATTN_CHECK(e.eos.has_value(), "the tokenizer has no end-of-sequence token");
+  return e;
+}
+
+}  // namespace uniattn

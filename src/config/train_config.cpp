@@ -1,0 +1,419 @@
+// YAML -> TrainConfig with every key checked. A small Reader walks one mapping, remembers which
+// keys it consumed and rejects the rest by name, so a typo never silently falls back to a default.
+#include "uniattn/config/train_config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <cmath>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "uniattn/error.h"
+#include "uniattn/io/file_io.h"
+
+namespace uniattn {
+namespace {
+
+class Reader {
+ public:
+  Reader(const YAML::Node& node, std::string path, const std::string& origin)
+      : node_(node), path_(std::move(path)), origin_(origin) {
+    if (node_ && !node_.IsNull() && !node_.IsMap())
+      fail(origin_, ": ", where(""), " must be a mapping");
+  }
+  ~Reader() noexcept(false) {
+    if (std::uncaught_exceptions() > 0 || !node_ || node_.IsNull()) return;
+    for (const auto& kv : node_) {
+      const auto key = kv.first.as<std::string>();
+      if (!used_.count(key)) fail(origin_, ": unknown key ", where(key));
+    }
+  }
+
+  std::string where(const std::string& key) const {
+    if (key.empty()) return path_.empty() ? "<root>" : path_;
+    return path_.empty() ? key : path_ + "." + key;
+  }
+
+  YAML::Node get(const std::string& key) {
+    used_.insert(key);
+    if (!node_ || node_.IsNull()) return YAML::Node();
+    return node_[key];
+  }
+
+  template <typename T>
+  void read(const std::string& key, T& out) {
+    YAML::Node n = get(key);
+    if (!n || n.IsNull()) return;
+    if (!n.IsScalar()) fail(origin_, ": ", where(key), " must be a scalar");
+    try {
+      out = n.as<T>();
+    } catch (const YAML::Exception&) {
+      fail(origin_, ": ", where(key), " has an invalid value '", n.Scalar(), "'");
+    }
+  }
+  void require(const std::string& key, std::string& out) {
+    read(key, out);
+    if (out.empty()) fail(origin_, ": ", where(key), " is required");
+  }
+  template <typename T>
+  void positive(const std::string& key, T& out, bool allow_zero = false) {
+    read(key, out);
+    if (!(allow_zero ? out >= 0 : out > 0) || !std::isfinite(static_cast<double>(out)))
+      fail(origin_, ": ", where(key), " must be ", allow_zero ? ">= 0" : "> 0");
+  }
+  void one_of(const std::string& key, std::string& out, const std::set<std::string>& allowed) {
+    read(key, out);
+    if (!allowed.count(out)) {
+      std::string list;
+      for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
+      fail(origin_, ": ", where(key), " is '", out, "'; expected one of: ", list);
+    }
+  }
+
+  const std::string& origin() const { return origin_; }
+
+ private:
+  YAML::Node node_;
+  std::string path_;
+  const std::string& origin_;
+  std::set<std::string> used_;
+};
+
+// Applies "a.b[2].c=value": walks (creating maps where absent) and sets the leaf.
+void apply_override(YAML::Node& root, const std::string& text, const std::string& origin) {
+  const auto eq = text.find('=');
+  if (eq == std::string::npos || eq == 0)
+    fail(origin, ": override '", text, "' is not of the form path=value");
+  const std::string path = text.substr(0, eq);
+  YAML::Node value;
+  try {
+    value = YAML::Load(text.substr(eq + 1));
+  } catch (const YAML::Exception& e) {
+    fail(origin, ": override '", text, "': ", e.what());
+  }
+  // Split into tokens: names and [index].
+  std::vector<std::pair<std::string, int64_t>> steps;  // (name, -1) or ("", index)
+  size_t i = 0;
+  while (i < path.size()) {
+    if (path[i] == '.') {
+      ++i;
+      continue;
+    }
+    if (path[i] == '[') {
+      const auto close = path.find(']', i);
+      if (close == std::string::npos) fail(origin, ": override path '", path, "' lacks ']'");
+      int64_t idx = -1;
+      try {
+        idx = std::stoll(path.substr(i + 1, close - i - 1));
+      } catch (const std::exception&) {
+        fail(origin, ": override path '", path, "' has a bad index");
+      }
+      if (idx < 0) fail(origin, ": override path '", path, "' has a negative index");
+      steps.emplace_back("", idx);
+      i = close + 1;
+      continue;
+    }
+    size_t j = i;
+    while (j < path.size() && path[j] != '.' && path[j] != '[') ++j;
+    steps.emplace_back(path.substr(i, j - i), -1);
+    i = j;
+  }
+  if (steps.empty()) fail(origin, ": override '", text, "' has an empty path");
+  // yaml-cpp nodes are handles: assigning into a child modifies the tree.
+  std::vector<YAML::Node> chain{root};
+  for (size_t s = 0; s + 1 < steps.size(); ++s) {
+    YAML::Node cur = chain.back();
+    YAML::Node next;
+    if (steps[s].second >= 0) {
+      if (!cur.IsSequence() || steps[s].second >= static_cast<int64_t>(cur.size()))
+        fail(origin, ": override path '", path, "': index ", steps[s].second, " out of range");
+      next = cur[static_cast<size_t>(steps[s].second)];
+    } else {
+      if (!cur[steps[s].first]) cur[steps[s].first] = YAML::Node(YAML::NodeType::Map);
+      next = cur[steps[s].first];
+    }
+    chain.push_back(next);
+  }
+  YAML::Node last = chain.back();
+  const auto& leaf = steps.back();
+  if (leaf.second >= 0) {
+    if (!last.IsSequence() || leaf.second >= static_cast<int64_t>(last.size()))
+      fail(origin, ": override path '", path, "': index ", leaf.second, " out of range");
+    last[static_cast<size_t>(leaf.second)] = value;
+  } else {
+    last[leaf.first] = value;
+  }
+}
+
+std::vector<std::string> read_params(const YAML::Node& n, const std::string& where,
+                                     const std::string& origin) {
+  std::vector<std::string> out;
+  if (!n || n.IsNull()) fail(origin, ": ", where, " is required (wc, all or name globs)");
+  if (n.IsScalar()) {
+    out.push_back(n.Scalar());
+  } else if (n.IsSequence()) {
+    for (size_t i = 0; i < n.size(); ++i) {
+      if (!n[i].IsScalar()) fail(origin, ": ", where, "[", i, "] must be a string");
+      out.push_back(n[i].Scalar());
+    }
+  } else {
+    fail(origin, ": ", where, " must be a string or a list of strings");
+  }
+  if (out.empty()) fail(origin, ": ", where, " is empty");
+  for (const auto& p : out)
+    if (p.empty()) fail(origin, ": ", where, " contains an empty pattern");
+  return out;
+}
+
+TrainConfig from_node(const YAML::Node& root, const std::string& origin) {
+  TrainConfig c;
+  Reader top(root, "", origin);
+  top.require("output_dir", c.output_dir);
+  {
+    Reader r(top.get("model"), "model", origin);
+    r.require("path", c.model.path);
+    r.one_of("variant", c.model.variant, {"none", "softmax", "uniattn", "cla"});
+    r.read("superblocks", c.model.superblocks);
+    std::string init = "zero";
+    r.one_of("wc_init", init, {"zero", "random", "calibrated"});
+    c.model.wc_init = init == "zero"     ? WcInit::Zero
+                      : init == "random" ? WcInit::Random
+                                         : WcInit::Calibrated;
+    r.read("wc_checkpoint", c.model.wc_checkpoint);
+    r.positive("wc_random_std", c.model.wc_random_std);
+    if (c.model.variant != "none" && c.model.superblocks.empty())
+      fail(origin, ": model.superblocks is required for variant ", c.model.variant);
+    if (c.model.wc_init == WcInit::Calibrated && c.model.wc_checkpoint.empty())
+      fail(origin, ": model.wc_checkpoint is required when model.wc_init is calibrated");
+    if (c.model.wc_init != WcInit::Calibrated && !c.model.wc_checkpoint.empty())
+      fail(origin, ": model.wc_checkpoint is set but model.wc_init is not calibrated");
+    if (c.model.variant != "uniattn" && c.model.wc_init != WcInit::Zero)
+      fail(origin, ": model.wc_init applies to variant uniattn only");
+  }
+  {
+    Reader r(top.get("data"), "data", origin);
+    r.require("train", c.data.train);
+    r.read("eval", c.data.eval);
+    r.one_of("format", c.data.format, {"text", "tokens"});
+    r.read("template", c.data.template_);
+    if (c.data.template_.empty()) fail(origin, ": data.template is empty");
+    r.read("response_field", c.data.response_field);
+    r.read("tokenizer", c.data.tokenizer);
+    r.positive("max_length", c.data.max_length);
+    if (c.data.max_length < 2) fail(origin, ": data.max_length must be >= 2");
+    r.read("response_only_loss", c.data.response_only_loss);
+    r.read("packing", c.data.packing);
+    r.read("shuffle", c.data.shuffle);
+    r.positive("eval_max_examples", c.data.eval_max_examples, true);
+  }
+  {
+    YAML::Node stages = top.get("stages");
+    if (!stages || !stages.IsSequence() || stages.size() == 0)
+      fail(origin, ": stages must be a non-empty list");
+    for (size_t i = 0; i < stages.size(); ++i) {
+      const std::string p = "stages[" + std::to_string(i) + "]";
+      TrainStageConfig s;
+      Reader r(stages[i], p, origin);
+      r.read("name", s.name);
+      if (s.name.empty()) s.name = "stage" + std::to_string(i + 1);
+      s.params = read_params(r.get("params"), p + ".params", origin);
+      r.positive("epochs", s.epochs, true);
+      r.positive("steps", s.steps, true);
+      if ((s.epochs > 0) == (s.steps > 0))
+        fail(origin, ": ", p, " needs exactly one of epochs and steps (> 0)");
+      r.positive("lr", s.lr);
+      r.positive("warmup_ratio", s.warmup_ratio, true);
+      if (s.warmup_ratio >= 1) fail(origin, ": ", p, ".warmup_ratio must be < 1");
+      r.positive("min_lr_ratio", s.min_lr_ratio, true);
+      if (s.min_lr_ratio > 1) fail(origin, ": ", p, ".min_lr_ratio must be <= 1");
+      for (const auto& pat : s.params)
+        if ((pat == "wc") && c.model.variant != "uniattn")
+          fail(origin, ": ", p, ".params: 'wc' needs model.variant uniattn (it is ",
+               c.model.variant, ")");
+      c.stages.push_back(std::move(s));
+    }
+  }
+  {
+    Reader r(top.get("optimizer"), "optimizer", origin);
+    YAML::Node betas = r.get("betas");
+    if (betas && !betas.IsNull()) {
+      if (!betas.IsSequence() || betas.size() != 2)
+        fail(origin, ": optimizer.betas must be a list of two numbers");
+      try {
+        c.optimizer.beta1 = betas[0].as<double>();
+        c.optimizer.beta2 = betas[1].as<double>();
+      } catch (const YAML::Exception&) {
+        fail(origin, ": optimizer.betas must be a list of two numbers");
+      }
+      for (double b : {c.optimizer.beta1, c.optimizer.beta2})
+        if (!(b >= 0 && b < 1)) fail(origin, ": optimizer.betas must lie in [0, 1)");
+    }
+    r.positive("eps", c.optimizer.eps);
+    r.positive("weight_decay", c.optimizer.weight_decay, true);
+    r.read("fused", c.optimizer.fused);
+  }
+  {
+    Reader r(top.get("training"), "training", origin);
+    r.positive("global_batch", c.training.global_batch);
+    r.positive("micro_batch", c.training.micro_batch);
+    if (c.training.global_batch % c.training.micro_batch != 0)
+      fail(origin, ": training.global_batch (", c.training.global_batch,
+           ") must be a multiple of training.micro_batch (", c.training.micro_batch, ")");
+    r.one_of("precision", c.training.precision, {"bf16", "bf16_weights", "fp32"});
+    r.read("device", c.training.device);
+    if (c.training.device != "auto" && c.training.device != "cpu" &&
+        c.training.device.rfind("cuda", 0) != 0)
+      fail(origin, ": training.device is '", c.training.device,
+           "'; expected auto, cpu or cuda[:N]");
+    r.positive("grad_clip", c.training.grad_clip, true);
+    r.read("activation_checkpointing", c.training.activation_checkpointing);
+    r.read("seed", c.training.seed);
+    r.one_of("nan_policy", c.training.nan_policy, {"stop", "skip"});
+    r.positive("log_every", c.training.log_every);
+    r.read("progress", c.training.progress);
+  }
+  {
+    Reader r(top.get("eval"), "eval", origin);
+    r.positive("every_steps", c.eval.every_steps, true);
+    r.positive("batch_tokens", c.eval.batch_tokens);
+  }
+  {
+    Reader r(top.get("checkpoint"), "checkpoint", origin);
+    r.positive("every_steps", c.checkpoint.every_steps, true);
+    r.positive("keep_last", c.checkpoint.keep_last);
+    r.one_of("save_dtype", c.checkpoint.save_dtype, {"bf16", "f16", "f32"});
+  }
+  {
+    Reader r(top.get("distributed"), "distributed", origin);
+    r.one_of("backend", c.distributed.backend, {"auto", "gloo", "nccl"});
+    r.positive("bucket_mb", c.distributed.bucket_mb);
+    r.read("zero1", c.distributed.zero1);
+    r.positive("timeout_s", c.distributed.timeout_s);
+  }
+  {
+    Reader r(top.get("debug"), "debug", origin);
+    r.positive("inject_nan_at_step", c.debug.inject_nan_at_step, true);
+    r.positive("stop_after_steps", c.debug.stop_after_steps, true);
+    r.positive("fail_at_step", c.debug.fail_at_step, true);
+    r.positive("fail_rank", c.debug.fail_rank, true);
+  }
+  return c;
+}
+
+}  // namespace
+
+TrainConfig TrainConfig::parse(const std::string& yaml_text, const std::string& origin,
+                               const std::vector<std::string>& overrides) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml_text);
+  } catch (const YAML::Exception& e) {
+    fail(origin, ": invalid YAML: ", e.what());
+  }
+  if (!root || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+  if (!root.IsMap()) fail(origin, ": the top level must be a mapping");
+  for (const auto& o : overrides) apply_override(root, o, origin);
+  return from_node(root, origin);
+}
+
+TrainConfig TrainConfig::load(const std::string& path, const std::vector<std::string>& overrides) {
+  return parse(read_text_file(path, 1u << 20), path, overrides);
+}
+
+std::string TrainConfig::to_yaml() const {
+  YAML::Emitter e;
+  e << YAML::BeginMap;
+  e << YAML::Key << "output_dir" << YAML::Value << output_dir;
+  e << YAML::Key << "model" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "path" << YAML::Value << model.path;
+  e << YAML::Key << "variant" << YAML::Value << model.variant;
+  if (!model.superblocks.empty())
+    e << YAML::Key << "superblocks" << YAML::Value << model.superblocks;
+  e << YAML::Key << "wc_init" << YAML::Value
+    << (model.wc_init == WcInit::Zero     ? "zero"
+        : model.wc_init == WcInit::Random ? "random"
+                                          : "calibrated");
+  if (!model.wc_checkpoint.empty())
+    e << YAML::Key << "wc_checkpoint" << YAML::Value << model.wc_checkpoint;
+  e << YAML::Key << "wc_random_std" << YAML::Value << model.wc_random_std;
+  e << YAML::EndMap;
+  e << YAML::Key << "data" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "train" << YAML::Value << data.train;
+  if (!data.eval.empty()) e << YAML::Key << "eval" << YAML::Value << data.eval;
+  e << YAML::Key << "format" << YAML::Value << data.format;
+  e << YAML::Key << "template" << YAML::Value << data.template_;
+  e << YAML::Key << "response_field" << YAML::Value << data.response_field;
+  if (!data.tokenizer.empty()) e << YAML::Key << "tokenizer" << YAML::Value << data.tokenizer;
+  e << YAML::Key << "max_length" << YAML::Value << data.max_length;
+  e << YAML::Key << "response_only_loss" << YAML::Value << data.response_only_loss;
+  e << YAML::Key << "packing" << YAML::Value << data.packing;
+  e << YAML::Key << "shuffle" << YAML::Value << data.shuffle;
+  e << YAML::Key << "eval_max_examples" << YAML::Value << data.eval_max_examples;
+  e << YAML::EndMap;
+  e << YAML::Key << "stages" << YAML::Value << YAML::BeginSeq;
+  for (const auto& s : stages) {
+    e << YAML::BeginMap << YAML::Key << "name" << YAML::Value << s.name;
+    e << YAML::Key << "params" << YAML::Value << YAML::Flow << s.params;
+    if (s.epochs > 0) e << YAML::Key << "epochs" << YAML::Value << s.epochs;
+    if (s.steps > 0) e << YAML::Key << "steps" << YAML::Value << s.steps;
+    e << YAML::Key << "lr" << YAML::Value << s.lr;
+    e << YAML::Key << "warmup_ratio" << YAML::Value << s.warmup_ratio;
+    e << YAML::Key << "min_lr_ratio" << YAML::Value << s.min_lr_ratio << YAML::EndMap;
+  }
+  e << YAML::EndSeq;
+  e << YAML::Key << "optimizer" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "betas" << YAML::Value << YAML::Flow << YAML::BeginSeq << optimizer.beta1
+    << optimizer.beta2 << YAML::EndSeq;
+  e << YAML::Key << "eps" << YAML::Value << optimizer.eps;
+  e << YAML::Key << "weight_decay" << YAML::Value << optimizer.weight_decay;
+  e << YAML::Key << "fused" << YAML::Value << optimizer.fused << YAML::EndMap;
+  e << YAML::Key << "training" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "global_batch" << YAML::Value << training.global_batch;
+  e << YAML::Key << "micro_batch" << YAML::Value << training.micro_batch;
+  e << YAML::Key << "precision" << YAML::Value << training.precision;
+  e << YAML::Key << "device" << YAML::Value << training.device;
+  e << YAML::Key << "grad_clip" << YAML::Value << training.grad_clip;
+  e << YAML::Key << "activation_checkpointing" << YAML::Value << training.activation_checkpointing;
+  e << YAML::Key << "seed" << YAML::Value << training.seed;
+  e << YAML::Key << "nan_policy" << YAML::Value << training.nan_policy;
+  e << YAML::Key << "log_every" << YAML::Value << training.log_every;
+  e << YAML::Key << "progress" << YAML::Value << training.progress << YAML::EndMap;
+  e << YAML::Key << "eval" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "every_steps" << YAML::Value << eval.every_steps;
+  e << YAML::Key << "batch_tokens" << YAML::Value << eval.batch_tokens << YAML::EndMap;
+  e << YAML::Key << "checkpoint" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "every_steps" << YAML::Value << checkpoint.every_steps;
+  e << YAML::Key << "keep_last" << YAML::Value << checkpoint.keep_last;
+  e << YAML::Key << "save_dtype" << YAML::Value << checkpoint.save_dtype << YAML::EndMap;
+  e << YAML::Key << "distributed" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "backend" << YAML::Value << distributed.backend;
+  e << YAML::Key << "bucket_mb" << YAML::Value << distributed.bucket_mb;
+  e << YAML::Key << "zero1" << YAML::Value << distributed.zero1;
+  e << YAML::Key << "timeout_s" << YAML::Value << distributed.timeout_s << YAML::EndMap;
+  e << YAML::EndMap;
+  return std::string(e.c_str()) + "\n";
+}
+
+bool glob_match(const std::string& pattern, const std::string& name) {
+  // Iterative matcher with one backtrack point for the last '*'.
+  size_t p = 0, n = 0, star = std::string::npos, mark = 0;
+  while (n < name.size()) {
+    if (p < pattern.size() && (pattern[p] == '?' || pattern[p] == name[n])) {
+      ++p;
+      ++n;
+    } else if (p < pattern.size() && pattern[p] == '*') {
+      star = p++;
+      mark = n;
+    } else if (star != std::string::npos) {
+      p = star + 1;
+      n = ++mark;
+    } else {
+      return false;
+    }
+  }
+  while (p < pattern.size() && pattern[p] == '*') ++p;
+  return p == pattern.size();
+}
+
+}  // namespace uniattn

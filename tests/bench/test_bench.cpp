@@ -1,0 +1,199 @@
+// uniattn-bench on the CPU with a tiny model: every case yields its metrics, the JSON file is
+// complete, KV bytes and GEMM parameter counts match counts derived from the spec's layer roles,
+// and the derived metrics (tokens/s, roofline fractions) follow from the measured times.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <set>
+
+#include "model/model_test_util.h"
+#include "test_util.h"
+#include "bench.h"
+#include "uniattn/error.h"
+
+namespace uniattn {
+namespace {
+
+ModelConfig tiny_config() {
+  auto c = test::tiny_llama_config(8);
+  c.tie_word_embeddings = true;  // decode then reads every parameter
+  return c;
+}
+
+// Follower by the reference (size, begin, end) rule, written out independently of UniAttnSpec.
+bool follower(int64_t layer, int64_t size, int64_t begin, int64_t end) {
+  return layer >= begin && layer < end && (layer - begin) % size != 0;
+}
+
+struct Expected {
+  int64_t kv_bytes_per_token = 0;
+  int64_t matmul_params = 0;
+};
+
+Expected expected_for(const ModelConfig& c, const std::string& variant, int64_t elem) {
+  Expected e;
+  const int64_t d = c.hidden_size, q = c.num_heads * c.head_dim, kv = c.num_kv_heads * c.head_dim;
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const bool f = variant != "none" && follower(l, 4, c.num_layers / 2, c.num_layers);
+    int64_t stored = 2;  // K and V
+    int64_t params = d * q + 2 * d * kv + q * d + 3 * d * c.intermediate_size;
+    if (f && variant == "uniattn") {
+      stored = 1;                         // V only
+      params += -d * q - d * kv + d * d;  // no q/k projections, plus W_c
+    } else if (f && variant == "cla") {
+      stored = 0;            // leader's K and V
+      params -= 2 * d * kv;  // no k/v projections
+    }
+    e.kv_bytes_per_token += stored * kv * elem;
+    e.matmul_params += params;
+  }
+  return e;
+}
+
+TEST(Bench, TinyCpuRunWritesEveryMetric) {
+  BenchModel m;
+  m.name = "tiny";
+  m.config = tiny_config();
+  m.cases = {{BenchKind::Prefill, 1, 16},
+             {BenchKind::Prefill, 2, 8},
+             {BenchKind::Decode, 1, 12},
+             {BenchKind::Decode, 3, 20}};
+  BenchOptions opt;
+  opt.models = {m};
+  opt.device = at::kCPU;
+  opt.dtype = at::kFloat;
+  opt.decode_warmup = 1;
+  opt.decode_iters = 3;
+  opt.prefill_iters = 2;
+  opt.commit = "test-commit";
+  opt.command = "test command";
+  const auto out = test::scratch_dir() / "sub" / "bench.json";
+  opt.out = out;
+  int printed = 0;
+  opt.on_row = [&](const BenchRow&) { ++printed; };
+  const auto result = run_bench(opt);
+
+  std::ifstream in(out);
+  ASSERT_TRUE(in) << out;
+  const auto j = nlohmann::json::parse(in);
+  EXPECT_EQ(j.at("gpu"), "cpu");
+  EXPECT_EQ(j.at("commit"), "test-commit");
+  EXPECT_EQ(j.at("command"), "test command");
+  ASSERT_EQ(j.at("rows").size(), result.rows.size());
+  EXPECT_EQ(printed, static_cast<int>(result.rows.size()));
+
+  // value[case][variant][metric]
+  std::map<std::string, std::map<std::string, std::map<std::string, double>>> v;
+  for (const auto& r : j.at("rows")) {
+    ASSERT_TRUE(r.at("value").is_number()) << r.dump();
+    v[r.at("case")][r.at("variant")][r.at("metric")] = r.at("value").get<double>();
+  }
+  const std::set<std::string> variants = {"none", "uniattn", "cla"};
+  for (const auto& var : variants) {
+    SCOPED_TRACE(var);
+    const auto e = expected_for(m.config, var, 4);
+    const auto& mem = v.at("tiny/memory").at(var);
+    EXPECT_EQ(mem.at("kv_bytes_per_token"), e.kv_bytes_per_token);
+    EXPECT_FALSE(mem.count("max_batch_at_32k"));  // no device memory size on the CPU
+    const double weight_bytes = mem.at("weight_bytes");
+    for (const auto& bc : m.cases) {
+      const auto name = bc.name("tiny");
+      SCOPED_TRACE(name);
+      ASSERT_TRUE(v.count(name) && v.at(name).count(var));
+      const auto& row = v.at(name).at(var);
+      EXPECT_FALSE(row.count("oom") || row.count("error"));
+      if (bc.kind == BenchKind::Prefill) {
+        const double t = row.at("ttft_ms");
+        EXPECT_GT(t, 0);
+        const double flops =
+            2.0 * (static_cast<double>(e.matmul_params) * bc.batch * bc.seq +
+                   static_cast<double>(m.config.vocab_size) * m.config.hidden_size * bc.batch);
+        EXPECT_NEAR(row.at("roofline_fraction"), flops / 800e12 * 1e3 / t, 1e-12);
+      } else {
+        const double t = row.at("decode_step_ms");
+        EXPECT_GT(t, 0);
+        EXPECT_NEAR(row.at("tokens_per_s"), bc.batch * 1e3 / t, 1e-6 * bc.batch * 1e3 / t);
+        const double bytes =
+            weight_bytes + static_cast<double>(e.kv_bytes_per_token) * bc.batch * bc.seq;
+        EXPECT_NEAR(row.at("roofline_fraction"), bytes / 3.0e12 * 1e3 / t, 1e-12);
+      }
+    }
+  }
+}
+
+TEST(Bench, FootprintSeparatesEmbeddingAndHead) {
+  auto c = tiny_config();
+  c.tie_word_embeddings = false;
+  CausalLM model(c, at::TensorOptions().dtype(at::kFloat));
+  const auto fp = model_footprint(model);
+  const int64_t table = c.vocab_size * c.hidden_size;
+  EXPECT_EQ(fp.lm_head_params, table);
+  EXPECT_EQ(fp.matmul_params, expected_for(c, "none", 4).matmul_params);
+  int64_t all = 0;
+  for (const auto& p : model->parameters()) all += p.numel();
+  EXPECT_EQ(fp.param_bytes, all * 4);
+  EXPECT_EQ(fp.decode_read_bytes, (all - table) * 4);  // the untied input table is not read
+}
+
+TEST(Bench, RooflineAndCapacityArithmetic) {
+  // LLaMA-3.1-8B: 128 KiB of KV per token; 80 GiB card, 16 GB of weights, 4 GiB workspace.
+  const int64_t gib = int64_t{1} << 30, kv = 32 * 2 * 8 * 128 * 2;
+  EXPECT_EQ(kv, 131072);
+  const int64_t total = 80 * gib, weights = 16'060'000'000;
+  EXPECT_EQ(max_batch_at(total, weights, kv, 32768), (total - weights - 4 * gib) / (kv * 32768));
+  EXPECT_EQ(max_batch_at(10 * gib, 8 * gib, kv, 32768), 0);
+  EXPECT_THROW(max_batch_at(total, weights, 0, 32768), Error);
+  // 16.06 GB at 3 TB/s is 5.35 ms (method.md section 7's 5.4 ms).
+  EXPECT_NEAR(decode_roofline_ms(weights, kv, 1, 0), 5.3533, 1e-3);
+  EXPECT_NEAR(decode_roofline_ms(0, kv, 8, 16384), 8.0 * 16384 * kv / 3e12 * 1e3, 1e-9);
+  EXPECT_NEAR(prefill_roofline_ms(1'000'000'000, 0, 1, 4000), 2e9 * 4000 / 800e12 * 1e3, 1e-9);
+}
+
+TEST(Bench, ModelsAndCases) {
+  const auto l = bench_model("llama8b", false);
+  EXPECT_NO_THROW(l.config.validate());
+  std::set<std::string> names;
+  for (const auto& c : l.cases) names.insert(c.name("llama8b"));
+  for (const char* n :
+       {"llama8b/prefill/S=1024/B=1", "llama8b/prefill/S=4096/B=1", "llama8b/prefill/S=16384/B=1",
+        "llama8b/decode/S=512/B=1", "llama8b/decode/S=16384/B=8", "llama8b/decode/S=4096/B=32"})
+    EXPECT_TRUE(names.count(n)) << n;
+  const auto s = bench_model("smollm2", true);
+  EXPECT_NO_THROW(s.config.validate());
+  EXPECT_EQ(s.config.num_layers, 30);
+  EXPECT_LT(s.cases.size(), l.cases.size());
+  EXPECT_THROW(bench_model("gpt5", false), Error);
+
+  const auto spec = bench_spec(Variant::UniAttn, 32);
+  EXPECT_EQ(spec.num_followers(), 12);  // 4 groups of 4 in layers 16..31
+  for (int64_t i = 0; i < 32; ++i) EXPECT_EQ(spec.is_follower(i), follower(i, 4, 16, 32)) << i;
+  EXPECT_FALSE(bench_spec(Variant::None, 32).enabled());
+
+  BenchOptions empty;
+  empty.device = at::kCPU;
+  EXPECT_THROW(run_bench(empty), Error);
+#ifndef UNIATTN_WITH_CUDA
+  BenchOptions cuda;
+  cuda.models = {l};
+  EXPECT_THROW(run_bench(cuda), Error);
+#endif
+}
+
+TEST(Bench, ParsesCaseSpecs) {
+  const auto p = parse_bench_case("prefill:1:4096");
+  EXPECT_EQ(p.kind, BenchKind::Prefill);
+  EXPECT_EQ(p.batch, 1);
+  EXPECT_EQ(p.seq, 4096);
+  const auto d = parse_bench_case("decode:8:16384");
+  EXPECT_EQ(d.kind, BenchKind::Decode);
+  EXPECT_EQ(d.name("m"), "m/decode/S=16384/B=8");
+  for (const char* bad : {"", "prefill", "prefill:1", "train:1:2", "decode:0:5", "decode:1:-5",
+                          "decode:1:5x", "decode:1:99999999999", "decode:5000:8", "decode::8"})
+    EXPECT_THROW(parse_bench_case(bad), Error) << bad;
+}
+
+}  // namespace
+}  // namespace uniattn

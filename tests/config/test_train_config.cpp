@@ -1,0 +1,160 @@
+// TrainConfig parsing: values land where they should, every bad key or value is rejected with
+// its path, overrides apply, and the shipped configs/*.yaml all validate.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "test_util.h"
+#include "uniattn/error.h"
+#include "uniattn/config/train_config.h"
+
+namespace uniattn {
+namespace {
+
+const char* kMinimal = R"(
+output_dir: runs/x
+model: {path: m, variant: uniattn, superblocks: "2,1,4"}
+data: {train: t.jsonl}
+stages:
+  - {name: wc, params: wc, epochs: 1, lr: 2e-5}
+  - {params: all, steps: 10, lr: 1e-5, warmup_ratio: 0.1}
+)";
+
+std::string error_of(const std::string& yaml, const std::vector<std::string>& ov = {}) {
+  try {
+    TrainConfig::parse(yaml, "cfg.yaml", ov);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(TrainConfig, ParsesValuesAndDefaults) {
+  const auto c = TrainConfig::parse(kMinimal);
+  EXPECT_EQ(c.output_dir, "runs/x");
+  EXPECT_EQ(c.model.variant, "uniattn");
+  EXPECT_EQ(c.model.superblocks, "2,1,4");
+  ASSERT_EQ(c.stages.size(), 2u);
+  EXPECT_EQ(c.stages[0].name, "wc");
+  EXPECT_EQ(c.stages[0].params, std::vector<std::string>{"wc"});
+  EXPECT_DOUBLE_EQ(c.stages[0].epochs, 1.0);
+  EXPECT_DOUBLE_EQ(c.stages[0].lr, 2e-5);
+  EXPECT_DOUBLE_EQ(c.stages[0].warmup_ratio, 0.03);
+  EXPECT_EQ(c.stages[1].name, "stage2");
+  EXPECT_EQ(c.stages[1].steps, 10);
+  EXPECT_DOUBLE_EQ(c.stages[1].warmup_ratio, 0.1);
+  EXPECT_EQ(c.training.global_batch, 48);
+  EXPECT_EQ(c.data.max_length, 1024);
+  EXPECT_EQ(c.data.template_, "alpaca");
+  EXPECT_DOUBLE_EQ(c.optimizer.weight_decay, 0.0);
+  EXPECT_TRUE(c.optimizer.fused);
+  EXPECT_FALSE(c.training.activation_checkpointing);
+}
+
+TEST(TrainConfig, CheckpointingAndFusedOptimizerRoundTrip) {
+  const auto c = TrainConfig::parse(
+      kMinimal, "cfg.yaml", {"training.activation_checkpointing=true", "optimizer.fused=false"});
+  EXPECT_TRUE(c.training.activation_checkpointing);
+  EXPECT_FALSE(c.optimizer.fused);
+  const auto d = TrainConfig::parse(c.to_yaml());
+  EXPECT_TRUE(d.training.activation_checkpointing);
+  EXPECT_FALSE(d.optimizer.fused);
+  EXPECT_EQ(d.to_yaml(), c.to_yaml());
+}
+
+TEST(TrainConfig, PrecisionValuesRoundTripAndUnknownOnesListTheAllowed) {
+  EXPECT_EQ(TrainConfig::parse(kMinimal).training.precision, "bf16");
+  for (const std::string p : {"bf16", "bf16_weights", "fp32"}) {
+    SCOPED_TRACE(p);
+    const auto c = TrainConfig::parse(kMinimal, "cfg.yaml", {"training.precision=" + p});
+    EXPECT_EQ(c.training.precision, p);
+    EXPECT_EQ(TrainConfig::parse(c.to_yaml()).training.precision, p);
+  }
+  for (const std::string bad : {"fp16", "bf16-weights", "BF16"}) {
+    SCOPED_TRACE(bad);
+    const auto e = error_of(kMinimal, {"training.precision=" + bad});
+    EXPECT_NE(e.find("training.precision is '" + bad + "'"), std::string::npos) << e;
+    EXPECT_NE(e.find("expected one of: bf16, bf16_weights, fp32"), std::string::npos) << e;
+  }
+}
+
+TEST(TrainConfig, RoundTripsThroughYaml) {
+  const auto c = TrainConfig::parse(kMinimal);
+  const auto d = TrainConfig::parse(c.to_yaml());
+  EXPECT_EQ(d.to_yaml(), c.to_yaml());
+  EXPECT_EQ(d.stages[1].steps, 10);
+}
+
+TEST(TrainConfig, RejectsUnknownKeysByPath) {
+  std::string y = kMinimal;
+  EXPECT_NE(error_of(y + "bogus: 1\n").find("unknown key bogus"), std::string::npos);
+  EXPECT_NE(error_of(y + "training: {global_bach: 4}\n").find("training.global_bach"),
+            std::string::npos);
+  const std::string s = R"(
+output_dir: o
+model: {path: m, variant: none}
+data: {train: t}
+stages:
+  - {params: all, steps: 1, lr: 1e-5}
+  - {params: all, steps: 1, lr: 1e-5, lrr: 1e-5}
+)";
+  EXPECT_NE(error_of(s).find("stages[1].lrr"), std::string::npos) << error_of(s);
+}
+
+TEST(TrainConfig, RejectsBadValues) {
+  const std::string y = kMinimal;
+  EXPECT_NE(error_of(y, {"stages[1].lr=-1"}).find("stages[1].lr must be > 0"), std::string::npos);
+  EXPECT_NE(error_of(y, {"stages[0].steps=5"}).find("exactly one of epochs and steps"),
+            std::string::npos);
+  EXPECT_NE(error_of(y, {"model.variant=gqa"}).find("model.variant is 'gqa'"), std::string::npos);
+  EXPECT_NE(error_of(y, {"training.micro_batch=5"}).find("multiple of training.micro_batch"),
+            std::string::npos);
+  EXPECT_NE(error_of(y, {"training.global_batch=abc"}).find("training.global_batch has an invalid"),
+            std::string::npos);
+  EXPECT_NE(error_of(y, {"training.activation_checkpointing=maybe"})
+                .find("training.activation_checkpointing"),
+            std::string::npos);
+  EXPECT_NE(error_of(y, {"optimizer.fused=3"}).find("optimizer.fused"), std::string::npos);
+  EXPECT_NE(error_of(y, {"model.wc_init=calibrated"}).find("model.wc_checkpoint is required"),
+            std::string::npos);
+  EXPECT_NE(error_of(y, {"model.variant=softmax"}).find("'wc' needs model.variant uniattn"),
+            std::string::npos);
+  EXPECT_NE(error_of(y, {"optimizer.betas=[0.9]"}).find("optimizer.betas"), std::string::npos);
+  EXPECT_NE(error_of(y, {"stages[5].lr=1"}).find("out of range"), std::string::npos);
+  EXPECT_NE(error_of("output_dir: o\n").find("model.path is required"), std::string::npos);
+  EXPECT_NE(error_of("[1, 2]").find("top level must be a mapping"), std::string::npos);
+  EXPECT_NE(error_of("a: [1, 2").find("invalid YAML"), std::string::npos);
+  EXPECT_NE(error_of(y, {"data=3"}).find("data must be a mapping"), std::string::npos);
+}
+
+TEST(TrainConfig, OverridesApply) {
+  const auto c = TrainConfig::parse(
+      kMinimal, "x", {"stages[0].lr=3e-4", "output_dir=elsewhere", "distributed.zero1=false"});
+  EXPECT_DOUBLE_EQ(c.stages[0].lr, 3e-4);
+  EXPECT_EQ(c.output_dir, "elsewhere");
+  EXPECT_FALSE(c.distributed.zero1);
+}
+
+TEST(TrainConfig, GlobMatch) {
+  EXPECT_TRUE(
+      glob_match("model.layers.*.self_attn.w_c.weight", "model.layers.3.self_attn.w_c.weight"));
+  EXPECT_TRUE(glob_match("*", ""));
+  EXPECT_TRUE(glob_match("a?c*", "abcdef"));
+  EXPECT_FALSE(glob_match("a?c", "ac"));
+  EXPECT_FALSE(glob_match("*.bias", "model.norm.weight"));
+  EXPECT_TRUE(glob_match("*a*b*", "xxaxxbxx"));
+}
+
+TEST(TrainConfig, ShippedConfigsValidate) {
+  int n = 0;
+  for (const auto& e : std::filesystem::directory_iterator(test::source_dir() / "configs")) {
+    if (e.path().extension() != ".yaml") continue;
+    SCOPED_TRACE(e.path().string());
+    EXPECT_NO_THROW(TrainConfig::load(e.path().string()));
+    ++n;
+  }
+  EXPECT_GE(n, 6);
+}
+
+}  // namespace
+}  // namespace uniattn

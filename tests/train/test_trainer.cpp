@@ -1,0 +1,504 @@
+// uniattn-train on a tiny random LLaMA (vocab 97) with random token data: resumption gives the
+// same loss curve as an uninterrupted run, activation checkpointing and the unfused AdamW keep the
+// curve, SIGTERM checkpoints and resumes, non-finite losses stop (naming the step) or are skipped,
+// two Gloo processes match one process on the same global batch (also with checkpointing), bf16
+// autocast runs on CPU, and bf16 weights (training.precision bf16_weights) train and resume.
+#include <gtest/gtest.h>
+#include <torch/serialize/input-archive.h>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <fstream>
+#include <numbers>
+#include <random>
+#include <thread>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "test_util.h"
+#include "uniattn/model/checkpoint.h"
+#include "uniattn/error.h"
+#include "uniattn/io/safetensors.h"
+#include "uniattn/train/train.h"
+
+namespace uniattn {
+namespace {
+
+namespace fs = std::filesystem;
+
+void write_tokens(const fs::path& p, int n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::ofstream f(p);
+  for (int i = 0; i < n; ++i) {
+    const int len = 8 + static_cast<int>(rng() % 17);
+    const int prompt = 2 + static_cast<int>(rng() % static_cast<unsigned>(len - 3));
+    nlohmann::json ids = nlohmann::json::array(), mask = nlohmann::json::array();
+    for (int j = 0; j < len; ++j) {
+      ids.push_back(static_cast<int>(rng() % 97));
+      mask.push_back(j >= prompt ? 1 : 0);
+    }
+    f << nlohmann::json{{"ids", ids}, {"loss_mask", mask}}.dump() << "\n";
+  }
+}
+
+// The shipped tiny config pointed at the fixture model and fresh data in `dir`.
+std::vector<std::string> base_overrides(const fs::path& dir, const std::string& out) {
+  write_tokens(dir / "train.jsonl", 16, 11);
+  write_tokens(dir / "eval.jsonl", 4, 12);
+  return {"model.path=" + (test::data_dir() / "models" / "llama").string(),
+          "data.train=" + (dir / "train.jsonl").string(),
+          "data.eval=" + (dir / "eval.jsonl").string(), "output_dir=" + (dir / out).string()};
+}
+
+TrainConfig tiny_config(const fs::path& dir, const std::string& out,
+                        std::vector<std::string> extra = {}) {
+  auto ov = base_overrides(dir, out);
+  ov.insert(ov.end(), extra.begin(), extra.end());
+  return TrainConfig::load((test::source_dir() / "configs" / "tiny-cpu-smoke.yaml").string(), ov);
+}
+
+std::vector<nlohmann::json> read_metrics(const fs::path& out) {
+  std::vector<nlohmann::json> v;
+  std::ifstream f(out / "metrics.jsonl");
+  std::string line;
+  while (std::getline(f, line))
+    if (!line.empty()) v.push_back(nlohmann::json::parse(line));
+  return v;
+}
+
+void expect_same_curve(const std::vector<nlohmann::json>& a, const std::vector<nlohmann::json>& b,
+                       double tol) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    SCOPED_TRACE("step " + std::to_string(i + 1));
+    EXPECT_EQ(a[i]["step"], b[i]["step"]);
+    EXPECT_NEAR(a[i]["loss"].get<double>(), b[i]["loss"].get<double>(), tol);
+    EXPECT_NEAR(a[i]["grad_norm"].get<double>(), b[i]["grad_norm"].get<double>(), tol * 10);
+    EXPECT_DOUBLE_EQ(a[i]["lr"].get<double>(), b[i]["lr"].get<double>());
+    if (!a[i]["eval_loss"].is_null()) {
+      EXPECT_NEAR(a[i]["eval_loss"].get<double>(), b[i]["eval_loss"].get<double>(), tol);
+    }
+  }
+}
+
+// Max |a - b| over the tensors of two saved models.
+double model_diff(const fs::path& a, const fs::path& b) {
+  LoadOptions lo;
+  auto ma = load_model(a, lo), mb = load_model(b, lo);
+  auto pb = mb->named_parameters();
+  double d = 0;
+  for (auto& kv : ma->named_parameters())
+    d = std::max(d, (kv.value() - pb[kv.key()]).abs().max().item<double>());
+  return d;
+}
+
+fs::path cli() { return test::data_dir().parent_path() / "uniattn-train"; }
+
+// Runs args[0] with `env` added; its stderr goes to `log` when given.
+pid_t spawn(const std::vector<std::string>& args, const std::vector<std::string>& env,
+            const fs::path& log = {}) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    if (!log.empty()) {
+      std::FILE* f = std::fopen(log.c_str(), "w");
+      if (f) dup2(fileno(f), 2);
+    }
+    std::vector<char*> av, ev;
+    for (const auto& a : args) av.push_back(const_cast<char*>(a.c_str()));
+    av.push_back(nullptr);
+    for (char** e = environ; *e; ++e) ev.push_back(*e);
+    for (const auto& e : env) ev.push_back(const_cast<char*>(e.c_str()));
+    ev.push_back(nullptr);
+    execve(args[0].c_str(), av.data(), ev.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+int exit_code(int status) {
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+int wait_exit(pid_t pid) {
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return exit_code(status);
+}
+
+// Like wait_exit, but kills the process after `limit` and then returns -1.
+int wait_exit_within(pid_t pid, std::chrono::seconds limit) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  int status = 0;
+  while (waitpid(pid, &status, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() > end) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      return -1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return exit_code(status);
+}
+
+std::string read_file(const fs::path& p) {
+  std::ifstream f(p);
+  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+}
+
+std::vector<std::string> cli_args(const fs::path& dir, const std::string& out,
+                                  const std::vector<std::string>& extra) {
+  std::vector<std::string> a{cli().string(), "--config",
+                             (test::source_dir() / "configs" / "tiny-cpu-smoke.yaml").string()};
+  auto ov = base_overrides(dir, out);
+  ov.insert(ov.end(), extra.begin(), extra.end());
+  for (const auto& o : ov) {
+    a.push_back("--set");
+    a.push_back(o);
+  }
+  return a;
+}
+
+// Starts ranks 0 and 1 of a 2-process Gloo run of `args` (built once, before spawning: cli_args
+// writes the data files the ranks read). With `log_dir`, rank R's stderr goes to
+// log_dir/rankR-<port>.log.
+std::vector<pid_t> spawn_two_ranks(const std::vector<std::string>& args, int port,
+                                   const fs::path& log_dir = {}) {
+  std::vector<pid_t> pids;
+  for (int r = 0; r < 2; ++r)
+    pids.push_back(spawn(args,
+                         {"RANK=" + std::to_string(r), "WORLD_SIZE=2", "MASTER_ADDR=127.0.0.1",
+                          "MASTER_PORT=" + std::to_string(port), "OMP_NUM_THREADS=1"},
+                         log_dir.empty() ? fs::path()
+                                         : log_dir / ("rank" + std::to_string(r) + "-" +
+                                                      std::to_string(port) + ".log")));
+  return pids;
+}
+
+TEST(Train, CosineScheduleWithWarmup) {
+  // total 10, warm-up ceil(0.25 * 10) = 3: 0, 1/3, 2/3, then 0.5 (1 + cos(pi (s - 3) / 7)).
+  EXPECT_DOUBLE_EQ(cosine_lr_factor(0, 10, 0.25, 0.0), 0.0);
+  EXPECT_NEAR(cosine_lr_factor(2, 10, 0.25, 0.0), 2.0 / 3.0, 1e-15);
+  EXPECT_DOUBLE_EQ(cosine_lr_factor(3, 10, 0.25, 0.0), 1.0);
+  EXPECT_NEAR(cosine_lr_factor(9, 10, 0.25, 0.0),
+              0.5 * (1 + std::cos(std::numbers::pi * 6.0 / 7.0)), 1e-15);
+  EXPECT_NEAR(cosine_lr_factor(9, 10, 0.25, 0.1),
+              0.1 + 0.9 * 0.5 * (1 + std::cos(std::numbers::pi * 6.0 / 7.0)), 1e-15);
+}
+
+TEST(Train, ResumeGivesTheUninterruptedCurve) {
+  const auto dir = test::scratch_dir();
+  const auto full = tiny_config(dir, "full");
+  const auto r = train(full);
+  EXPECT_FALSE(r.interrupted);
+  EXPECT_EQ(r.steps, 7);
+  const auto ref = read_metrics(full.output_dir);
+  ASSERT_EQ(ref.size(), 7u);
+  EXPECT_LT(ref.back()["eval_loss"].get<double>(), ref[0]["loss"].get<double>());
+
+  // Stop mid stage 2 (step 5, after the stage-1 checkpoint and the step-4 one), then resume.
+  auto part = tiny_config(dir, "part", {"debug.stop_after_steps=5"});
+  const auto r1 = train(part);
+  EXPECT_TRUE(r1.interrupted);
+  EXPECT_EQ(r1.steps, 5);
+  EXPECT_TRUE(fs::exists(fs::path(part.output_dir) / "checkpoints" / "step-00000005"));
+  part.debug.stop_after_steps = 0;
+  const auto r2 = train(part);
+  EXPECT_EQ(r2.resumed_from, 5);
+  EXPECT_EQ(r2.steps, 7);
+  expect_same_curve(read_metrics(part.output_dir), ref, 1e-6);
+  EXPECT_LT(model_diff(fs::path(full.output_dir) / "final", fs::path(part.output_dir) / "final"),
+            1e-6);
+}
+
+// Every floating tensor of the optimiser state (exp_avg, exp_avg_sq) in a checkpoint's archive;
+// the step counts are integers.
+std::vector<at::Tensor> optimizer_moments(const fs::path& file) {
+  torch::serialize::InputArchive ar, state;
+  ar.load_from(file.string());
+  ar.read("state", state);
+  std::vector<at::Tensor> v;
+  for (const auto& key : state.keys()) {
+    torch::serialize::InputArchive ps;
+    if (!state.try_read(key, ps)) continue;
+    for (const char* name : {"exp_avg", "exp_avg_sq"}) {
+      at::Tensor t;
+      if (ps.try_read(name, t)) v.push_back(t);
+    }
+  }
+  return v;
+}
+
+// training.precision bf16_weights: bf16 weights, gradients and AdamW state without autocast. The
+// loss falls, an interrupted run resumes onto the uninterrupted curve, checkpoints hold bf16
+// weights and bf16 optimiser state, the final model is stored as checkpoint.save_dtype says, and
+// a resume under another precision is refused.
+TEST(Train, Bf16WeightsTrainsAndResumes) {
+  const auto dir = test::scratch_dir();
+  const std::string bw = "training.precision=bf16_weights";
+  const auto full = tiny_config(dir, "full", {bw});
+  EXPECT_EQ(train(full).steps, 7);
+  const auto ref = read_metrics(full.output_dir);
+  ASSERT_EQ(ref.size(), 7u);
+  // Held-out loss falls: below the first evaluation (step 2) and below the untrained model's
+  // (an fp32 run whose only steps have lr 0, the warm-up's first step).
+  const auto fp32 = tiny_config(dir, "fp32", {"stages[0].steps=1", "stages[1].steps=1"});
+  train(fp32);
+  const auto mf = read_metrics(fp32.output_dir);
+  ASSERT_EQ(mf.size(), 2u);
+  EXPECT_DOUBLE_EQ(mf[1]["lr"].get<double>(), 0.0);
+  EXPECT_LT(ref.back()["eval_loss"].get<double>(), ref[1]["eval_loss"].get<double>());
+  EXPECT_LT(ref.back()["eval_loss"].get<double>(), mf[1]["eval_loss"].get<double>());
+  // The first step runs on the initial weights: rounding them (and every activation) to bf16
+  // moves the fp32 loss a little.
+  EXPECT_NEAR(mf[0]["loss"].get<double>(), ref[0]["loss"].get<double>(), 0.05);
+  EXPECT_NE(mf[0]["loss"].get<double>(), ref[0]["loss"].get<double>());
+
+  auto part = tiny_config(dir, "part", {bw, "debug.stop_after_steps=5"});
+  EXPECT_TRUE(train(part).interrupted);
+  const fs::path ck = fs::path(part.output_dir) / "checkpoints" / "step-00000005";
+  auto st = nlohmann::json::parse(std::ifstream(ck / "state.json"));
+  EXPECT_EQ(st["weights_dtype"], "bf16");
+  const auto weights = SafetensorsFile::open(ck / "model.safetensors");
+  ASSERT_FALSE(weights.tensors().empty());
+  for (const auto& t : weights.tensors()) EXPECT_EQ(t.dtype, DType::BF16) << t.name;
+  const auto moments = optimizer_moments(ck / "optimizer-rank0.pt");
+  ASSERT_FALSE(moments.empty());
+  for (const auto& t : moments) EXPECT_EQ(t.scalar_type(), at::kBFloat16);
+
+  part.debug.stop_after_steps = 0;
+  auto other = part;
+  other.training.precision = "fp32";
+  try {
+    train(other);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("training.precision fp32"), std::string::npos) << e.what();
+  }
+  const auto r2 = train(part);
+  EXPECT_EQ(r2.resumed_from, 5);
+  EXPECT_EQ(r2.steps, 7);
+  expect_same_curve(read_metrics(part.output_dir), ref, 1e-6);
+  EXPECT_EQ(model_diff(fs::path(full.output_dir) / "final", fs::path(part.output_dir) / "final"),
+            0.0);
+  // checkpoint.save_dtype f32 (the tiny config's) for the final model.
+  const auto fin = SafetensorsFile::open(fs::path(full.output_dir) / "final" / "model.safetensors");
+  for (const auto& t : fin.tensors()) EXPECT_EQ(t.dtype, DType::F32) << t.name;
+}
+
+// Recomputing each SuperBlock / layer in backward and the per-tensor (unfused) AdamW give the
+// default run's curve and weights.
+TEST(Train, ActivationCheckpointingAndUnfusedAdamWKeepTheCurve) {
+  const auto dir = test::scratch_dir();
+  const auto base = tiny_config(dir, "base");
+  train(base);
+  const auto ref = read_metrics(base.output_dir);
+  ASSERT_EQ(ref.size(), 7u);
+  for (const std::string ov : {"training.activation_checkpointing=true", "optimizer.fused=false"}) {
+    SCOPED_TRACE(ov);
+    const std::string name = ov.substr(0, ov.find('.'));
+    auto c = tiny_config(dir, name, {ov});
+    train(c);
+    expect_same_curve(read_metrics(c.output_dir), ref, 1e-6);
+    EXPECT_LT(model_diff(fs::path(base.output_dir) / "final", fs::path(c.output_dir) / "final"),
+              1e-6);
+  }
+}
+
+TEST(Train, NonFiniteLossStopsNamingTheStep) {
+  const auto dir = test::scratch_dir();
+  auto c = tiny_config(dir, "nan", {"debug.inject_nan_at_step=2"});
+  try {
+    train(c);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("non-finite loss"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("at step 2"), std::string::npos) << e.what();
+  }
+  c.training.nan_policy = "skip";
+  TrainOptions fresh;
+  fresh.resume = false;
+  const auto r = train(c, fresh);
+  EXPECT_EQ(r.steps, 7);
+  const auto m = read_metrics(c.output_dir);
+  ASSERT_EQ(m.size(), 7u);
+  EXPECT_TRUE(m[1]["skipped"].get<bool>());
+  EXPECT_TRUE(m[1]["loss"].is_null());
+  EXPECT_FALSE(m[2]["skipped"].get<bool>());
+  EXPECT_TRUE(std::isfinite(m.back()["loss"].get<double>()));
+}
+
+TEST(Train, BadParameterGlobIsNamed) {
+  const auto dir = test::scratch_dir();
+  auto c = tiny_config(dir, "bad", {"stages[1].params=[\"*.q_proj.weight\", \"nothing.*\"]"});
+  try {
+    train(c);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("stages[1].params: 'nothing.*'"), std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(Train, BaselineVariantsAndBf16Autocast) {
+  const auto dir = test::scratch_dir();
+  const auto fp32 = train(tiny_config(dir, "fp32", {"stages[0].steps=1", "stages[1].steps=1"}));
+  const auto bf = train(tiny_config(
+      dir, "bf16", {"stages[0].steps=1", "stages[1].steps=1", "training.precision=bf16"}));
+  // bf16 matmuls change the first loss (same weights, same batch) only slightly.
+  EXPECT_TRUE(std::isfinite(bf.last_loss));
+  const auto mf = read_metrics(dir / "fp32"), mb = read_metrics(dir / "bf16");
+  EXPECT_NEAR(mf[0]["loss"].get<double>(), mb[0]["loss"].get<double>(), 0.05);
+  EXPECT_NE(mf[0]["loss"].get<double>(), mb[0]["loss"].get<double>());
+  for (const std::string v : {"none", "softmax", "cla"}) {
+    SCOPED_TRACE(v);
+    const auto r = train(tiny_config(dir, v,
+                                     {"model.variant=" + v, "model.wc_init=zero",
+                                      "stages=[{params: all, steps: 2, lr: 1.0e-3}]"}));
+    EXPECT_EQ(r.steps, 2);
+    EXPECT_TRUE(std::isfinite(r.last_loss));
+  }
+  (void)fp32;
+}
+
+TEST(Train, SigtermCheckpointsAndResumes) {
+  ASSERT_TRUE(fs::exists(cli())) << cli() << " missing: build the uniattn-train target";
+  const auto dir = test::scratch_dir();
+  const std::vector<std::string> longer{"stages[1].steps=400", "checkpoint.every_steps=0",
+                                        "eval.every_steps=0"};
+  const pid_t pid = spawn(cli_args(dir, "sig", longer), {});
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (read_metrics(dir / "sig").size() < 5 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ASSERT_GE(read_metrics(dir / "sig").size(), 5u);
+  kill(pid, SIGTERM);
+  EXPECT_EQ(wait_exit(pid), 75);
+  const auto stopped = read_metrics(dir / "sig");
+  const int64_t k = stopped.back()["step"].get<int64_t>();
+  ASSERT_LT(k, 403);
+  char name[32];
+  std::snprintf(name, sizeof name, "step-%08lld", static_cast<long long>(k));
+  EXPECT_TRUE(fs::exists(dir / "sig" / "checkpoints" / name / "model.safetensors"));
+  // Resume to k + 3 and compare with an uninterrupted run to the same step.
+  const int64_t until = k + 3;
+  auto more = longer;
+  more.push_back("debug.stop_after_steps=" + std::to_string(until));
+  auto c = tiny_config(dir, "sig", more);
+  EXPECT_EQ(train(c).resumed_from, k);
+  auto ref = tiny_config(dir, "ref", more);
+  train(ref);
+  expect_same_curve(read_metrics(dir / "sig"), read_metrics(dir / "ref"), 1e-6);
+}
+
+TEST(Train, TwoGlooProcessesMatchOneProcess) {
+#if !__has_include(<gloo/algorithm.h>)
+  GTEST_SKIP() << "Gloo headers (Debian libgloo-dev) missing: the library was built without Gloo";
+#endif
+  ASSERT_TRUE(fs::exists(cli())) << cli() << " missing: build the uniattn-train target";
+  const auto dir = test::scratch_dir();
+  // Same global batch (4): one process with micro-batches of 2, two ranks with micro-batches of
+  // 1 (so each rank accumulates 2), ZeRO-1 on, small buckets so several overlap with backward.
+  const std::vector<std::string> common{"distributed.bucket_mb=0.01", "checkpoint.every_steps=0"};
+  auto one = common;
+  one.push_back("training.micro_batch=2");
+  train(tiny_config(dir, "one", one));
+  auto two = common;
+  two.push_back("training.micro_batch=1");
+  const int port = 20000 + static_cast<int>(getpid() % 20000);
+  auto pids = spawn_two_ranks(cli_args(dir, "two", two), port);
+  for (auto p : pids) EXPECT_EQ(wait_exit(p), 0);
+  expect_same_curve(read_metrics(dir / "two"), read_metrics(dir / "one"), 1e-5);
+  EXPECT_LT(model_diff(dir / "one" / "final", dir / "two" / "final"), 1e-5);
+  // With activation checkpointing, parameter gradients arrive inside the recomputing backward;
+  // the reducer's hooks must still see each one once per step.
+  two.push_back("training.activation_checkpointing=true");
+  pids = spawn_two_ranks(cli_args(dir, "two-rc", two), port + 1);
+  for (auto p : pids) EXPECT_EQ(wait_exit(p), 0);
+  expect_same_curve(read_metrics(dir / "two-rc"), read_metrics(dir / "one"), 1e-5);
+  EXPECT_LT(model_diff(dir / "one" / "final", dir / "two-rc" / "final"), 1e-5);
+}
+
+// A rank that fails stops the others at once (they would otherwise wait in their next collective
+// for distributed.timeout_s, 600 s by default), and what it leaves resumes to the same curve.
+TEST(Train, AFailingRankStopsTheOthersAndTheRunResumes) {
+#if !__has_include(<gloo/algorithm.h>)
+  GTEST_SKIP() << "Gloo headers (Debian libgloo-dev) missing: the library was built without Gloo";
+#endif
+  ASSERT_TRUE(fs::exists(cli())) << cli() << " missing: build the uniattn-train target";
+  const auto dir = test::scratch_dir();
+  const std::vector<std::string> common{"distributed.bucket_mb=0.01", "training.micro_batch=1",
+                                        "checkpoint.every_steps=2"};
+  const int port = 20000 + static_cast<int>((getpid() + 7919) % 20000);
+  const auto launch = [&](const std::vector<std::string>& extra, int port_offset) {
+    auto ov = common;
+    ov.insert(ov.end(), extra.begin(), extra.end());
+    const auto pids = spawn_two_ranks(cli_args(dir, "run", ov), port + port_offset, dir);
+    std::vector<int> codes;
+    for (auto p : pids) codes.push_back(wait_exit_within(p, std::chrono::seconds(120)));
+    return codes;
+  };
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto failed = launch({"debug.fail_at_step=5", "debug.fail_rank=1"}, 0);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(failed[1], 1);  // the failing rank reports its error
+  EXPECT_EQ(failed[0], 1);  // the other one stops too, not killed by the 120 s limit (-1)
+  EXPECT_LT(took, 60.0);
+  EXPECT_NE(read_file(dir / ("rank1-" + std::to_string(port) + ".log"))
+                .find("injected failure at step 5"),
+            std::string::npos);
+  EXPECT_NE(read_file(dir / ("rank0-" + std::to_string(port) + ".log")).find("rank 1 failed: "),
+            std::string::npos)
+      << read_file(dir / ("rank0-" + std::to_string(port) + ".log"));
+  // The checkpoint of step 4 (optimiser state sharded over the ranks) is intact; both ranks resume
+  // from it and finish.
+  const auto resumed = launch({}, 1);
+  EXPECT_EQ(resumed[0], 0);
+  EXPECT_EQ(resumed[1], 0);
+  EXPECT_NE(
+      read_file(dir / ("rank0-" + std::to_string(port + 1) + ".log")).find("resumed from step 4"),
+      std::string::npos);
+  train(tiny_config(dir, "ref", {"training.micro_batch=2"}));
+  expect_same_curve(read_metrics(dir / "run"), read_metrics(dir / "ref"), 1e-5);
+}
+
+// The first step's loss (lr 0 during warm-up, so the weights are the checkpoint's) against
+// transformers on the same four sequences: sum of target-token cross-entropy / target tokens.
+TEST(Train, FirstLossMatchesTransformers) {
+  const char* py = std::getenv("UNIATTN_PYTHON");
+  if (!py) GTEST_SKIP() << "UNIATTN_PYTHON not set";
+  const auto dir = test::scratch_dir();
+  auto c = tiny_config(dir, "oracle",
+                       {"model.variant=none", "model.wc_init=zero", "data.shuffle=false",
+                        "stages=[{params: all, steps: 1, lr: 1.0e-3}]"});
+  train(c);
+  const auto m = read_metrics(c.output_dir);
+  ASSERT_EQ(m.size(), 1u);
+  const fs::path script = dir / "oracle.py", result = dir / "oracle.txt";
+  std::ofstream(script) << R"(import json, sys, torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], torch_dtype=torch.float32).eval()
+rows = [json.loads(l) for l in open(sys.argv[2]) if l.strip()][:4]
+total, count = 0.0, 0
+with torch.no_grad():
+    for r in rows:
+        ids = torch.tensor([r["ids"]])
+        logits = model(ids).logits[0, :-1].double()
+        ce = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")
+        mask = torch.tensor(r["loss_mask"][1:], dtype=torch.float64)
+        total += float((ce * mask).sum()); count += int(mask.sum())
+open(sys.argv[3], "w").write(repr(total / count))
+)";
+  const std::string cmd = std::string(py) + " " + script.string() + " " +
+                          (test::data_dir() / "models" / "llama").string() + " " +
+                          (dir / "train.jsonl").string() + " " + result.string();
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  std::ifstream in(result);
+  double expected = 0;
+  in >> expected;
+  EXPECT_NEAR(m[0]["loss"].get<double>(), expected, 1e-5);
+}
+
+}  // namespace
+}  // namespace uniattn

