@@ -1,5 +1,5 @@
-"""Reference formulas of the UniAttn W_c initialisation (method.md section 4), in numpy, used as
-an independent oracle by the C++ tests.
+"""Reference formulas of the UniAttn W_c initialisation (Xiong et al., arXiv 2502.00439), in
+numpy, used as an independent oracle by the C++ tests.
 
   reference: X, Y, Y' are [samples, L, d] (samples padded to L, pads included); per-position means
              over samples; W = V Sigma^+ U^T (mean(Y) - mean(Y')) with mean(X) = U Sigma V^T;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU machines' image has libpcre2-8.so.0 but not its development files. This builds, here,
 # .dev/kern-pcre2 (ignored by git): the PCRE2 header from Debian's libpcre2-dev, a linker script
-# pointing at the system library, and a pkg-config file. Carry `.dev/kern-pcre2` in device runs;
+# pointing at the system library, and a pkg-config file. Copy `.dev/kern-pcre2` to the GPU machine;
 # scripts/gpu_check.sh and scripts/gpu_kernel_tests.sh pick it up when pkg-config finds no pcre2.
 set -euo pipefail
 cd "$(dirname "$0")/.."

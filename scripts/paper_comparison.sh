@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The paper's comparison in miniature on real weights (issue: uniattn-train/eval): SmolLM2-135M-
-# Instruct post-trained on PMC instructions (800 train / 100 held out) as base (no training),
-# standard fine-tuning, softmax-only, CLA, UniAttn one-stage, UniAttn two-stage from calibrated
-# W_c and two-stage from zero W_c; every trained row sees the same tokens (2 epochs).
+# The paper's comparison in miniature on real weights (uniattn-calib, -train, -eval, -generate):
+# SmolLM2-135M-Instruct post-trained on PMC instructions (800 train / 100 held out) as base (no
+# training), standard fine-tuning, softmax-only, CLA, UniAttn one-stage, UniAttn two-stage from
+# calibrated W_c and two-stage from zero W_c; every trained row sees the same tokens (2 epochs).
 # Usage: scripts/paper_comparison.sh BUILD GGUF PMC_JSON EVAL_DIR OUT [SEEDS...]
 set -euo pipefail
 cd "$(dirname "$0")/.."

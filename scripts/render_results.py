@@ -186,7 +186,8 @@ def findings(get):
     if "base" in tps and "ft" in tps:
         out.append(
             "- The decode column is B=1 on a 135M model, bound by kernel launches rather than "
-            "memory, and measured at the commit above (before session 2's kernel fusion). The base "
+            "memory, and measured at the commit above, before the fused RMSNorm/RoPE/SiLU kernels "
+            "(2ad0e99) and the fused q/k/v and gate/up GEMMs (ff27f28). The base "
             "and fine-tuned rows share one architecture yet read %.0f and %.0f tokens/s, which is "
             "the noise level; `docs/performance.md` has the controlled decode measurements." %
             (tps["base"], tps["ft"]))
