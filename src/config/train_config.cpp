@@ -166,138 +166,183 @@ std::vector<std::string> read_params(const YAML::Node& n, const std::string& whe
   return out;
 }
 
+WcInit parse_wc_init(const std::string& name) {
+  return name == "zero" ? WcInit::Zero : name == "random" ? WcInit::Random : WcInit::Calibrated;
+}
+
+TrainModelConfig read_model(const YAML::Node& node, const std::string& origin) {
+  TrainModelConfig m;
+  Reader r(node, "model", origin);
+  r.require("path", m.path);
+  r.one_of("variant", m.variant, {"none", "softmax", "uniattn", "cla"});
+  r.read("superblocks", m.superblocks);
+  std::string init = "zero";
+  r.one_of("wc_init", init, {"zero", "random", "calibrated"});
+  m.wc_init = parse_wc_init(init);
+  r.read("wc_checkpoint", m.wc_checkpoint);
+  r.positive("wc_random_std", m.wc_random_std);
+  if (m.variant != "none" && m.superblocks.empty())
+    fail(origin, ": model.superblocks is required for variant ", m.variant);
+  if (m.wc_init == WcInit::Calibrated && m.wc_checkpoint.empty())
+    fail(origin, ": model.wc_checkpoint is required when model.wc_init is calibrated");
+  if (m.wc_init != WcInit::Calibrated && !m.wc_checkpoint.empty())
+    fail(origin, ": model.wc_checkpoint is set but model.wc_init is not calibrated");
+  if (m.variant != "uniattn" && m.wc_init != WcInit::Zero)
+    fail(origin, ": model.wc_init applies to variant uniattn only");
+  return m;
+}
+
+TrainDataConfig read_data(const YAML::Node& node, const std::string& origin) {
+  TrainDataConfig d;
+  Reader r(node, "data", origin);
+  r.require("train", d.train);
+  r.read("eval", d.eval);
+  r.one_of("format", d.format, {"text", "tokens"});
+  r.read("template", d.template_);
+  if (d.template_.empty()) fail(origin, ": data.template is empty");
+  r.read("response_field", d.response_field);
+  r.read("tokenizer", d.tokenizer);
+  r.positive("max_length", d.max_length);
+  if (d.max_length < 2) fail(origin, ": data.max_length must be >= 2");
+  r.read("response_only_loss", d.response_only_loss);
+  r.read("packing", d.packing);
+  r.read("shuffle", d.shuffle);
+  r.positive("eval_max_examples", d.eval_max_examples, true);
+  return d;
+}
+
+// stages[i]; `variant` is model.variant, which decides whether "wc" names any parameter.
+TrainStageConfig read_stage(const YAML::Node& node, size_t i, const std::string& variant,
+                            const std::string& origin) {
+  const std::string p = "stages[" + std::to_string(i) + "]";
+  TrainStageConfig s;
+  Reader r(node, p, origin);
+  r.read("name", s.name);
+  if (s.name.empty()) s.name = "stage" + std::to_string(i + 1);
+  s.params = read_params(r.get("params"), p + ".params", origin);
+  r.positive("epochs", s.epochs, true);
+  r.positive("steps", s.steps, true);
+  if ((s.epochs > 0) == (s.steps > 0))
+    fail(origin, ": ", p, " needs exactly one of epochs and steps (> 0)");
+  r.positive("lr", s.lr);
+  r.positive("warmup_ratio", s.warmup_ratio, true);
+  if (s.warmup_ratio >= 1) fail(origin, ": ", p, ".warmup_ratio must be < 1");
+  r.positive("min_lr_ratio", s.min_lr_ratio, true);
+  if (s.min_lr_ratio > 1) fail(origin, ": ", p, ".min_lr_ratio must be <= 1");
+  for (const auto& pat : s.params)
+    if ((pat == "wc") && variant != "uniattn")
+      fail(origin, ": ", p, ".params: 'wc' needs model.variant uniattn (it is ", variant, ")");
+  return s;
+}
+
+std::vector<TrainStageConfig> read_stages(const YAML::Node& stages, const std::string& variant,
+                                          const std::string& origin) {
+  if (!stages || !stages.IsSequence() || stages.size() == 0)
+    fail(origin, ": stages must be a non-empty list");
+  std::vector<TrainStageConfig> out;
+  for (size_t i = 0; i < stages.size(); ++i)
+    out.push_back(read_stage(stages[i], i, variant, origin));
+  return out;
+}
+
+// optimizer.betas: absent or null keeps the defaults.
+void read_betas(const YAML::Node& betas, TrainOptimizerConfig& o, const std::string& origin) {
+  if (!betas || betas.IsNull()) return;
+  if (!betas.IsSequence() || betas.size() != 2)
+    fail(origin, ": optimizer.betas must be a list of two numbers");
+  try {
+    o.beta1 = betas[0].as<double>();
+    o.beta2 = betas[1].as<double>();
+  } catch (const YAML::Exception&) {
+    fail(origin, ": optimizer.betas must be a list of two numbers");
+  }
+  for (double b : {o.beta1, o.beta2})
+    if (!(b >= 0 && b < 1)) fail(origin, ": optimizer.betas must lie in [0, 1)");
+}
+
+TrainOptimizerConfig read_optimizer(const YAML::Node& node, const std::string& origin) {
+  TrainOptimizerConfig o;
+  Reader r(node, "optimizer", origin);
+  read_betas(r.get("betas"), o, origin);
+  r.positive("eps", o.eps);
+  r.positive("weight_decay", o.weight_decay, true);
+  r.read("fused", o.fused);
+  return o;
+}
+
+TrainRunConfig read_training(const YAML::Node& node, const std::string& origin) {
+  TrainRunConfig t;
+  Reader r(node, "training", origin);
+  r.positive("global_batch", t.global_batch);
+  r.positive("micro_batch", t.micro_batch);
+  if (t.global_batch % t.micro_batch != 0)
+    fail(origin, ": training.global_batch (", t.global_batch,
+         ") must be a multiple of training.micro_batch (", t.micro_batch, ")");
+  r.one_of("precision", t.precision, {"bf16", "bf16_weights", "fp32"});
+  r.read("device", t.device);
+  if (t.device != "auto" && t.device != "cpu" && t.device.rfind("cuda", 0) != 0)
+    fail(origin, ": training.device is '", t.device, "'; expected auto, cpu or cuda[:N]");
+  r.positive("grad_clip", t.grad_clip, true);
+  r.read("activation_checkpointing", t.activation_checkpointing);
+  r.read("seed", t.seed);
+  r.one_of("nan_policy", t.nan_policy, {"stop", "skip"});
+  r.positive("log_every", t.log_every);
+  r.read("progress", t.progress);
+  return t;
+}
+
+TrainEvalConfig read_eval(const YAML::Node& node, const std::string& origin) {
+  TrainEvalConfig e;
+  Reader r(node, "eval", origin);
+  r.positive("every_steps", e.every_steps, true);
+  r.positive("batch_tokens", e.batch_tokens);
+  return e;
+}
+
+TrainCheckpointConfig read_checkpoint(const YAML::Node& node, const std::string& origin) {
+  TrainCheckpointConfig c;
+  Reader r(node, "checkpoint", origin);
+  r.positive("every_steps", c.every_steps, true);
+  r.positive("keep_last", c.keep_last);
+  r.one_of("save_dtype", c.save_dtype, {"bf16", "f16", "f32"});
+  return c;
+}
+
+TrainDistributedConfig read_distributed(const YAML::Node& node, const std::string& origin) {
+  TrainDistributedConfig d;
+  Reader r(node, "distributed", origin);
+  r.one_of("backend", d.backend, {"auto", "gloo", "nccl"});
+  r.positive("bucket_mb", d.bucket_mb);
+  r.read("zero1", d.zero1);
+  r.positive("timeout_s", d.timeout_s);
+  return d;
+}
+
+TrainDebugConfig read_debug(const YAML::Node& node, const std::string& origin) {
+  TrainDebugConfig d;
+  Reader r(node, "debug", origin);
+  r.positive("inject_nan_at_step", d.inject_nan_at_step, true);
+  r.positive("stop_after_steps", d.stop_after_steps, true);
+  r.positive("fail_at_step", d.fail_at_step, true);
+  r.positive("fail_rank", d.fail_rank, true);
+  return d;
+}
+
+// Sections are read in a fixed order, each by its own Reader, so the first error reported is the
+// same one as always; the top-level Reader rejects unknown sections when it goes out of scope.
 TrainConfig from_node(const YAML::Node& root, const std::string& origin) {
   TrainConfig c;
   Reader top(root, "", origin);
   top.require("output_dir", c.output_dir);
-  {
-    Reader r(top.get("model"), "model", origin);
-    r.require("path", c.model.path);
-    r.one_of("variant", c.model.variant, {"none", "softmax", "uniattn", "cla"});
-    r.read("superblocks", c.model.superblocks);
-    std::string init = "zero";
-    r.one_of("wc_init", init, {"zero", "random", "calibrated"});
-    c.model.wc_init = init == "zero"     ? WcInit::Zero
-                      : init == "random" ? WcInit::Random
-                                         : WcInit::Calibrated;
-    r.read("wc_checkpoint", c.model.wc_checkpoint);
-    r.positive("wc_random_std", c.model.wc_random_std);
-    if (c.model.variant != "none" && c.model.superblocks.empty())
-      fail(origin, ": model.superblocks is required for variant ", c.model.variant);
-    if (c.model.wc_init == WcInit::Calibrated && c.model.wc_checkpoint.empty())
-      fail(origin, ": model.wc_checkpoint is required when model.wc_init is calibrated");
-    if (c.model.wc_init != WcInit::Calibrated && !c.model.wc_checkpoint.empty())
-      fail(origin, ": model.wc_checkpoint is set but model.wc_init is not calibrated");
-    if (c.model.variant != "uniattn" && c.model.wc_init != WcInit::Zero)
-      fail(origin, ": model.wc_init applies to variant uniattn only");
-  }
-  {
-    Reader r(top.get("data"), "data", origin);
-    r.require("train", c.data.train);
-    r.read("eval", c.data.eval);
-    r.one_of("format", c.data.format, {"text", "tokens"});
-    r.read("template", c.data.template_);
-    if (c.data.template_.empty()) fail(origin, ": data.template is empty");
-    r.read("response_field", c.data.response_field);
-    r.read("tokenizer", c.data.tokenizer);
-    r.positive("max_length", c.data.max_length);
-    if (c.data.max_length < 2) fail(origin, ": data.max_length must be >= 2");
-    r.read("response_only_loss", c.data.response_only_loss);
-    r.read("packing", c.data.packing);
-    r.read("shuffle", c.data.shuffle);
-    r.positive("eval_max_examples", c.data.eval_max_examples, true);
-  }
-  {
-    YAML::Node stages = top.get("stages");
-    if (!stages || !stages.IsSequence() || stages.size() == 0)
-      fail(origin, ": stages must be a non-empty list");
-    for (size_t i = 0; i < stages.size(); ++i) {
-      const std::string p = "stages[" + std::to_string(i) + "]";
-      TrainStageConfig s;
-      Reader r(stages[i], p, origin);
-      r.read("name", s.name);
-      if (s.name.empty()) s.name = "stage" + std::to_string(i + 1);
-      s.params = read_params(r.get("params"), p + ".params", origin);
-      r.positive("epochs", s.epochs, true);
-      r.positive("steps", s.steps, true);
-      if ((s.epochs > 0) == (s.steps > 0))
-        fail(origin, ": ", p, " needs exactly one of epochs and steps (> 0)");
-      r.positive("lr", s.lr);
-      r.positive("warmup_ratio", s.warmup_ratio, true);
-      if (s.warmup_ratio >= 1) fail(origin, ": ", p, ".warmup_ratio must be < 1");
-      r.positive("min_lr_ratio", s.min_lr_ratio, true);
-      if (s.min_lr_ratio > 1) fail(origin, ": ", p, ".min_lr_ratio must be <= 1");
-      for (const auto& pat : s.params)
-        if ((pat == "wc") && c.model.variant != "uniattn")
-          fail(origin, ": ", p, ".params: 'wc' needs model.variant uniattn (it is ",
-               c.model.variant, ")");
-      c.stages.push_back(std::move(s));
-    }
-  }
-  {
-    Reader r(top.get("optimizer"), "optimizer", origin);
-    YAML::Node betas = r.get("betas");
-    if (betas && !betas.IsNull()) {
-      if (!betas.IsSequence() || betas.size() != 2)
-        fail(origin, ": optimizer.betas must be a list of two numbers");
-      try {
-        c.optimizer.beta1 = betas[0].as<double>();
-        c.optimizer.beta2 = betas[1].as<double>();
-      } catch (const YAML::Exception&) {
-        fail(origin, ": optimizer.betas must be a list of two numbers");
-      }
-      for (double b : {c.optimizer.beta1, c.optimizer.beta2})
-        if (!(b >= 0 && b < 1)) fail(origin, ": optimizer.betas must lie in [0, 1)");
-    }
-    r.positive("eps", c.optimizer.eps);
-    r.positive("weight_decay", c.optimizer.weight_decay, true);
-    r.read("fused", c.optimizer.fused);
-  }
-  {
-    Reader r(top.get("training"), "training", origin);
-    r.positive("global_batch", c.training.global_batch);
-    r.positive("micro_batch", c.training.micro_batch);
-    if (c.training.global_batch % c.training.micro_batch != 0)
-      fail(origin, ": training.global_batch (", c.training.global_batch,
-           ") must be a multiple of training.micro_batch (", c.training.micro_batch, ")");
-    r.one_of("precision", c.training.precision, {"bf16", "bf16_weights", "fp32"});
-    r.read("device", c.training.device);
-    if (c.training.device != "auto" && c.training.device != "cpu" &&
-        c.training.device.rfind("cuda", 0) != 0)
-      fail(origin, ": training.device is '", c.training.device,
-           "'; expected auto, cpu or cuda[:N]");
-    r.positive("grad_clip", c.training.grad_clip, true);
-    r.read("activation_checkpointing", c.training.activation_checkpointing);
-    r.read("seed", c.training.seed);
-    r.one_of("nan_policy", c.training.nan_policy, {"stop", "skip"});
-    r.positive("log_every", c.training.log_every);
-    r.read("progress", c.training.progress);
-  }
-  {
-    Reader r(top.get("eval"), "eval", origin);
-    r.positive("every_steps", c.eval.every_steps, true);
-    r.positive("batch_tokens", c.eval.batch_tokens);
-  }
-  {
-    Reader r(top.get("checkpoint"), "checkpoint", origin);
-    r.positive("every_steps", c.checkpoint.every_steps, true);
-    r.positive("keep_last", c.checkpoint.keep_last);
-    r.one_of("save_dtype", c.checkpoint.save_dtype, {"bf16", "f16", "f32"});
-  }
-  {
-    Reader r(top.get("distributed"), "distributed", origin);
-    r.one_of("backend", c.distributed.backend, {"auto", "gloo", "nccl"});
-    r.positive("bucket_mb", c.distributed.bucket_mb);
-    r.read("zero1", c.distributed.zero1);
-    r.positive("timeout_s", c.distributed.timeout_s);
-  }
-  {
-    Reader r(top.get("debug"), "debug", origin);
-    r.positive("inject_nan_at_step", c.debug.inject_nan_at_step, true);
-    r.positive("stop_after_steps", c.debug.stop_after_steps, true);
-    r.positive("fail_at_step", c.debug.fail_at_step, true);
-    r.positive("fail_rank", c.debug.fail_rank, true);
-  }
+  c.model = read_model(top.get("model"), origin);
+  c.data = read_data(top.get("data"), origin);
+  c.stages = read_stages(top.get("stages"), c.model.variant, origin);
+  c.optimizer = read_optimizer(top.get("optimizer"), origin);
+  c.training = read_training(top.get("training"), origin);
+  c.eval = read_eval(top.get("eval"), origin);
+  c.checkpoint = read_checkpoint(top.get("checkpoint"), origin);
+  c.distributed = read_distributed(top.get("distributed"), origin);
+  c.debug = read_debug(top.get("debug"), origin);
   return c;
 }
 

@@ -84,6 +84,214 @@ double GenerateStats::decode_tokens_per_s() const {
   return decode_ms > 0 && after_first > 0 ? after_first * 1000.0 / decode_ms : 0.0;
 }
 
+namespace {
+
+// Checks every prompt (non-empty, ids inside the model's vocabulary); returns the longest length.
+int64_t check_prompts(const std::vector<std::vector<int32_t>>& prompts, int64_t model_vocab) {
+  int64_t longest = 0;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    UNIATTN_CHECK(!prompts[i].empty(), "generate: prompt ", i, " is empty");
+    for (int32_t id : prompts[i])
+      UNIATTN_CHECK(id >= 0 && id < model_vocab, "generate: prompt ", i, " has token id ", id,
+                    " outside the model's vocabulary of ", model_vocab);
+    longest = std::max<int64_t>(longest, static_cast<int64_t>(prompts[i].size()));
+  }
+  return longest;
+}
+
+// The id used as left padding and fed to finished sequences: the option, else the tokenizer's
+// pad, else its eos, else 0.
+int32_t resolve_pad_id(const GenerateOptions& opt, const Tokenizer* tok, int64_t model_vocab) {
+  int32_t pad = 0;
+  if (opt.pad_id)
+    pad = *opt.pad_id;
+  else if (tok && tok->pad_id())
+    pad = *tok->pad_id();
+  else if (tok && tok->eos_id())
+    pad = *tok->eos_id();
+  UNIATTN_CHECK(pad >= 0 && pad < model_vocab, "generate: pad id ", pad, " out of range");
+  return pad;
+}
+
+std::vector<int32_t> stop_token_ids(const GenerateOptions& opt, const Tokenizer* tok) {
+  std::vector<int32_t> stops = opt.stop_tokens;
+  if (opt.stop_at_eos && tok && tok->eos_id()) stops.push_back(*tok->eos_id());
+  return stops;
+}
+
+struct PaddedPrompts {
+  at::Tensor ids;   // [B, longest] int64, left padded, on the model's device
+  at::Tensor mask;  // [B, longest] 1 for real tokens; undefined when no row is padded
+  int64_t real_tokens = 0;
+};
+
+// Left-pads the prompts into one batch, built on the host then moved to `device` once.
+PaddedPrompts left_pad_prompts(const std::vector<std::vector<int32_t>>& prompts, int64_t longest,
+                               int32_t pad, at::Device device) {
+  const int64_t batch = static_cast<int64_t>(prompts.size());
+  auto ids = at::full({batch, longest}, pad, at::kLong);
+  auto mask = at::zeros({batch, longest}, at::kLong);
+  bool ragged = false;
+  PaddedPrompts out;
+  for (int64_t b = 0; b < batch; ++b) {
+    const auto& p = prompts[b];
+    const int64_t n = static_cast<int64_t>(p.size()), off = longest - n;
+    ragged |= off > 0;
+    auto row = ids.select(0, b).narrow(0, off, n);
+    for (int64_t j = 0; j < n; ++j) row[j] = static_cast<int64_t>(p[j]);
+    mask.select(0, b).narrow(0, off, n).fill_(1);
+    out.real_tokens += n;
+  }
+  out.ids = ids.to(device);
+  out.mask = ragged ? mask.to(device) : at::Tensor();
+  return out;
+}
+
+// [B, vocab] bool: the tokens each prompt holds, which the repetition penalty starts from.
+at::Tensor prompt_token_presence(const PaddedPrompts& in, int64_t vocab) {
+  const int64_t batch = in.ids.size(0);
+  auto seen =
+      at::zeros({batch, vocab}, at::TensorOptions().dtype(at::kBool).device(in.ids.device()));
+  auto real = in.mask.defined() ? in.mask.to(at::kBool) : at::ones_like(in.ids, at::kBool);
+  // Padding ids would count as "present" otherwise: send them to a scratch column.
+  auto cols = at::where(real, in.ids.clamp_max(vocab - 1), in.ids.new_full({}, vocab));
+  auto scratch = at::zeros({batch, vocab + 1}, seen.options());
+  scratch.scatter_(1, cols, true);
+  seen.copy_(scratch.narrow(1, 0, vocab));
+  return seen;
+}
+
+// The caller's factory, else the CUDA-graph decoder where it applies (CUDA, no padding, fused
+// attention), else the eager one.
+std::unique_ptr<Decoder> make_decoder(CausalLM& model, const GenerateOptions& opt, int64_t batch,
+                                      int64_t max_seq, bool ragged) {
+  std::unique_ptr<Decoder> dec;
+  if (opt.decoder)
+    dec = opt.decoder(model, batch, max_seq);
+  else if (opt.cuda_graphs && model->device().is_cuda() && !ragged &&
+           opt.path == AttentionPath::Fused)
+    dec = make_cuda_graph_decoder(model, batch, max_seq);
+  else
+    dec = make_eager_decoder(model, batch, max_seq, opt.path);
+  UNIATTN_CHECK(dec != nullptr, "generate: the decoder factory returned null");
+  return dec;
+}
+
+// Per-sequence bookkeeping of the decode loop: tokens, text streams, stop checks and callbacks,
+// written straight into the result.
+class Sequences {
+ public:
+  Sequences(const Tokenizer* tok, const GenerateOptions& opt, GenerateResult& res, int64_t batch)
+      : tok_(tok),
+        opt_(opt),
+        stops_(stop_token_ids(opt, tok)),
+        res_(res),
+        done_(batch, 0),
+        live_(batch) {
+    res_.tokens.resize(batch);
+    res_.texts.resize(batch);
+    res_.finish.assign(batch, FinishReason::Length);
+    if (tok_)
+      for (int64_t b = 0; b < batch; ++b) streams_.emplace_back(*tok_, opt_.stop_strings);
+  }
+
+  int64_t live() const { return live_; }
+  // 1 for each finished sequence, as a bool tensor on the host.
+  at::Tensor done_mask() {
+    return at::from_blob(done_.data(), {static_cast<int64_t>(done_.size())}, at::kBool);
+  }
+
+  // Records the token chosen for each unfinished sequence; returns whether any of them finished.
+  bool accept(const int64_t* next) {
+    bool newly_done = false;
+    for (int64_t b = 0; b < static_cast<int64_t>(done_.size()); ++b) {
+      if (done_[b]) continue;
+      const auto id = static_cast<int32_t>(next[b]);
+      res_.tokens[b].push_back(id);
+      ++res_.stats.generated_tokens;
+      if (ends_sequence(b, id)) {
+        finish(b);
+        newly_done = true;
+      }
+    }
+    return newly_done;
+  }
+
+  // After the last step: the sequences still running end by length.
+  void finish_running() {
+    for (int64_t b = 0; b < static_cast<int64_t>(done_.size()); ++b)
+      if (!done_[b]) finish(b);
+  }
+
+ private:
+  // Streams `id` into sequence b's text; returns whether it ends the sequence (noting why).
+  bool ends_sequence(int64_t b, int32_t id) {
+    if (std::find(stops_.begin(), stops_.end(), id) != stops_.end()) {
+      res_.finish[b] = FinishReason::StopToken;
+      return true;
+    }
+    if (!tok_) return false;
+    emit(b, streams_[b].push(id));
+    if (!streams_[b].stopped()) return false;
+    res_.finish[b] = FinishReason::StopString;
+    return true;
+  }
+
+  void finish(int64_t b) {
+    // Text held back (a partial character, a possible stop-string start) is real output unless
+    // a stop string did match: then it is that stop string, which never becomes text.
+    if (tok_ && res_.finish[b] != FinishReason::StopString) emit(b, streams_[b].flush());
+    if (opt_.on_finish) opt_.on_finish(b, res_.finish[b]);
+    done_[b] = 1;
+    --live_;
+  }
+
+  void emit(int64_t b, const std::string& text) {
+    if (text.empty()) return;
+    res_.texts[b] += text;
+    if (opt_.on_text) opt_.on_text(b, text);
+  }
+
+  const Tokenizer* tok_;
+  const GenerateOptions& opt_;
+  const std::vector<int32_t> stops_;
+  GenerateResult& res_;
+  std::vector<TextStream> streams_;
+  std::vector<char> done_;
+  int64_t live_;
+};
+
+// Prefill, then one token per step until max_new_tokens or every sequence has finished; times
+// the first token and the rest into `st`. Finished sequences keep being fed `pad`.
+void decode_loop(Decoder& dec, const PaddedPrompts& in, int32_t pad, int64_t vocab,
+                 const GenerateOptions& opt, at::Tensor& seen, at::Generator& gen, Sequences& seqs,
+                 GenerateStats& st) {
+  const int64_t batch = in.ids.size(0);
+  const auto on_device = at::TensorOptions().device(in.ids.device());
+  auto done_dev = at::zeros({batch}, on_device.dtype(at::kBool));
+  auto pad_dev = at::full({batch}, pad, on_device.dtype(at::kLong));
+  const auto t0 = Clock::now();
+  Clock::time_point t_first;
+  at::Tensor logits, next;
+  if (opt.max_new_tokens > 0) logits = dec.prefill(in.ids, in.mask);
+  for (int64_t step = 0; step < opt.max_new_tokens && seqs.live() > 0; ++step) {
+    if (step > 0) logits = dec.step(next);
+    next = select_tokens(logits.narrow(1, 0, vocab), opt.sampling, seen, gen);
+    next = at::where(done_dev, pad_dev, next);
+    const auto host = next.to(at::kCPU);
+    if (step == 0) {
+      st.ttft_ms = ms_since(t0);
+      t_first = Clock::now();
+    }
+    if (seqs.accept(host.data_ptr<int64_t>())) done_dev.copy_(seqs.done_mask());
+    if (seen.defined()) seen.scatter_(1, next.clamp_max(vocab - 1).unsqueeze(1), true);
+    st.steps = step;
+  }
+  st.decode_ms = opt.max_new_tokens > 0 ? ms_since(t_first) : 0.0;
+}
+
+}  // namespace
+
 GenerateResult generate(CausalLM& model, const Tokenizer* tok,
                         const std::vector<std::vector<int32_t>>& prompts,
                         const GenerateOptions& opt) {
@@ -96,136 +304,24 @@ GenerateResult generate(CausalLM& model, const Tokenizer* tok,
   const int64_t model_vocab = model->config().vocab_size;
   // The embedding may be padded past the tokenizer's vocabulary; never pick such an id.
   const int64_t vocab = tok ? std::min<int64_t>(model_vocab, tok->vocab_size()) : model_vocab;
-  int64_t longest = 0;
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    UNIATTN_CHECK(!prompts[i].empty(), "generate: prompt ", i, " is empty");
-    for (int32_t id : prompts[i])
-      UNIATTN_CHECK(id >= 0 && id < model_vocab, "generate: prompt ", i, " has token id ", id,
-                    " outside the model's vocabulary of ", model_vocab);
-    longest = std::max<int64_t>(longest, static_cast<int64_t>(prompts[i].size()));
-  }
-  int32_t pad = 0;
-  if (opt.pad_id)
-    pad = *opt.pad_id;
-  else if (tok && tok->pad_id())
-    pad = *tok->pad_id();
-  else if (tok && tok->eos_id())
-    pad = *tok->eos_id();
-  UNIATTN_CHECK(pad >= 0 && pad < model_vocab, "generate: pad id ", pad, " out of range");
-  std::vector<int32_t> stops = opt.stop_tokens;
-  if (opt.stop_at_eos && tok && tok->eos_id()) stops.push_back(*tok->eos_id());
-
-  // Left-padded prompt batch, built on the host then moved once.
-  auto ids = at::full({batch, longest}, pad, at::kLong);
-  auto mask = at::zeros({batch, longest}, at::kLong);
-  bool ragged = false;
-  GenerateResult res;
-  res.tokens.resize(batch);
-  res.texts.resize(batch);
-  res.finish.assign(batch, FinishReason::Length);
-  auto& st = res.stats;
-  st.batch = batch;
-  for (int64_t b = 0; b < batch; ++b) {
-    const auto& p = prompts[b];
-    const int64_t n = static_cast<int64_t>(p.size()), off = longest - n;
-    ragged |= off > 0;
-    auto row = ids.select(0, b).narrow(0, off, n);
-    for (int64_t j = 0; j < n; ++j) row[j] = static_cast<int64_t>(p[j]);
-    mask.select(0, b).narrow(0, off, n).fill_(1);
-    st.prompt_tokens += n;
-  }
+  const int64_t longest = check_prompts(prompts, model_vocab);
+  const int32_t pad = resolve_pad_id(opt, tok, model_vocab);
   const auto device = model->device();
-  ids = ids.to(device);
-  mask = ragged ? mask.to(device) : at::Tensor();
+  const PaddedPrompts in = left_pad_prompts(prompts, longest, pad, device);
 
-  const SamplingParams& sp = opt.sampling;
+  GenerateResult res;
+  res.stats.batch = batch;
+  res.stats.prompt_tokens = in.real_tokens;
   at::Tensor seen;  // [B, vocab] tokens present so far, for the repetition penalty
-  if (sp.repetition_penalty != 1.0) {
-    seen = at::zeros({batch, vocab}, at::TensorOptions().dtype(at::kBool).device(device));
-    auto real = mask.defined() ? mask.to(at::kBool) : at::ones_like(ids, at::kBool);
-    // Padding ids would count as "present" otherwise: send them to a scratch column.
-    auto cols = at::where(real, ids.clamp_max(vocab - 1), ids.new_full({}, vocab));
-    auto scratch = at::zeros({batch, vocab + 1}, seen.options());
-    scratch.scatter_(1, cols, true);
-    seen.copy_(scratch.narrow(1, 0, vocab));
-  }
-  at::Generator gen = make_generator(device, sp.seed);
+  if (opt.sampling.repetition_penalty != 1.0) seen = prompt_token_presence(in, vocab);
+  at::Generator gen = make_generator(device, opt.sampling.seed);
+  Sequences seqs(tok, opt, res, batch);
 
-  std::vector<TextStream> streams;
-  if (tok)
-    for (int64_t b = 0; b < batch; ++b) streams.emplace_back(*tok, opt.stop_strings);
-  auto emit = [&](int64_t b, const std::string& text) {
-    if (text.empty()) return;
-    res.texts[b] += text;
-    if (opt.on_text) opt.on_text(b, text);
-  };
-
-  std::unique_ptr<Decoder> dec;
   const int64_t max_seq = longest + std::max<int64_t>(opt.max_new_tokens, 1);
-  if (opt.decoder)
-    dec = opt.decoder(model, batch, max_seq);
-  else if (opt.cuda_graphs && model->device().is_cuda() && !mask.defined() &&
-           opt.path == AttentionPath::Fused)
-    dec = make_cuda_graph_decoder(model, batch, max_seq);
-  else
-    dec = make_eager_decoder(model, batch, max_seq, opt.path);
-  UNIATTN_CHECK(dec != nullptr, "generate: the decoder factory returned null");
-  st.kv_bytes_per_token = dec->kv_bytes_per_token();
-
-  std::vector<char> done(batch, 0);
-  auto done_dev = at::zeros({batch}, at::TensorOptions().dtype(at::kBool).device(device));
-  auto pad_dev = at::full({batch}, pad, at::TensorOptions().dtype(at::kLong).device(device));
-  int64_t live = batch;
-  const auto t0 = Clock::now();
-  Clock::time_point t_first;
-  at::Tensor logits, next_dev;
-  if (opt.max_new_tokens > 0) logits = dec->prefill(ids, mask);
-  for (int64_t step = 0; step < opt.max_new_tokens && live > 0; ++step) {
-    if (step > 0) logits = dec->step(next_dev);
-    auto next = select_tokens(logits.narrow(1, 0, vocab), sp, seen, gen);
-    next = at::where(done_dev, pad_dev, next);
-    const auto host = next.to(at::kCPU);
-    const int64_t* h = host.data_ptr<int64_t>();
-    if (step == 0) {
-      st.ttft_ms = ms_since(t0);
-      t_first = Clock::now();
-    }
-    bool newly_done = false;
-    for (int64_t b = 0; b < batch; ++b) {
-      if (done[b]) continue;
-      const auto id = static_cast<int32_t>(h[b]);
-      res.tokens[b].push_back(id);
-      ++st.generated_tokens;
-      bool finished = false;
-      if (std::find(stops.begin(), stops.end(), id) != stops.end()) {
-        res.finish[b] = FinishReason::StopToken;
-        finished = true;
-      } else if (tok) {
-        emit(b, streams[b].push(id));
-        if (streams[b].stopped()) {
-          res.finish[b] = FinishReason::StopString;
-          finished = true;
-        }
-      }
-      if (finished) {
-        if (tok && res.finish[b] == FinishReason::StopToken) emit(b, streams[b].flush());
-        if (opt.on_finish) opt.on_finish(b, res.finish[b]);
-        done[b] = 1;
-        --live;
-        newly_done = true;
-      }
-    }
-    if (newly_done) done_dev.copy_(at::from_blob(done.data(), {batch}, at::kBool));
-    if (seen.defined()) seen.scatter_(1, next.clamp_max(vocab - 1).unsqueeze(1), true);
-    next_dev = next;
-    st.steps = step;
-  }
-  st.decode_ms = opt.max_new_tokens > 0 ? ms_since(t_first) : 0.0;
-  for (int64_t b = 0; b < batch; ++b) {
-    if (done[b]) continue;
-    if (tok) emit(b, streams[b].flush());
-    if (opt.on_finish) opt.on_finish(b, res.finish[b]);
-  }
+  const auto dec = make_decoder(model, opt, batch, max_seq, in.mask.defined());
+  res.stats.kv_bytes_per_token = dec->kv_bytes_per_token();
+  decode_loop(*dec, in, pad, vocab, opt, seen, gen, seqs, res.stats);
+  seqs.finish_running();
   return res;
 }
 

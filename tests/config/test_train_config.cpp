@@ -2,11 +2,14 @@
 // its path, overrides apply, and the shipped configs/*.yaml all validate.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 
 #include "test_util.h"
-#include "uniattn/error.h"
 #include "uniattn/config/train_config.h"
+#include "uniattn/error.h"
 
 namespace uniattn {
 namespace {
@@ -154,6 +157,57 @@ TEST(TrainConfig, ShippedConfigsValidate) {
     ++n;
   }
   EXPECT_GE(n, 6);
+}
+
+// The library takes model.path as a path, "default" included: naming the demo model is the
+// tools' convention (uniattn-train resolves it), so the parser must not interpret it.
+TEST(TrainConfig, ModelPathDefaultStaysAPathInTheLibrary) {
+  const auto c = TrainConfig::parse(kMinimal, "cfg.yaml", {"model.path=default"});
+  EXPECT_EQ(c.model.path, "default");
+  EXPECT_EQ(TrainConfig::parse(c.to_yaml()).model.path, "default");
+}
+
+std::string slurp(const std::filesystem::path& p) {
+  std::ifstream f(p);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+// A venv's Python version differs between machines: shipped configs name the demo model with
+// "default" instead of a .venv/lib/python3.X/... path.
+TEST(TrainConfig, ShippedConfigsNameNoPythonVersion) {
+  int n = 0;
+  for (const auto& e :
+       std::filesystem::recursive_directory_iterator(test::source_dir() / "configs")) {
+    if (e.path().extension() != ".yaml") continue;
+    EXPECT_EQ(slurp(e.path()).find("lib/python3."), std::string::npos) << e.path();
+    ++n;
+  }
+  EXPECT_GE(n, 6);
+  EXPECT_EQ(TrainConfig::load((test::source_dir() / "configs" / "smollm2-uniattn.yaml").string())
+                .model.path,
+            "default");
+}
+
+// uniattn-train resolves model.path "default" to $UNIATTN_DEFAULT_MODEL (else the venv's GGUF);
+// --check prints the resolved config without loading the model, so any existing file will do.
+TEST(TrainConfig, UniattnTrainResolvesTheDefaultModel) {
+  namespace fs = std::filesystem;
+  const fs::path exe = fs::read_symlink("/proc/self/exe").parent_path() / ".." / "uniattn-train";
+  if (!fs::exists(exe)) GTEST_SKIP() << exe << " not built";
+  const auto dir = test::scratch_dir();
+  const auto stand_in = fs::absolute(test::source_dir() / "configs" / "data" / "README.md");
+  const auto config = (test::source_dir() / "configs" / "smollm2-uniattn.yaml").string();
+  const auto out = (dir / "out.yaml").string();
+  const std::string cmd = "UNIATTN_DEFAULT_MODEL='" + stand_in.string() + "' " + exe.string() +
+                          " --check -c '" + config + "' > '" + out + "' 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd << "\n" << slurp(out);
+  const auto printed = TrainConfig::parse(slurp(out));
+  EXPECT_EQ(printed.model.path, stand_in.string());
+  // Another path is left alone, even one whose file does not exist (training reports that).
+  const std::string other =
+      exe.string() + " --check -c '" + config + "' --set model.path=./default > '" + out + "' 2>&1";
+  ASSERT_EQ(std::system(other.c_str()), 0) << other << "\n" << slurp(out);
+  EXPECT_EQ(TrainConfig::parse(slurp(out)).model.path, "./default");
 }
 
 }  // namespace

