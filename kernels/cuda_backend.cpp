@@ -1,5 +1,5 @@
-// Registers the CUDA kernels with the dispatching entry points (attention_fallback.cpp) and turns
-// validated tensors into the launchers' raw argument blocks. Compiled only in CUDA builds.
+// Registers the CUDA kernels with the dispatching entry points (src/attention/dispatch.cpp) and
+// turns validated tensors into the launchers' raw argument blocks. Compiled only in CUDA builds.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>

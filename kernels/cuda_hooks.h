@@ -1,7 +1,7 @@
 // Internal: how the CUDA kernels plug into the dispatching entry points without a macro.
-// attention_fallback.cpp (compiled in every build) owns the hook table; cuda_backend.cpp (compiled
-// only when UNIATTN_CUDA is on) fills it from a static initialiser. A CPU-only build leaves the
-// table empty and every call takes the ATen fallback.
+// src/attention/dispatch.cpp (compiled in every build) owns the hook table; cuda_backend.cpp
+// (compiled only when UNIATTN_CUDA is on) fills it from a static initialiser. A CPU-only build
+// leaves the table empty and every call takes the ATen fallback.
 #pragma once
 
 #include "shared_softmax.h"

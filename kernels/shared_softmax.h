@@ -1,4 +1,5 @@
-// Attention kernels for UniAttn's shared-Softmax path (method.md section 3).
+// Attention kernels for UniAttn's shared-Softmax path (Xiong et al., arXiv 2502.00439; a follower
+// attends with its leader's probabilities).
 //
 // A SuperBlock leader computes the attention probabilities P; its followers reuse them with their
 // own V. These entry points give the leader what a follower needs (the row log-sum-exp in prefill,

@@ -1,5 +1,7 @@
 // Helpers shared by the GoogleTest suites: where the oracle fixtures live.
 #pragma once
+#include <unistd.h>
+
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -32,10 +34,12 @@ inline std::filesystem::path smollm2_gguf() {
   return line;
 }
 
-// A scratch directory unique to the running test.
+// A scratch directory unique to the running test and process (two runs of a suite at once, e.g.
+// two checkouts on one machine, must not share files).
 inline std::filesystem::path scratch_dir() {
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
   auto p = std::filesystem::temp_directory_path() / "uniattn-tests" /
+           std::to_string(::getpid()) /
            (std::string(info->test_suite_name()) + "." + info->name());
   remove_tree(p);
   std::filesystem::create_directories(p);

@@ -1,4 +1,5 @@
-// uniattn-convert: GGUF -> Hugging Face directory (config.json, model.safetensors, tokenizer).
+// uniattn-convert: GGUF -> Hugging Face directory (config.json, model.safetensors,
+// generation_config.json with llama.cpp's end tokens, tokenizer files with the chat template).
 #include <CLI/CLI.hpp>
 #include <cstdio>
 

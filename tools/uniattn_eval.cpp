@@ -6,16 +6,18 @@
 
 #include <chrono>
 #include <cstdio>
+#include <limits>
 #include <map>
 
 #include "cli_util.h"
 #include "model_args.h"
 #include "uniattn/calib/calibrate.h"
-#include "uniattn/model/checkpoint.h"
 #include "uniattn/error.h"
 #include "uniattn/eval/eval.h"
-#include "uniattn/io/file_io.h"
+#include "uniattn/eval/response_loss.h"
 #include "uniattn/infer/generate.h"
+#include "uniattn/io/file_io.h"
+#include "uniattn/model/checkpoint.h"
 
 namespace {
 
@@ -48,7 +50,7 @@ int run(int argc, char** argv) {
   CLI::App app{"Evaluate a (UniAttn) model: multiple-choice accuracy and held-out loss"};
   std::string model_path, variant = "none", superblocks, tasks, data_dir = "data/eval", heldout,
                           tmpl = "alpaca", device = "cpu", dtype = "f32", out;
-  int64_t limit = 0, batch = 16, max_len = 0;
+  int64_t limit = 0, batch = 16, max_len = 0, batch_tokens = 8192;
   bool items = false, quiet = false;
   app.add_option("--model", model_path, "HF model directory or .gguf file")->required();
   app.add_option("--uniattn", variant, "Unify the model: none|softmax|uniattn|cla")
@@ -64,8 +66,14 @@ int run(int argc, char** argv) {
       ->check(CLI::IsMember({"alpaca", "tulu"}));
   app.add_option("--limit", limit, "First N questions (or held-out records) per task; 0 = all")
       ->check(CLI::NonNegativeNumber);
-  app.add_option("--batch", batch, "Sequences per forward pass")->check(CLI::PositiveNumber);
-  app.add_option("--max-len", max_len, "Tokens per sequence (0 = model maximum)")
+  app.add_option("--batch", batch, "Sequences per forward pass (--tasks)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--batch-tokens", batch_tokens, "Padded tokens per forward pass (--heldout)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--max-len", max_len,
+                 "Tokens per sequence. --tasks: contexts lose their oldest tokens past it (0 = "
+                 "model maximum); --heldout: examples are cut to their first max-len tokens "
+                 "(0 = 1024, the calibration and training default)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--device", device, "cpu|cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--dtype", dtype, "f32|bf16")->check(CLI::IsMember({"f32", "bf16"}));
@@ -122,18 +130,29 @@ int run(int argc, char** argv) {
     const auto pt = uniattn::PromptTemplate::by_name(tmpl);
     auto records = uniattn::load_records(heldout, &pt);
     if (limit > 0 && static_cast<int64_t>(records.size()) > limit) records.resize(limit);
-    uniattn::TokenizeStats st;
-    const int64_t len = max_len > 0 ? max_len : model->config().max_position_embeddings;
-    const auto ex = uniattn::tokenize_records(records, pt, uniattn::text_encoder(*tok), len, &st);
-    uniattn::ScoreOptions so;
-    so.batch = batch;
-    const auto lr = uniattn::evaluate_loss(model, ex, so);
+    // Tokenised whole: response_loss applies the one truncation rule and counts what it cuts.
+    const auto ex = uniattn::tokenize_records(records, pt, uniattn::text_encoder(*tok),
+                                              std::numeric_limits<int64_t>::max());
+    uniattn::ResponseLossOptions lo;
+    lo.max_len = max_len > 0 ? max_len : uniattn::kDefaultResponseLossMaxLen;
+    lo.batch_tokens = batch_tokens;
+    if (!quiet)
+      lo.progress = [](int64_t done, int64_t total) {
+        std::fprintf(stderr, "\rheld-out: %lld/%lld examples", static_cast<long long>(done),
+                     static_cast<long long>(total));
+        if (done == total) std::fputc('\n', stderr);
+      };
+    const auto lr = uniattn::response_loss(model, ex, lo);
+    UNIATTN_CHECK(lr.target_tokens > 0, heldout, ": no record has a response token within the ",
+                  lo.max_len, " tokens of --max-len");
     res["heldout"] = {{"file", heldout},
                       {"template", tmpl},
-                      {"records", st.records},
+                      {"max_len", lo.max_len},
+                      {"records", static_cast<int64_t>(records.size())},
                       {"examples", lr.examples},
-                      {"truncated", st.truncated},
-                      {"dropped_no_target", st.dropped_no_target},
+                      {"truncated", lr.truncated},
+                      {"cut_target_tokens", lr.cut_target_tokens},
+                      {"skipped", lr.skipped},
                       {"target_tokens", lr.target_tokens},
                       {"loss", lr.loss},
                       {"perplexity", lr.perplexity}};

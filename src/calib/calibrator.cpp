@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <limits>
@@ -15,8 +16,10 @@
 #include "model/forward_state.h"
 #include "model/load/tensor_bytes.h"
 #include "uniattn/error.h"
+#include "uniattn/eval/response_loss.h"
 #include "uniattn/io/file_io.h"
 #include "uniattn/io/safetensors.h"
+#include "uniattn/model/layer_role.h"
 
 namespace uniattn {
 using namespace calib;
@@ -125,11 +128,11 @@ class Calibrator {
   // Runs unified layer l on batch i from stream `in`; installs the leader's q/k for a follower
   // and keeps them when l leads followers. Returns the layer output (capture optional).
   at::Tensor run_unified(int64_t l, int64_t i, const at::Tensor& x, ForwardState& s) {
-    const int64_t lead = spec_.leader_of(l);
-    if (lead != l)
-      s.shared[lead] = SharedAttention{store_->get("q", i), store_->get("k", i), {}, {}, {}};
+    const LayerRole& r = roles_[l];
+    if (r.is_follower())
+      s.shared[r.leader] = SharedAttention{store_->get("q", i), store_->get("k", i), {}, {}, {}};
     auto out = uni_->run_layer(l, x, s);
-    if (leads_[l]) {
+    if (r.has_followers()) {
       store_->put("q", i, s.shared[l].q);
       store_->put("k", i, s.shared[l].k);
     }
@@ -137,17 +140,30 @@ class Calibrator {
   }
   // The same for the base model, which may itself be a unified model (e.g. planted tests).
   at::Tensor run_base(int64_t l, int64_t i, const at::Tensor& x, ForwardState& s) {
-    const auto& bs = base_->config().uniattn;
-    const int64_t lead = bs.leader_of(l);
-    if (lead != l)
-      s.shared[lead] = SharedAttention{store_->get("bq", i), store_->get("bk", i), {}, {}, {}};
+    const LayerRole& r = base_roles_[l];
+    if (r.is_follower())
+      s.shared[r.leader] = SharedAttention{store_->get("bq", i), store_->get("bk", i), {}, {}, {}};
     auto out = base_->run_layer(l, x, s);
-    if (base_leads_[l]) {
+    if (r.has_followers()) {
       store_->put("bq", i, s.shared[l].q);
       store_->put("bk", i, s.shared[l].k);
     }
     return out;
   }
+  // The steps of run(), in order.
+  void check_models(const std::vector<TokenizedExample>& calib) const;
+  void prepare_layers();  // roles, the shared-stream split, W_c zeroed
+  void make_all_batches(const std::vector<TokenizedExample>& calib,
+                        const std::vector<TokenizedExample>& heldout);
+  std::string make_fingerprint(const std::vector<TokenizedExample>& calib,
+                               const std::vector<TokenizedExample>& heldout) const;
+  int64_t load_progress();  // layers done by an earlier run with this fingerprint (0: none)
+  void load_finished_wc(int64_t done);
+  void calibrate_layers(int64_t done);
+  void measure_heldout();  // base and unified losses from the final streams
+
+  // Reference statistics pad every fit row to o_.pad_to; the token statistics pad nothing.
+  int64_t pad_to() const { return o_.mode == CalibMode::Reference ? o_.pad_to : 0; }
   // A layer without a solve: both streams advance (or the shared one, before the first follower).
   void advance(int64_t l, const std::string& phase, bool with_base = true);
   void collect(int64_t l);  // follower: statistics with W_c off at l
@@ -165,9 +181,9 @@ class Calibrator {
   CausalLM& uni_;
   const CalibOptions& o_;
   const UniAttnSpec& spec_;
-  int64_t nlayers_ = 0, hidden_ = 0, first_follower_ = 0, split_ = 0;
+  int64_t nlayers_ = 0, hidden_ = 0, split_ = 0;
   bool bias_ = false;
-  std::vector<bool> leads_, base_leads_;
+  std::vector<LayerRole> roles_, base_roles_;  // of the unified and the base model
   std::vector<Batch> batches_;
   std::unique_ptr<ActivationStore> store_;
   std::string fingerprint_;
@@ -237,7 +253,7 @@ void Calibrator::solve(int64_t l) {
   };
   FollowerReport rep;
   rep.layer = l;
-  rep.leader = spec_.leader_of(l);
+  rep.leader = roles_[l].leader;
   at::Tensor w;
   if (o_.mode == CalibMode::Reference) {
     w = solve_pinv(pos_x_ / static_cast<double>(pos_n_), pos_d_ / static_cast<double>(pos_n_),
@@ -300,9 +316,7 @@ void Calibrator::save_progress(int64_t layers_done) {
   write_text_atomic(o_.work_dir / "progress.json", j.dump(1));
 }
 
-CalibResult Calibrator::run(const std::vector<TokenizedExample>& calib,
-                            const std::vector<TokenizedExample>& heldout) {
-  const auto t0 = Clock::now();
+void Calibrator::check_models(const std::vector<TokenizedExample>& calib) const {
   const auto& uc = uni_->config();
   const auto& bc = base_->config();
   UNIATTN_CHECK(spec_.variant == Variant::UniAttn && spec_.enabled(),
@@ -315,31 +329,33 @@ CalibResult Calibrator::run(const std::vector<TokenizedExample>& calib,
                 "calibrate: base and unified models differ in shape");
   UNIATTN_CHECK(base_->device() == uni_->device(), "calibrate: models on different devices");
   UNIATTN_CHECK(!calib.empty(), "calibrate: no calibration examples");
+}
+
+void Calibrator::prepare_layers() {
+  const auto& uc = uni_->config();
   nlayers_ = uc.num_layers;
   hidden_ = uc.hidden_size;
   bias_ = uc.attention_bias;
-  leads_.assign(nlayers_, false);
-  first_follower_ = nlayers_;
-  for (int64_t l = 0; l < nlayers_; ++l)
-    if (spec_.is_follower(l)) {
-      leads_[spec_.leader_of(l)] = true;
-      first_follower_ = std::min(first_follower_, l);
-    }
-  // A base with SuperBlocks of its own runs its own stream from the start.
-  const auto& bspec = bc.uniattn;
-  base_leads_.assign(nlayers_, false);
-  for (int64_t l = 0; l < nlayers_; ++l)
-    if (bspec.is_follower(l)) base_leads_[bspec.leader_of(l)] = true;
-  split_ = bspec.enabled() ? 0 : first_follower_;
-  at::NoGradGuard ng;
-  for (int64_t l = 0; l < nlayers_; ++l)
-    if (spec_.is_follower(l)) {
-      auto lin = uni_->layer(l)->self_attn->w_c;
+  roles_ = layer_roles(uc);
+  base_roles_ = layer_roles(base_->config());
+  auto follows = [](const LayerRole& r) { return r.is_follower(); };
+  // Both models compute the same thing up to the first follower, so one stream serves both
+  // until there; a base with SuperBlocks of its own runs its own stream from the start.
+  const auto first = std::find_if(roles_.begin(), roles_.end(), follows);
+  const bool base_shares = std::any_of(base_roles_.begin(), base_roles_.end(), follows);
+  split_ = base_shares ? 0 : first - roles_.begin();
+  at::NoGradGuard ng;  // W_c may require grad
+  for (const LayerRole& r : roles_)
+    if (r.owns_wc) {
+      auto lin = uni_->layer(r.layer)->self_attn->w_c;
       lin->weight.zero_();
       if (bias_) lin->bias.zero_();
     }
+}
 
-  // Batches: a validation slice (every k-th example) picks the ridge when none is given.
+// A validation slice (every k-th example) picks the ridge when none is given.
+void Calibrator::make_all_batches(const std::vector<TokenizedExample>& calib,
+                                  const std::vector<TokenizedExample>& heldout) {
   const auto dev = uni_->device();
   std::vector<const TokenizedExample*> fit, val, held;
   const bool want_val =
@@ -348,8 +364,7 @@ CalibResult Calibrator::run(const std::vector<TokenizedExample>& calib,
   for (size_t i = 0; i < calib.size(); ++i)
     (want_val && i % every == every - 1 ? val : fit).push_back(&calib[i]);
   for (const auto& e : heldout) held.push_back(&e);
-  const int64_t pad_to = o_.mode == CalibMode::Reference ? o_.pad_to : 0;
-  for (auto& b : make_batches(fit, Part::Fit, o_.batch_tokens, pad_to, o_.pad_id, dev))
+  for (auto& b : make_batches(fit, Part::Fit, o_.batch_tokens, pad_to(), o_.pad_id, dev))
     batches_.push_back(std::move(b));
   for (auto& b : make_batches(val, Part::Val, o_.batch_tokens, 0, o_.pad_id, dev))
     batches_.push_back(std::move(b));
@@ -357,14 +372,17 @@ CalibResult Calibrator::run(const std::vector<TokenizedExample>& calib,
     batches_.push_back(std::move(b));
   for (const auto& b : batches_)
     if (b.part != Part::Heldout) result_.calib_tokens += b.real_tokens;
+}
 
-  // What makes two runs the same: inputs, options that change results, batching.
+// What makes two runs the same: inputs, options that change results, batching.
+std::string Calibrator::make_fingerprint(const std::vector<TokenizedExample>& calib,
+                                         const std::vector<TokenizedExample>& heldout) const {
   nlohmann::json fp = {{"caller", o_.fingerprint},
                        {"mode", calib_mode_name(o_.mode)},
                        {"ridge", o_.ridge ? nlohmann::json(*o_.ridge) : nlohmann::json()},
                        {"candidates", o_.ridge_candidates},
                        {"val_fraction", o_.ridge_val_fraction},
-                       {"pad_to", pad_to},
+                       {"pad_to", pad_to()},
                        {"pad_id", o_.pad_id},
                        {"rcond", o_.pinv_rcond},
                        {"batch_tokens", o_.batch_tokens},
@@ -372,79 +390,73 @@ CalibResult Calibrator::run(const std::vector<TokenizedExample>& calib,
                        {"layers", nlayers_},
                        {"data", std::to_string(hash_examples(
                                     heldout, hash_examples(calib, 1469598103934665603ull)))}};
-  fingerprint_ = fp.dump();
+  return fp.dump();
+}
 
+int64_t Calibrator::load_progress() {
+  if (o_.work_dir.empty()) return 0;
+  std::filesystem::create_directories(o_.work_dir);
+  const auto pf = o_.work_dir / "progress.json";
+  if (!std::filesystem::exists(pf)) return 0;
   int64_t done = 0;
-  if (!o_.work_dir.empty()) {
-    std::filesystem::create_directories(o_.work_dir);
-    const auto pf = o_.work_dir / "progress.json";
-    if (std::filesystem::exists(pf)) {
-      nlohmann::json j;
-      try {
-        j = nlohmann::json::parse(read_text_file(pf));
-        UNIATTN_CHECK(j.at("fingerprint").get<std::string>() == fingerprint_, pf.string(),
-                      ": holds the progress of a different calibration run (other data, model "
-                      "or options); remove it or use another directory");
-        done = j.at("layers_done");
-        UNIATTN_CHECK(done >= 0 && done <= nlayers_, pf.string(), ": layers_done out of range");
-        for (const auto& r : j.at("followers")) result_.followers.push_back(report_from_json(r));
-      } catch (const nlohmann::json::exception& e) {
-        fail(pf.string(), ": malformed progress file: ", e.what());
-      }
-    }
+  try {
+    const auto j = nlohmann::json::parse(read_text_file(pf));
+    UNIATTN_CHECK(j.at("fingerprint").get<std::string>() == fingerprint_, pf.string(),
+                  ": holds the progress of a different calibration run (other data, model "
+                  "or options); remove it or use another directory");
+    done = j.at("layers_done");
+    UNIATTN_CHECK(done >= 0 && done <= nlayers_, pf.string(), ": layers_done out of range");
+    for (const auto& r : j.at("followers")) result_.followers.push_back(report_from_json(r));
+  } catch (const nlohmann::json::exception& e) {
+    fail(pf.string(), ": malformed progress file: ", e.what());
   }
-  spill_dir_ = !o_.work_dir.empty() ? o_.work_dir / "spill"
-                                    : std::filesystem::temp_directory_path() /
-                                          ("uniattn-calib-" + std::to_string(::getpid()));
-  store_ = std::make_unique<ActivationStore>(spill_dir_, o_.memory_budget_bytes);
+  return done;
+}
 
-  // Held-out loss of the unified model without compensation (all W_c are zero now).
-  const double nan = std::numeric_limits<double>::quiet_NaN();
-  result_.loss_unified_no_wc =
-      heldout.empty() ? nan : response_loss(uni_, heldout, o_.batch_tokens, o_.pad_id);
-  if (done > 0) {  // load the finished layers' W_c
-    for (int64_t l = 0; l < done; ++l) {
-      if (!spec_.is_follower(l)) continue;
-      const auto f = o_.work_dir / ("wc_" + std::to_string(l) + ".safetensors");
-      auto sf = SafetensorsFile::open(f);
-      UNIATTN_CHECK(
-          sf.metadata().count("fingerprint") && sf.metadata().at("fingerprint") == fingerprint_,
-          f.string(), ": belongs to another run");
-      const auto* v = sf.find("w");
-      UNIATTN_CHECK(v, f.string(), ": no tensor 'w'");
-      auto w = tensor_from_view(*v).to(dev);
-      UNIATTN_CHECK(w.dim() == 2 && w.size(0) == hidden_ + (bias_ ? 1 : 0) && w.size(1) == hidden_,
-                    f.string(), ": tensor 'w' has shape ", w.sizes());
-      set_wc(l, w);
-    }
-    result_.resumed_layers = done;
+void Calibrator::load_finished_wc(int64_t done) {
+  for (int64_t l = 0; l < done; ++l) {
+    if (!roles_[l].owns_wc) continue;
+    const auto f = o_.work_dir / ("wc_" + std::to_string(l) + ".safetensors");
+    auto sf = SafetensorsFile::open(f);
+    UNIATTN_CHECK(
+        sf.metadata().count("fingerprint") && sf.metadata().at("fingerprint") == fingerprint_,
+        f.string(), ": belongs to another run");
+    const auto* v = sf.find("w");
+    UNIATTN_CHECK(v, f.string(), ": no tensor 'w'");
+    auto w = tensor_from_view(*v).to(uni_->device());
+    UNIATTN_CHECK(w.dim() == 2 && w.size(0) == hidden_ + (bias_ ? 1 : 0) && w.size(1) == hidden_,
+                  f.string(), ": tensor 'w' has shape ", w.sizes());
+    set_wc(l, w);
   }
+  result_.resumed_layers = done;
+}
 
+// Layers before `done` are replayed with their saved W_c; each later follower is solved at its
+// own depth and applied before the unified stream moves on.
+void Calibrator::calibrate_layers(int64_t done) {
   for (size_t i = 0; i < batches_.size(); ++i) store_->put("uni", i, uni_->embed(batches_[i].ids));
   for (int64_t l = 0; l < nlayers_; ++l) {
+    const LayerRole& r = roles_[l];
     if (l < done) {
       advance(l, "replay");
-    } else if (spec_.is_follower(l)) {
+    } else if (r.owns_wc) {
       collect(l);
       solve(l);
       advance(l, "apply", /*with_base=*/false);  // collect advanced the base stream
     } else {
       advance(l, "forward");
     }
-    if (spec_.is_follower(l)) {
-      // q/k of a leader are dropped once its last follower is done.
-      bool more = false;
-      for (int64_t m = l + 1; m < nlayers_; ++m)
-        more |= spec_.is_follower(m) && spec_.leader_of(m) == spec_.leader_of(l);
-      if (!more) {
-        store_->erase("q");
-        store_->erase("k");
-      }
+    // q/k of a leader are dropped once its last follower is done.
+    if (r.is_follower() && roles_[r.leader].last_follower == l) {
+      store_->erase("q");
+      store_->erase("k");
     }
     if (l >= done) save_progress(l + 1);
     tick(l, "layer-done", static_cast<int64_t>(batches_.size()));
   }
+}
 
+void Calibrator::measure_heldout() {
   double sb = 0, su = 0;
   int64_t n = 0;
   for (size_t i = 0; i < batches_.size(); ++i) {
@@ -455,9 +467,37 @@ CalibResult Calibrator::run(const std::vector<TokenizedExample>& calib,
     su += lu;
     n += cnt;
   }
+  const double nan = std::numeric_limits<double>::quiet_NaN();
   result_.heldout_target_tokens = n;
   result_.loss_base = n ? sb / n : nan;
   result_.loss_unified_wc = n ? su / n : nan;
+}
+
+CalibResult Calibrator::run(const std::vector<TokenizedExample>& calib,
+                            const std::vector<TokenizedExample>& heldout) {
+  const auto t0 = Clock::now();
+  at::NoGradGuard ng;  // closed-form solves: nothing here is differentiated
+  check_models(calib);
+  prepare_layers();
+  make_all_batches(calib, heldout);
+  fingerprint_ = make_fingerprint(calib, heldout);
+  const int64_t done = load_progress();
+  spill_dir_ = !o_.work_dir.empty() ? o_.work_dir / "spill"
+                                    : std::filesystem::temp_directory_path() /
+                                          ("uniattn-calib-" + std::to_string(::getpid()));
+  store_ = std::make_unique<ActivationStore>(spill_dir_, o_.memory_budget_bytes);
+
+  // Held-out loss of the unified model without compensation (all W_c are zero now).
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  result_.loss_unified_no_wc =
+      heldout.empty()
+          ? nan
+          : response_loss(uni_, heldout,
+                          {.max_len = 0, .batch_tokens = o_.batch_tokens, .pad_id = o_.pad_id})
+                .loss;
+  if (done > 0) load_finished_wc(done);
+  calibrate_layers(done);
+  measure_heldout();
   store_.reset();
   remove_tree(spill_dir_);
   result_.seconds = since(t0);
@@ -470,24 +510,6 @@ CalibResult calibrate(CausalLM& base, CausalLM& unified, const std::vector<Token
                       const std::vector<TokenizedExample>& heldout, const CalibOptions& options) {
   Calibrator c(base, unified, options);
   return c.run(calib, heldout);
-}
-
-double response_loss(CausalLM& model, const std::vector<TokenizedExample>& examples,
-                     int64_t batch_tokens, int32_t pad_id) {
-  at::NoGradGuard ng;
-  std::vector<const TokenizedExample*> ex;
-  for (const auto& e : examples) ex.push_back(&e);
-  double sum = 0;
-  int64_t n = 0;
-  for (const auto& b : make_batches(ex, Part::Heldout, batch_tokens, 0, pad_id, model->device())) {
-    auto s = model->begin(b.ids, nullptr, ForwardOptions{});
-    auto x = model->embed(b.ids);
-    for (int64_t l = 0; l < model->config().num_layers; ++l) x = model->run_layer(l, x, *s);
-    auto [ls, cnt] = loss_sums(model, x, b);
-    sum += ls;
-    n += cnt;
-  }
-  return n ? sum / n : std::numeric_limits<double>::quiet_NaN();
 }
 
 int64_t share_weights(CausalLM& base, CausalLM& unified) {

@@ -120,14 +120,37 @@ std::optional<int64_t> get_opt_int(const json& j, const char* key, const std::st
   if (!j.contains(key) || j.at(key).is_null()) return std::nullopt;
   return get_int(j, key, origin);
 }
+// transformers distinguishes an absent key (the config class default applies) from an explicit
+// null (None: the feature is off). These return `absent` for a missing key and `null_value` for
+// null.
+int64_t get_int_or_null(const json& j, const char* key, int64_t absent, int64_t null_value,
+                        const std::string& origin) {
+  if (!j.contains(key)) return absent;
+  if (j.at(key).is_null()) return null_value;
+  return get_int(j, key, origin);
+}
+double get_double_or_null(const json& j, const char* key, double absent, double null_value,
+                          const std::string& origin) {
+  if (!j.contains(key)) return absent;
+  if (j.at(key).is_null()) return null_value;
+  return get_double(j, key, absent, origin);
+}
 
-RopeConfig parse_rope(const json& p, double theta_default, const std::string& where) {
+// One rope parameter dict as transformers' RotaryEmbeddingConfigMixin standardises it: rope_type
+// (or the legacy "type"), rope_theta defaulting to the config's default_theta, and for llama3
+// original_max_position_embeddings defaulting to max_position_embeddings
+// (modeling_rope_utils.py standardize_rope_params).
+RopeConfig parse_rope(const json& p, double theta_default, int64_t max_position,
+                      const std::string& where) {
   UNIATTN_CHECK(p.is_object(), where, " must be an object");
   RopeConfig r;
   r.theta = get_double(p, "rope_theta", theta_default, where);
   std::string type = "default";
-  if (p.contains("rope_type")) type = p.at("rope_type").get<std::string>();
-  else if (p.contains("type")) type = p.at("type").get<std::string>();
+  for (const char* k : {"type", "rope_type"})
+    if (p.contains(k) && !p.at(k).is_null()) {
+      UNIATTN_CHECK(p.at(k).is_string(), where, ": '", k, "' must be a string");
+      type = p.at(k).get<std::string>();
+    }
   if (type == "default") {
     r.type = RopeConfig::Type::Default;
   } else if (type == "linear") {
@@ -138,7 +161,7 @@ RopeConfig parse_rope(const json& p, double theta_default, const std::string& wh
     r.factor = get_double(p, "factor", 8.0, where);
     r.low_freq_factor = get_double(p, "low_freq_factor", 1.0, where);
     r.high_freq_factor = get_double(p, "high_freq_factor", 4.0, where);
-    r.original_max_position = get_int(p, "original_max_position_embeddings", 8192, where);
+    r.original_max_position = get_int(p, "original_max_position_embeddings", max_position, where);
   } else {
     fail(where, ": unsupported rope_type '", type, "' (supported: default, linear, llama3)");
   }
@@ -147,40 +170,66 @@ RopeConfig parse_rope(const json& p, double theta_default, const std::string& wh
   return r;
 }
 
+// RoPE from config.json the way transformers 5 reads it (modeling_rope_utils.py
+// RotaryEmbeddingConfigMixin.convert_rope_params_to_dict): a legacy `rope_scaling` dict takes
+// precedence over `rope_parameters`; rope_theta missing from the dict comes from the top-level
+// `rope_theta`, else default_theta (10000). Gemma-3 (Gemma3TextConfig.convert_rope_params_to_dict)
+// keeps one dict per attention type: `rope_scaling` updates full_attention, whose theta defaults
+// to rope_theta or 1e6; sliding_attention's theta defaults to rope_local_base_freq or 10000.
 void parse_rope_keys(const json& j, ModelConfig& c, const std::string& origin) {
-  const double local_default = c.arch == Arch::Gemma3 ? 10000.0 : 0.0;
-  if (j.contains("rope_parameters") && !j.at("rope_parameters").is_null()) {
-    UNIATTN_CHECK(!j.contains("rope_scaling") || j.at("rope_scaling").is_null(), origin,
-                  ": both 'rope_parameters' and 'rope_scaling' are set; give one");
-    const auto& p = j.at("rope_parameters");
-    UNIATTN_CHECK(p.is_object(), origin, ": 'rope_parameters' must be an object");
-    if (p.contains("full_attention") || p.contains("sliding_attention")) {
-      for (auto it = p.begin(); it != p.end(); ++it)
+  auto obj = [&](const char* key) -> json {
+    if (!j.contains(key) || j.at(key).is_null()) return json();
+    UNIATTN_CHECK(j.at(key).is_object(), origin, ": '", key, "' must be an object or null");
+    return j.at(key);
+  };
+  const json scaling = obj("rope_scaling"), params = obj("rope_parameters");
+  if (c.arch == Arch::Gemma3) {
+    // Gemma3TextConfig.default_theta = {"global": 1_000_000.0, "local": 10_000.0}.
+    json full = json::object(), sliding = json::object();
+    if (!params.is_null()) {
+      for (auto it = params.begin(); it != params.end(); ++it)
         UNIATTN_CHECK(it.key() == "full_attention" || it.key() == "sliding_attention", origin,
-                      ": unknown attention type '", it.key(), "' in 'rope_parameters'");
-      c.rope = parse_rope(p.value("full_attention", json::object()), 10000.0,
-                          origin + " rope_parameters.full_attention");
-      c.rope_local = p.contains("sliding_attention")
-                         ? parse_rope(p.at("sliding_attention"), 10000.0,
-                                      origin + " rope_parameters.sliding_attention")
-                         : c.rope;
-    } else {
-      c.rope = parse_rope(p, 10000.0, origin + " rope_parameters");
-      c.rope_local = c.rope;
+                      ": Gemma-3 'rope_parameters' must hold 'full_attention' and/or "
+                      "'sliding_attention', not '",
+                      it.key(), "'");
+      if (params.contains("full_attention") && !params.at("full_attention").is_null())
+        full = params.at("full_attention");
+      if (params.contains("sliding_attention") && !params.at("sliding_attention").is_null())
+        sliding = params.at("sliding_attention");
     }
+    UNIATTN_CHECK(full.is_object() && sliding.is_object(), origin,
+                  ": 'rope_parameters' entries must be objects");
+    if (!scaling.is_null()) full.update(scaling);
+    if (!full.contains("rope_theta")) full["rope_theta"] = get_double(j, "rope_theta", 1e6, origin);
+    if (!sliding.contains("rope_theta"))
+      sliding["rope_theta"] = get_double(j, "rope_local_base_freq", 10000.0, origin);
+    c.rope = parse_rope(full, 1e6, c.max_position_embeddings, origin + " rope (full_attention)");
+    c.rope_local = parse_rope(sliding, 10000.0, c.max_position_embeddings,
+                              origin + " rope (sliding_attention)");
     return;
   }
-  // transformers 4.x style.
-  json p = json::object();
-  if (j.contains("rope_scaling") && !j.at("rope_scaling").is_null()) p = j.at("rope_scaling");
-  UNIATTN_CHECK(p.is_object(), origin, ": 'rope_scaling' must be an object or null");
-  p["rope_theta"] = get_double(j, "rope_theta", 10000.0, origin);
-  c.rope = parse_rope(p, 10000.0, origin + " rope_scaling");
-  c.rope_local = c.rope;
-  if (c.arch == Arch::Gemma3) {
-    c.rope_local = RopeConfig{};
-    c.rope_local.theta = get_double(j, "rope_local_base_freq", local_default, origin);
+  json p = !scaling.is_null() ? scaling : !params.is_null() ? params : json::object();
+  if (p.contains("full_attention") || p.contains("sliding_attention")) {
+    // Nested per attention type; LLaMA, Mistral and Gemma-2 rotate every layer alike.
+    for (auto it = p.begin(); it != p.end(); ++it)
+      UNIATTN_CHECK(it.key() == "full_attention" || it.key() == "sliding_attention", origin,
+                    ": unknown attention type '", it.key(), "' in 'rope_parameters'");
+    json full = p.value("full_attention", json::object());
+    json sliding = p.value("sliding_attention", full);
+    UNIATTN_CHECK(full == sliding || c.arch == Arch::Gemma2, origin, ": ", arch_name(c.arch),
+                  " has one rope for every layer");
+    for (json* q : {&full, &sliding})
+      if (q->is_object() && !q->contains("rope_theta"))
+        (*q)["rope_theta"] = get_double(j, "rope_theta", 10000.0, origin);
+    c.rope = parse_rope(full, 10000.0, c.max_position_embeddings, origin + " rope_parameters");
+    c.rope_local =
+        parse_rope(sliding, 10000.0, c.max_position_embeddings, origin + " rope_parameters");
+    return;
   }
+  if (!p.contains("rope_theta")) p["rope_theta"] = get_double(j, "rope_theta", 10000.0, origin);
+  c.rope = parse_rope(p, 10000.0, c.max_position_embeddings,
+                      origin + (scaling.is_null() ? " rope_parameters" : " rope_scaling"));
+  c.rope_local = c.rope;
 }
 
 UniAttnSpec parse_spec(const json& u, int64_t num_layers, const std::string& origin) {
@@ -253,11 +302,26 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& origin) {
   c.hidden_size = get_int(j, "hidden_size", origin);
   c.intermediate_size = get_int(j, "intermediate_size", origin);
   c.num_layers = get_int(j, "num_hidden_layers", origin);
+  // Bounded before it sizes the per-layer tables below (validate() checks the rest).
+  UNIATTN_CHECK(c.num_layers > 0 && c.num_layers <= 1024, origin,
+                ": 'num_hidden_layers' must be in [1, 1024], got ", c.num_layers);
   c.num_heads = get_int(j, "num_attention_heads", origin);
-  c.num_kv_heads = get_int(j, "num_key_value_heads", c.num_heads, origin);
   UNIATTN_CHECK(c.num_heads > 0, origin, ": 'num_attention_heads' must be positive");
-  c.head_dim = get_int(j, "head_dim", c.hidden_size / c.num_heads, origin);
-  c.max_position_embeddings = get_int(j, "max_position_embeddings", 4096, origin);
+  // Defaults of transformers' config classes for a missing key (an explicit null falls back as
+  // each class's __post_init__ or attention module does):
+  //   num_key_value_heads: LlamaConfig None -> num_attention_heads; MistralConfig 8;
+  //     Gemma2Config / Gemma3TextConfig 4.
+  //   head_dim: Llama/Mistral hidden_size // num_attention_heads; Gemma2/Gemma3 256.
+  //   max_position_embeddings: Llama 2048, Mistral 4096 * 32, Gemma2 8192, Gemma3 131072.
+  const int64_t kv_default = c.arch == Arch::Llama ? c.num_heads : c.arch == Arch::Mistral ? 8 : 4;
+  c.num_kv_heads = get_int_or_null(j, "num_key_value_heads", kv_default, c.num_heads, origin);
+  const int64_t split_dim = c.hidden_size / c.num_heads;
+  c.head_dim = get_int_or_null(j, "head_dim", c.is_gemma() ? 256 : split_dim, split_dim, origin);
+  const int64_t max_pos_default = c.arch == Arch::Llama     ? 2048
+                                  : c.arch == Arch::Mistral ? 4096 * 32
+                                  : c.arch == Arch::Gemma2  ? 8192
+                                                            : 131072;
+  c.max_position_embeddings = get_int(j, "max_position_embeddings", max_pos_default, origin);
   c.rms_norm_eps = get_double(j, "rms_norm_eps", 1e-6, origin);
   c.attention_bias = get_bool(j, "attention_bias", false, origin);
   c.mlp_bias = get_bool(j, "mlp_bias", false, origin);
@@ -278,17 +342,28 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& origin) {
   for (const char* k : {"torch_dtype", "dtype"})
     if (j.contains(k) && j.at(k).is_string()) c.torch_dtype = j.at(k).get<std::string>();
 
+  // Gemma2/Gemma3 MLPs read `hidden_activation` (default gelu_pytorch_tanh) and ignore
+  // `hidden_act`; LLaMA and Mistral read `hidden_act` (default silu).
   std::string act = c.is_gemma() ? "gelu_pytorch_tanh" : "silu";
-  for (const char* k : {"hidden_act", "hidden_activation"})
-    if (j.contains(k) && j.at(k).is_string()) act = j.at(k).get<std::string>();
-  if (act == "silu" || act == "swish") c.activation = Activation::Silu;
-  else if (act == "gelu_pytorch_tanh" || act == "gelu_tanh") c.activation = Activation::GeluTanh;
-  else fail(origin, ": unsupported activation '", act, "' (key 'hidden_act')");
+  const char* act_key = c.is_gemma() ? "hidden_activation" : "hidden_act";
+  if (j.contains(act_key) && !j.at(act_key).is_null()) {
+    UNIATTN_CHECK(j.at(act_key).is_string(), origin, ": '", act_key, "' must be a string");
+    act = j.at(act_key).get<std::string>();
+  }
+  if (act == "silu" || act == "swish")
+    c.activation = Activation::Silu;
+  else if (act == "gelu_pytorch_tanh" || act == "gelu_tanh")
+    c.activation = Activation::GeluTanh;
+  else
+    fail(origin, ": unsupported activation '", act, "' (key '", act_key, "')");
 
   parse_rope_keys(j, c, origin);
 
-  c.sliding_window = get_int(j, "sliding_window", 0, origin);
-  c.sliding_layers.assign(c.num_layers > 0 ? c.num_layers : 0, false);
+  // sliding_window: MistralConfig, Gemma2Config and Gemma3TextConfig default to 4096; null turns
+  // it off. LlamaConfig has none.
+  c.sliding_window =
+      c.arch == Arch::Llama ? 0 : get_int_or_null(j, "sliding_window", 4096, 0, origin);
+  c.sliding_layers.assign(c.num_layers, false);
   if (j.contains("layer_types") && !j.at("layer_types").is_null()) {
     const auto& lt = j.at("layer_types");
     UNIATTN_CHECK(lt.is_array() && static_cast<int64_t>(lt.size()) == c.num_layers, origin,
@@ -302,8 +377,11 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& origin) {
       c.sliding_layers[i] = s == "sliding_attention";
     }
   } else if (c.arch == Arch::Gemma2) {
+    // Gemma2Config.__post_init__: sliding where (i + 1) % 2 != 0.
     for (int64_t i = 0; i < c.num_layers; ++i) c.sliding_layers[i] = i % 2 == 0;
   } else if (c.arch == Arch::Gemma3) {
+    // Gemma3TextConfig.__post_init__: sliding where (i + 1) % sliding_window_pattern != 0,
+    // pattern default 6.
     int64_t pattern = get_int(j, "sliding_window_pattern",
                               get_int(j, "_sliding_window_pattern", 6, origin), origin);
     UNIATTN_CHECK(pattern >= 1, origin, ": 'sliding_window_pattern' must be >= 1");
@@ -313,9 +391,17 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& origin) {
   }
 
   if (c.is_gemma()) {
-    c.attn_logit_softcap = get_double(j, "attn_logit_softcapping", 0.0, origin);
-    c.final_logit_softcap = get_double(j, "final_logit_softcapping", 0.0, origin);
-    c.query_pre_attn_scalar = get_double(j, "query_pre_attn_scalar", 0.0, origin);
+    // Gemma2Config: attn_logit_softcapping 50.0, final_logit_softcapping 30.0;
+    // Gemma3TextConfig: both None. null is None (no capping) for both.
+    const bool g2 = c.arch == Arch::Gemma2;
+    c.attn_logit_softcap =
+        get_double_or_null(j, "attn_logit_softcapping", g2 ? 50.0 : 0.0, 0.0, origin);
+    c.final_logit_softcap =
+        get_double_or_null(j, "final_logit_softcapping", g2 ? 30.0 : 0.0, 0.0, origin);
+    // Both classes: query_pre_attn_scalar 256 (the attention scales by its -1/2 power).
+    c.query_pre_attn_scalar = get_double(j, "query_pre_attn_scalar", 256.0, origin);
+    UNIATTN_CHECK(c.query_pre_attn_scalar > 0, origin,
+                  ": 'query_pre_attn_scalar' must be positive");
     c.norm_plus_one = true;
     c.scale_embeddings = true;
     c.sandwich_norms = true;
@@ -386,8 +472,8 @@ json ModelConfig::to_json() const {
   const bool unified = uniattn.variant != Variant::None;
   std::string base = arch_name(arch);
   j["model_type"] = unified ? kUniAttnPrefix + base : base;
-  static const char* class_names[] = {"LlamaForCausalLM", "MistralForCausalLM",
-                                      "Gemma2ForCausalLM", "Gemma3ForCausalLM"};
+  static const char* class_names[] = {"LlamaForCausalLM", "MistralForCausalLM", "Gemma2ForCausalLM",
+                                      "Gemma3ForCausalLM"};
   std::string cls = class_names[static_cast<int>(arch)];
   j["architectures"] = {unified ? "UniAttn" + cls : cls};
   j["vocab_size"] = vocab_size;
@@ -404,10 +490,16 @@ json ModelConfig::to_json() const {
   j[is_gemma() ? "hidden_activation" : "hidden_act"] =
       activation == Activation::Silu ? "silu" : "gelu_pytorch_tanh";
   if (arch == Arch::Llama) j["mlp_bias"] = mlp_bias;
-  auto rope_json = [](const RopeConfig& r) {
-    json p{{"rope_theta", r.theta}};
+  // RoPE twice: transformers 5's `rope_parameters` and the legacy `rope_theta` / `rope_scaling`
+  // (plus Gemma-3's `rope_local_base_freq`) that transformers 4.x and most other readers use;
+  // without `rope_theta` they assume 10000. transformers 5 prefers `rope_scaling` over
+  // `rope_parameters`; both say the same here.
+  auto scaling_json = [](const RopeConfig& r) {
+    json p = json::object();
     switch (r.type) {
-      case RopeConfig::Type::Default: p["rope_type"] = "default"; break;
+      case RopeConfig::Type::Default:
+        p["rope_type"] = "default";
+        break;
       case RopeConfig::Type::Linear:
         p["rope_type"] = "linear";
         p["factor"] = r.factor;
@@ -422,29 +514,67 @@ json ModelConfig::to_json() const {
     }
     return p;
   };
-  if (arch == Arch::Gemma3)
+  auto rope_json = [&](const RopeConfig& r) {
+    json p = scaling_json(r);
+    p["rope_theta"] = r.theta;
+    return p;
+  };
+  auto legacy_scaling = [&](const RopeConfig& r) {
+    return r.type == RopeConfig::Type::Default ? json() : scaling_json(r);
+  };
+  if (arch == Arch::Gemma3) {
     j["rope_parameters"] = {{"full_attention", rope_json(rope)},
                             {"sliding_attention", rope_json(rope_local)}};
-  else
+    j["rope_local_base_freq"] = rope_local.theta;
+  } else {
     j["rope_parameters"] = rope_json(rope);
+  }
+  j["rope_theta"] = rope.theta;
+  j["rope_scaling"] = legacy_scaling(rope);
+
+  // Sliding window: transformers defaults a missing `sliding_window` to 4096 (Mistral, Gemma), so
+  // "none" is written as null.
   if (arch != Arch::Llama) j["sliding_window"] = sliding_window > 0 ? json(sliding_window) : json();
+  bool any_sliding = false;
+  for (bool s : sliding_layers) any_sliding |= s;
+  // transformers' Gemma models build a sliding-window mask even when no layer uses it and fail
+  // on a null window: write the (unused) default window there instead.
+  if (is_gemma() && !any_sliding && sliding_window <= 0) j["sliding_window"] = 4096;
   if (is_gemma()) {
     json lt = json::array();
     for (bool s : sliding_layers) lt.push_back(s ? "sliding_attention" : "full_attention");
     j["layer_types"] = lt;
+    if (arch == Arch::Gemma3) {
+      // transformers < 4.53 derives the layer types from this period: sliding where
+      // (i + 1) % pattern != 0 (1: every layer global).
+      for (int64_t p = 1; p <= num_layers; ++p) {
+        bool match = true;
+        for (int64_t i = 0; i < num_layers && match; ++i)
+          match = sliding_layers[i] == ((i + 1) % p != 0);
+        if (match) {
+          j["sliding_window_pattern"] = p;
+          break;
+        }
+      }
+    }
+    // Soft-capping off is null: a missing key would mean Gemma-2's 50 / 30.
     auto opt = [](double v) { return v > 0 ? json(v) : json(); };
     j["attn_logit_softcapping"] = opt(attn_logit_softcap);
     j["final_logit_softcapping"] = opt(final_logit_softcap);
-    // transformers validates this field as an integer.
-    if (query_pre_attn_scalar == std::floor(query_pre_attn_scalar))
-      j["query_pre_attn_scalar"] = static_cast<int64_t>(query_pre_attn_scalar);
+    // Always written (a missing key means 256); transformers validates it as an integer.
+    const double qpas =
+        query_pre_attn_scalar > 0 ? query_pre_attn_scalar : static_cast<double>(head_dim);
+    if (qpas == std::floor(qpas))
+      j["query_pre_attn_scalar"] = static_cast<int64_t>(qpas);
     else
-      j["query_pre_attn_scalar"] = query_pre_attn_scalar;
+      j["query_pre_attn_scalar"] = qpas;
   }
   if (bos_token_id) j["bos_token_id"] = *bos_token_id;
   if (pad_token_id) j["pad_token_id"] = *pad_token_id;
-  if (eos_token_ids.size() == 1) j["eos_token_id"] = eos_token_ids[0];
-  else if (!eos_token_ids.empty()) j["eos_token_id"] = eos_token_ids;
+  if (eos_token_ids.size() == 1)
+    j["eos_token_id"] = eos_token_ids[0];
+  else if (!eos_token_ids.empty())
+    j["eos_token_id"] = eos_token_ids;
   j["torch_dtype"] = torch_dtype;
   if (unified) {
     j["uniattn"] = {{"variant", variant_name(uniattn.variant)}, {"groups", uniattn.groups}};

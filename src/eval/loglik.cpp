@@ -1,6 +1,7 @@
 // Log-likelihood scoring for evaluation: multiple-choice accuracy (lm-evaluation-harness acc /
-// acc_norm) and response-only loss. Sequences run right padded: with causal attention the pad
-// tokens after a sequence never influence its logits, so no attention mask is needed.
+// acc_norm); the held-out response loss is in response_loss.cpp. Sequences run right padded:
+// with causal attention the pad tokens after a sequence never influence its logits, so no
+// attention mask is needed.
 #include "uniattn/eval/eval.h"
 
 #include <c10/core/InferenceMode.h>
@@ -241,35 +242,6 @@ McTaskResult pool_mc(const std::string& name, const std::vector<const McTaskResu
     correct_norm += p->acc_norm * p->n;
   }
   finish(r, std::llround(correct), std::llround(correct_norm));
-  return r;
-}
-
-LossResult evaluate_loss(CausalLM& model, const std::vector<TokenizedExample>& examples,
-                         const ScoreOptions& options) {
-  std::vector<Seq> seqs;
-  LossResult r;
-  for (std::size_t e = 0; e < examples.size(); ++e) {
-    const auto& ex = examples[e];
-    UNIATTN_CHECK(ex.ids.size() == ex.loss_mask.size(), "example ", e, ": ", ex.ids.size(),
-                  " ids but ", ex.loss_mask.size(), " mask entries");
-    Seq s;
-    for (std::size_t i = 1; i < ex.ids.size(); ++i) {
-      if (!ex.loss_mask[i]) continue;
-      s.pos.push_back(static_cast<int64_t>(i) - 1);
-      s.target.push_back(ex.ids[i]);
-    }
-    if (s.pos.empty()) continue;  // nothing to score (e.g. cut off by truncation)
-    s.input.assign(ex.ids.begin(), ex.ids.end() - 1);
-    r.target_tokens += static_cast<int64_t>(s.pos.size());
-    ++r.examples;
-    seqs.push_back(std::move(s));
-  }
-  UNIATTN_CHECK(r.target_tokens > 0, "held-out loss: no example has a target token");
-  const auto scores = score_seqs(model, seqs, options.batch, options.progress);
-  double nll = 0;
-  for (const auto& s : scores) nll -= s.sum;
-  r.loss = nll / static_cast<double>(r.target_tokens);
-  r.perplexity = std::exp(r.loss);
   return r;
 }
 

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 
 #include "uniattn/error.h"
 #include "uniattn/infer/generate.h"
@@ -113,9 +114,16 @@ int32_t resolve_pad_id(const GenerateOptions& opt, const Tokenizer* tok, int64_t
   return pad;
 }
 
-std::vector<int32_t> stop_token_ids(const GenerateOptions& opt, const Tokenizer* tok) {
+// The ids that end a sequence: stop tokens always; with stop_at_eos every end token the options,
+// the model config and the tokenizer name (transformers stops at each id of eos_token_id).
+std::vector<int32_t> stop_token_ids(const GenerateOptions& opt, const Tokenizer* tok,
+                                    const ModelConfig& config) {
   std::vector<int32_t> stops = opt.stop_tokens;
-  if (opt.stop_at_eos && tok && tok->eos_id()) stops.push_back(*tok->eos_id());
+  if (!opt.stop_at_eos) return stops;
+  stops.insert(stops.end(), opt.eos_tokens.begin(), opt.eos_tokens.end());
+  for (int64_t id : config.eos_token_ids)
+    if (id >= 0 && id <= INT32_MAX) stops.push_back(static_cast<int32_t>(id));
+  if (tok && tok->eos_id()) stops.push_back(*tok->eos_id());
   return stops;
 }
 
@@ -181,13 +189,9 @@ std::unique_ptr<Decoder> make_decoder(CausalLM& model, const GenerateOptions& op
 // written straight into the result.
 class Sequences {
  public:
-  Sequences(const Tokenizer* tok, const GenerateOptions& opt, GenerateResult& res, int64_t batch)
-      : tok_(tok),
-        opt_(opt),
-        stops_(stop_token_ids(opt, tok)),
-        res_(res),
-        done_(batch, 0),
-        live_(batch) {
+  Sequences(const Tokenizer* tok, const GenerateOptions& opt, std::vector<int32_t> stops,
+            GenerateResult& res, int64_t batch)
+      : tok_(tok), opt_(opt), stops_(std::move(stops)), res_(res), done_(batch, 0), live_(batch) {
     res_.tokens.resize(batch);
     res_.texts.resize(batch);
     res_.finish.assign(batch, FinishReason::Length);
@@ -292,6 +296,31 @@ void decode_loop(Decoder& dec, const PaddedPrompts& in, int32_t pad, int64_t voc
 
 }  // namespace
 
+void apply_generation_config(const GenerationConfig& g, GenerateOptions& o) {
+  for (int64_t id : g.eos_token_ids) {
+    UNIATTN_CHECK(id >= 0 && id <= INT32_MAX, "generation config: end token ", id,
+                  " does not fit a token id");
+    o.eos_tokens.push_back(static_cast<int32_t>(id));
+  }
+  auto& s = o.sampling;
+  // transformers' GenerationConfig._get_default_generation_params fill what the file leaves
+  // unset; greedy decoding ignores temperature, top_k and top_p.
+  if (g.do_sample.value_or(false)) {
+    s.temperature = g.temperature.value_or(1.0);
+    s.top_k = g.top_k.value_or(50);
+    s.top_p = g.top_p.value_or(1.0);
+    // top_p 0 keeps only the most likely token in transformers (TopPLogitsWarper keeps one).
+    if (s.top_p <= 0.0) {
+      s.top_p = 1.0;
+      s.top_k = 1;
+    }
+  } else {
+    s.temperature = 0.0;
+  }
+  if (g.repetition_penalty) s.repetition_penalty = *g.repetition_penalty;
+  if (g.max_new_tokens) o.max_new_tokens = *g.max_new_tokens;
+}
+
 GenerateResult generate(CausalLM& model, const Tokenizer* tok,
                         const std::vector<std::vector<int32_t>>& prompts,
                         const GenerateOptions& opt) {
@@ -315,7 +344,7 @@ GenerateResult generate(CausalLM& model, const Tokenizer* tok,
   at::Tensor seen;  // [B, vocab] tokens present so far, for the repetition penalty
   if (opt.sampling.repetition_penalty != 1.0) seen = prompt_token_presence(in, vocab);
   at::Generator gen = make_generator(device, opt.sampling.seed);
-  Sequences seqs(tok, opt, res, batch);
+  Sequences seqs(tok, opt, stop_token_ids(opt, tok, model->config()), res, batch);
 
   const int64_t max_seq = longest + std::max<int64_t>(opt.max_new_tokens, 1);
   const auto dec = make_decoder(model, opt, batch, max_seq, in.mask.defined());

@@ -3,11 +3,15 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
+#include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <system_error>
 
 #include "uniattn/error.h"
 #include "uniattn/infer/generate.h"
+#include "uniattn/io/chat_template.h"
 
 namespace uniattn {
 
@@ -95,27 +99,67 @@ std::string TextStream::flush() {
   return out;
 }
 
-ChatPrompt format_chat(const Tokenizer& tok, std::string_view user) {
-  const std::string msg(user);
+namespace {
+
+// The prompt format of the chat markers the vocabulary has (ChatML, LLaMA-3, Gemma, Mistral
+// [INST]) and its end-of-turn id; nullopt when it has none of them.
+std::optional<ChatPrompt> builtin_chat(const Tokenizer& tok, const std::string& msg,
+                                       const char** family) {
   auto id = [&](std::string_view piece) { return tok.find_token(piece); };
   ChatPrompt p;
   if (auto end = id("<|im_end|>"); end && id("<|im_start|>")) {
+    *family = "ChatML";
     p.text = "<|im_start|>user\n" + msg + "<|im_end|>\n<|im_start|>assistant\n";
     p.stop_tokens = {*end};
   } else if (auto eot = id("<|eot_id|>"); eot && id("<|start_header_id|>")) {
+    *family = "LLaMA-3";
     p.text = "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n" + msg +
              "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n";
     p.stop_tokens = {*eot};
   } else if (auto eot = id("<end_of_turn>"); eot && id("<start_of_turn>")) {
+    *family = "Gemma";
     p.text = "<bos><start_of_turn>user\n" + msg + "<end_of_turn>\n<start_of_turn>model\n";
     p.stop_tokens = {*eot};
   } else if (id("[INST]") || id("▁[INST]") || id("[/INST]")) {
+    *family = "Mistral [INST]";
     p.text = "<s>[INST] " + msg + " [/INST]";
   } else {
+    return std::nullopt;
+  }
+  return p;
+}
+
+}  // namespace
+
+ChatPrompt format_chat(const Tokenizer& tok, std::string_view user) {
+  const char* family = nullptr;
+  auto p = builtin_chat(tok, std::string(user), &family);
+  if (!p)
     fail(
         "--chat: the tokenizer has none of the chat markers this build knows (ChatML "
         "<|im_start|>, LLaMA-3 <|start_header_id|>, Gemma <start_of_turn>, Mistral [INST])");
+  return *p;
+}
+
+ChatPrompt format_chat(const Tokenizer& tok, const ChatTemplate* chat_template,
+                       std::string_view user) {
+  if (!chat_template) {
+    static std::atomic<bool> logged{false};
+    const char* family = "no";
+    const bool known = builtin_chat(tok, "", &family).has_value();
+    if (known && !logged.exchange(true))
+      std::fprintf(stderr,
+                   "uniattn: the model has no chat template; --chat falls back to the built-in "
+                   "%s prompt format\n",
+                   family);
+    return format_chat(tok, user);
   }
+  ChatPrompt p;
+  p.text = chat_template->render({{"user", std::string(user)}}, /*add_generation_prompt=*/true);
+  // The end-of-turn id stays the one the built-in format knows (end tokens proper come from the
+  // checkpoint's configuration, see GenerateOptions::eos_tokens).
+  const char* family = nullptr;
+  if (auto builtin = builtin_chat(tok, "", &family)) p.stop_tokens = builtin->stop_tokens;
   return p;
 }
 

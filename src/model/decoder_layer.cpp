@@ -10,34 +10,28 @@ namespace uniattn {
 
 AttentionImpl::AttentionImpl(std::shared_ptr<const ModelConfig> cp, int64_t layer,
                              const at::TensorOptions& opts)
-    : cfg_(std::move(cp)), layer_(layer) {
+    : cfg_(std::move(cp)), layer_(layer), role_(layer_role(*cfg_, layer)) {
   const auto& c = *cfg_;
-  const auto& spec = c.uniattn;
-  leader_ = spec.leader_of(layer);
   sliding_ = c.layer_is_sliding(layer);
-  variant_ = spec.variant;
-  for (int64_t l = layer + 1; l < c.num_layers; ++l)
-    has_followers_ |= spec.is_follower(l) && spec.leader_of(l) == layer;
 
-  const bool follower = is_follower();
-  const bool cla = variant_ == Variant::Cla;
   auto lin = [&](int64_t in, int64_t out, bool bias) { return Proj(in, out, bias, opts); };
   const int64_t q_out = c.num_heads * c.head_dim, kv_out = c.num_kv_heads * c.head_dim;
-  if (!follower && !c.attention_bias) {
+  if (role_.owns_q && role_.owns_k && role_.owns_v && !c.attention_bias) {
     // q, k and v as row blocks of one weight: one GEMM in decode (FusedProjections).
     auto qkv = qkv_.allocate(c.hidden_size, {q_out, kv_out, kv_out}, opts);
     q_proj = register_module("q_proj", qkv[0]);
     k_proj = register_module("k_proj", qkv[1]);
     v_proj = register_module("v_proj", qkv[2]);
   } else {
-    if (!follower || cla)
+    if (role_.owns_q)
       q_proj = register_module("q_proj", lin(c.hidden_size, q_out, c.attention_bias));
-    if (!follower) k_proj = register_module("k_proj", lin(c.hidden_size, kv_out, c.attention_bias));
-    if (!follower || !cla)
+    if (role_.owns_k)
+      k_proj = register_module("k_proj", lin(c.hidden_size, kv_out, c.attention_bias));
+    if (role_.owns_v)
       v_proj = register_module("v_proj", lin(c.hidden_size, kv_out, c.attention_bias));
   }
   o_proj = register_module("o_proj", lin(q_out, c.hidden_size, c.attention_bias));
-  if (follower && variant_ == Variant::UniAttn) {
+  if (role_.owns_wc) {
     w_c = register_module("w_c", lin(c.hidden_size, c.hidden_size, c.attention_bias));
     // Zero compensation until calibrated or trained: the layer starts as plain Softmax sharing.
     at::NoGradGuard ng;
@@ -125,11 +119,11 @@ at::Tensor AttentionImpl::prefill_attention(const at::Tensor& xn, ForwardState& 
     } else {
       out = fused_attention(q, k, v, mask, causal, math);
     }
-    if (has_followers_) s.shared[layer_] = SharedAttention{q, k, v, probs, lse};
+    if (role_.has_followers()) s.shared[layer_] = SharedAttention{q, k, v, probs, lse};
     return out;
   }
-  const SharedAttention& lead = s.shared[leader_];
-  if (variant_ == Variant::Cla) {
+  const SharedAttention& lead = s.shared[role_.leader];
+  if (role_.reuse == Reuse::KeyValue) {  // CLA: own q against the leader's K and V
     auto q = rope_and_norm(project(q_proj, xn, c.num_heads), q_norm_, s);
     if (reference) return apply_probs(reference_probs(q, lead.k, mask, math), lead.v);
     if (kernels)
@@ -163,18 +157,18 @@ at::Tensor AttentionImpl::decode_attention(const at::Tensor& xn, ForwardState& s
     apply_rotary_into(k, cos, sin, kbuf, pos);
     const auto& vbuf = s.cache->write_v_at(layer_, v, pos);
     // A leader's kernel also writes the normalised probability row its followers reuse; a layer
-    // without followers (all of them in `none`) skips that row.
-    if (!has_followers_ || variant_ == Variant::Cla) {
+    // whose followers reuse no probabilities (none, or CLA ones that read K and V) skips that row.
+    if (role_.reuse != Reuse::Softmax) {
       auto out = kernels::decode_attention(q, kbuf, vbuf, s.cache_seqlens, p);
-      if (has_followers_) s.shared[layer_] = SharedAttention{q, kbuf, vbuf, {}, {}};
+      if (role_.has_followers()) s.shared[layer_] = SharedAttention{q, kbuf, vbuf, {}, {}};
       return out;
     }
     auto [out, p_row] = kernels::decode_leader(q, kbuf, vbuf, s.cache_seqlens, p);
     s.shared[layer_] = SharedAttention{q, kbuf, vbuf, p_row, {}};
     return out;
   }
-  const SharedAttention& lead = s.shared[leader_];
-  if (variant_ == Variant::Cla) {
+  const SharedAttention& lead = s.shared[role_.leader];
+  if (role_.reuse == Reuse::KeyValue) {
     auto q = rope_and_norm(project(q_proj, xn, c.num_heads), q_norm_, s).contiguous();
     return std::get<0>(kernels::decode_leader(q, lead.k, lead.v, s.cache_seqlens, p));
   }

@@ -9,10 +9,11 @@
 #include "layers.h"
 #include "shared_softmax.h"
 #include "uniattn/config/model_config.h"
+#include "uniattn/model/layer_role.h"
 
 namespace uniattn {
 
-// Self-attention of layer `layer`. Its role comes from the config's UniAttn spec:
+// Self-attention of layer `layer`. Its role (LayerRole, from the config's UniAttn spec):
 // - ordinary layer or leader: q/k/v/o projections, RoPE, K and V cached;
 // - Softmax/UniAttn follower: v and o only (plus w_c for UniAttn); attends with the leader's
 //   q and k, i.e. reuses the leader's probability map with its own V;
@@ -24,8 +25,9 @@ class AttentionImpl : public torch::nn::Module {
   // followers), before any post-attention norm and the residual add.
   at::Tensor forward(const at::Tensor& xn, ForwardState& state);
 
-  bool is_follower() const { return leader_ != layer_; }
-  int64_t leader() const { return leader_; }
+  const LayerRole& role() const { return role_; }
+  bool is_follower() const { return role_.is_follower(); }
+  int64_t leader() const { return role_.leader; }
 
   Proj q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr}, w_c{nullptr};
 
@@ -40,9 +42,9 @@ class AttentionImpl : public torch::nn::Module {
   at::Tensor rope_and_norm(at::Tensor x, const at::Tensor& norm_weight, ForwardState& s) const;
 
   std::shared_ptr<const ModelConfig> cfg_;
-  int64_t layer_, leader_;
-  bool sliding_, has_followers_ = false;
-  Variant variant_;
+  int64_t layer_;
+  LayerRole role_;
+  bool sliding_;
   at::Tensor q_norm_, k_norm_;  // Gemma-3
   FusedProjections qkv_;        // q/k/v weights of leaders and ordinary layers
 };

@@ -1,6 +1,7 @@
 #include "uniattn/model/kv_cache.h"
 
 #include "uniattn/error.h"
+#include "uniattn/model/layer_role.h"
 
 namespace uniattn {
 
@@ -9,19 +10,14 @@ KVCache::KVCache(const ModelConfig& c, int64_t batch, int64_t max_seq, at::Scala
     : batch_(batch), max_seq_(max_seq), k_(c.num_layers), v_(c.num_layers) {
   UNIATTN_CHECK(batch > 0 && max_seq > 0, "KV cache: batch and max_seq must be positive");
   auto opts = at::TensorOptions().dtype(dtype).device(device);
-  const auto& spec = c.uniattn;
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    const bool follower = spec.is_follower(l);
-    const bool keeps_k = !follower;
-    const bool keeps_v = !follower || spec.variant != Variant::Cla;
-    if (keeps_k) k_[l] = at::zeros({batch, c.num_kv_heads, max_seq, c.head_dim}, opts);
-    if (keeps_v) v_[l] = at::zeros({batch, c.num_kv_heads, max_seq, c.head_dim}, opts);
+  for (const LayerRole& r : layer_roles(c)) {
+    if (r.keeps_k) k_[r.layer] = at::zeros({batch, c.num_kv_heads, max_seq, c.head_dim}, opts);
+    if (r.keeps_v) v_[r.layer] = at::zeros({batch, c.num_kv_heads, max_seq, c.head_dim}, opts);
   }
 }
 
 void KVCache::advance(int64_t n) {
-  UNIATTN_CHECK(length_ + n <= max_seq_, "KV cache overflow: ", length_, " + ", n, " > ",
-                max_seq_);
+  UNIATTN_CHECK(length_ + n <= max_seq_, "KV cache overflow: ", length_, " + ", n, " > ", max_seq_);
   length_ += n;
 }
 
@@ -30,8 +26,8 @@ at::Tensor KVCache::write(std::vector<at::Tensor>& buf, int64_t layer, const at:
   UNIATTN_CHECK(buf[layer].defined(), "KV cache: layer ", layer, " keeps no ", what);
   const int64_t t = x.size(2);
   UNIATTN_CHECK(x.size(0) == batch_, "KV cache: batch ", x.size(0), " != ", batch_);
-  UNIATTN_CHECK(length_ + t <= max_seq_, "KV cache overflow at layer ", layer, ": ", length_,
-                " + ", t, " > ", max_seq_, " tokens");
+  UNIATTN_CHECK(length_ + t <= max_seq_, "KV cache overflow at layer ", layer, ": ", length_, " + ",
+                t, " > ", max_seq_, " tokens");
   buf[layer].narrow(2, length_, t).copy_(x);
   return buf[layer].narrow(2, 0, length_ + t);
 }

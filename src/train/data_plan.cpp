@@ -1,6 +1,7 @@
-// Training data: instruction records (rendered and tokenised by data.h) or pre-tokenised JSONL,
-// optional packing, and the deterministic batch plan that makes resumption exact: the sequences
-// of batch b of a stage are a pure function of (seed, stage, b), so the data position is the step.
+// Training data: instruction records (rendered and tokenised by data/records.h) or pre-tokenised
+// JSONL, optional packing, and the deterministic batch plan that makes resumption exact: the
+// sequences of batch b of a stage are a pure function of (seed, stage, b), so the data position is
+// the step.
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
@@ -10,9 +11,9 @@
 
 #include "internal.h"
 #include "uniattn/calib/calibrate.h"
-#include "uniattn/model/checkpoint.h"
 #include "uniattn/error.h"
 #include "uniattn/io/file_io.h"
+#include "uniattn/model/checkpoint.h"
 
 namespace uniattn::train_detail {
 namespace {

@@ -24,7 +24,7 @@ class Work;
 
 namespace uniattn::train_detail {
 
-// ---- data (train_data.cpp) ----
+// ---- data (data_plan.cpp) ----
 // One training sequence: ids and the per-position target mask (mask[i]: ids[i] is scored).
 using Sequence = TokenizedExample;
 
@@ -45,7 +45,7 @@ std::vector<int64_t> batch_indices(int64_t n, int64_t global_batch, uint64_t see
 void collate(const std::vector<Sequence>& data, const std::vector<int64_t>& idx, int32_t pad,
              at::Tensor& ids, at::Tensor& mask);
 
-// ---- communication (train_dist.cpp) ----
+// ---- communication (dist/comm.cpp, dist/grad_reducer.cpp) ----
 // With more than one rank, a watcher thread polls the rendezvous store: when another rank reports
 // a failure (report_failure), or the store itself goes away (rank 0 died), this process prints why
 // and exits at once, rather than waiting in its next collective for distributed.timeout_s. What it

@@ -14,24 +14,20 @@
 #include "model/forward_state.h"
 #include "uniattn/error.h"
 #include "uniattn/model/causal_lm.h"
+#include "uniattn/model/layer_role.h"
 
 namespace uniattn {
 
 std::vector<std::pair<int64_t, int64_t>> checkpoint_units(const ModelConfig& c) {
-  const int64_t n = c.num_layers;
-  // reach[l]: the last layer that reads state produced by layer l (its last follower).
-  std::vector<int64_t> reach(static_cast<size_t>(n));
-  for (int64_t l = 0; l < n; ++l) reach[static_cast<size_t>(l)] = l;
-  if (c.uniattn.enabled())
-    for (const auto& g : c.uniattn.groups) {
-      if (g.empty() || g.front() < 0 || g.front() >= n) continue;
-      auto& r = reach[static_cast<size_t>(g.front())];
-      r = std::max(r, std::min(g.back(), n - 1));
-    }
+  // A unit must contain, for every layer in it, the last layer that reads its state (its last
+  // follower); growing `last` to cover those of the layers taken in merges interleaved groups.
+  const auto roles = layer_roles(c);
+  const int64_t n = static_cast<int64_t>(roles.size());
   std::vector<std::pair<int64_t, int64_t>> units;
   for (int64_t l = 0; l < n;) {
-    int64_t last = reach[static_cast<size_t>(l)];
-    for (int64_t k = l; k <= last; ++k) last = std::max(last, reach[static_cast<size_t>(k)]);
+    int64_t last = roles[static_cast<size_t>(l)].last_follower;
+    for (int64_t k = l; k <= last; ++k)
+      last = std::max(last, roles[static_cast<size_t>(k)].last_follower);
     units.emplace_back(l, last);
     l = last + 1;
   }

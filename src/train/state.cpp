@@ -15,9 +15,9 @@
 
 #include "internal.h"
 #include "state.h"
-#include "uniattn/model/checkpoint.h"
 #include "uniattn/error.h"
 #include "uniattn/io/file_io.h"
+#include "uniattn/model/checkpoint.h"
 
 namespace uniattn::train_detail {
 

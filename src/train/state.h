@@ -1,4 +1,4 @@
-// Checkpoint save/restore for the trainer (train_state.cpp).
+// Checkpoint save/restore for the trainer (state.cpp).
 #pragma once
 #include <filesystem>
 #include <optional>

@@ -146,7 +146,7 @@ TEST(Bench, RooflineAndCapacityArithmetic) {
   EXPECT_EQ(max_batch_at(total, weights, kv, 32768), (total - weights - 4 * gib) / (kv * 32768));
   EXPECT_EQ(max_batch_at(10 * gib, 8 * gib, kv, 32768), 0);
   EXPECT_THROW(max_batch_at(total, weights, 0, 32768), Error);
-  // 16.06 GB at 3 TB/s is 5.35 ms (method.md section 7's 5.4 ms).
+  // 16.06 GB at 3 TB/s is 5.35 ms (the 5.4 ms HBM roofline of an H100 at 3 TB/s).
   EXPECT_NEAR(decode_roofline_ms(weights, kv, 1, 0), 5.3533, 1e-3);
   EXPECT_NEAR(decode_roofline_ms(0, kv, 8, 16384), 8.0 * 16384 * kv / 3e12 * 1e3, 1e-9);
   EXPECT_NEAR(prefill_roofline_ms(1'000'000'000, 0, 1, 4000), 2e9 * 4000 / 800e12 * 1e3, 1e-9);

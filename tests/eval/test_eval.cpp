@@ -1,14 +1,15 @@
-// uniattn eval library vs transformers: per-choice log-likelihoods, acc / acc_norm and
-// response-only loss on a tiny random LLaMA (tests/fixtures/make_eval_fixtures.py).
+// uniattn eval library vs transformers: per-choice log-likelihoods, acc / acc_norm and the
+// held-out response loss (response_loss) on a tiny random LLaMA
+// (tests/fixtures/make_eval_fixtures.py).
 #include <nlohmann/json.hpp>
 
 #include <cmath>
 
 #include "test_util.h"
 #include "uniattn/calib/calibrate.h"
-#include "uniattn/model/checkpoint.h"
 #include "uniattn/error.h"
 #include "uniattn/eval/eval.h"
+#include "uniattn/model/checkpoint.h"
 
 namespace uniattn {
 namespace {
@@ -91,10 +92,10 @@ TEST_F(EvalTest, HeldoutLossMatchesTransformers) {
   const auto records = load_records(dir() / "heldout.jsonl", &tmpl);
   const auto examples = tokenize_records(records, tmpl, text_encoder(*tok_), 512);
   const auto e = expected()["heldout"];
-  for (int64_t batch : {1, 2}) {
-    ScoreOptions o;
-    o.batch = batch;
-    const auto r = evaluate_loss(*model_, examples, o);
+  for (int64_t batch_tokens : {1, 100, 8192}) {
+    ResponseLossOptions o;
+    o.batch_tokens = batch_tokens;
+    const auto r = response_loss(*model_, examples, o);
     EXPECT_EQ(r.examples, e["examples"].get<int64_t>());
     EXPECT_EQ(r.target_tokens, e["target_tokens"].get<int64_t>());
     EXPECT_NEAR(r.loss, e["loss"].get<double>(), 1e-5 * e["loss"].get<double>());
@@ -134,7 +135,6 @@ TEST_F(EvalTest, BadRequestsThrow) {
   EXPECT_THROW(evaluate_mc(*model_, *tok_, {}, "empty"), Error);
   McQuestion q{"x", "Q", {"a", "b"}, 5};
   EXPECT_THROW(evaluate_mc(*model_, *tok_, {q}, "bad"), Error);
-  EXPECT_THROW(evaluate_loss(*model_, {}), Error);
   // tokenize_pair: trailing context whitespace moves into the continuation.
   const auto r = tokenize_pair(*tok_, "Answer: ", "x");
   EXPECT_EQ(r.continuation, tok_->encode(" x", false, false));

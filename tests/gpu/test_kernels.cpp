@@ -1,5 +1,5 @@
 // CUDA kernels of kernels/shared_softmax.h against an fp32 reference (the ATen fallback on upcast
-// inputs, itself checked against fp64 loops in tests/model/test_kernels_fallback.cpp), judged by
+// inputs, itself checked against fp64 loops in tests/attention/test_attention_reference.cpp), judged by
 // the FlashAttention rule: the kernel's max abs error (bf16/fp16 in) must be at most twice that of
 // the same-dtype ATen computation (matmul + softmax in bf16/fp16) plus a tiny epsilon.
 // UNIATTN_KERNEL_TEST_QUICK=1 keeps only small shapes (for compute-sanitizer).

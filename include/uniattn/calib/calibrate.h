@@ -69,7 +69,9 @@ struct FollowerReport {
 
 struct CalibResult {
   std::vector<FollowerReport> followers;
-  // Mean response cross-entropy (nats/token) on the held-out examples; NaN without them.
+  // Held-out response loss (nats/token) as uniattn/eval/response_loss.h defines it, with the
+  // held-out examples scored as given (max_len 0: uniattn-calib cuts them to --max-len when it
+  // tokenises them); NaN without them.
   double loss_base = 0.0, loss_unified_no_wc = 0.0, loss_unified_wc = 0.0;
   int64_t heldout_target_tokens = 0;
   int64_t calib_tokens = 0;
@@ -93,10 +95,6 @@ at::Tensor solve_ridge(const at::Tensor& xtx, const at::Tensor& xtd, double lamb
 at::Tensor solve_pinv(const at::Tensor& x, const at::Tensor& d, double rcond = 1.0);
 // ||D - X W||^2 from the statistics: dtd - 2 <W, xtd> + <W, xtx W> (clamped at 0).
 double residual_sq(const at::Tensor& xtx, const at::Tensor& xtd, double dtd, const at::Tensor& w);
-
-// Mean cross-entropy of each example's target tokens (loss_mask), batched; NaN if none.
-double response_loss(CausalLM& model, const std::vector<TokenizedExample>& examples,
-                     int64_t batch_tokens = 8192, int32_t pad_id = 0);
 
 // Makes `unified`'s parameters that `base` also has (same name, shape, dtype) share base's
 // storage, so the two models cost one copy of the weights. Returns how many were shared.

@@ -71,10 +71,15 @@ struct ModelConfig {
 
   // Parses a config.json object. Unknown model types, unknown keys and contradictory values throw
   // uniattn::Error naming the key. `uniattn_<arch>` model types read the SuperBlock spec too.
+  // A missing key gets the default of transformers' config class for that model type (e.g.
+  // Gemma-2 soft-capping 50 / 30, sliding_window 4096, query_pre_attn_scalar 256, Gemma-3 rope
+  // bases 1e6 / 10000); an explicit null turns soft-capping or the sliding window off.
   static ModelConfig from_json(const nlohmann::json& j, const std::string& origin = "config.json");
   static ModelConfig load(const std::filesystem::path& config_json);
   // The config.json a checkpoint of this model is written with: model_type `uniattn_<arch>`
   // when the variant is not None (stock transformers then refuses to load it as a plain model).
+  // Every value is written explicitly (null for "off"), RoPE both as transformers 5's
+  // rope_parameters and as the legacy rope_theta / rope_scaling (/ rope_local_base_freq).
   nlohmann::json to_json() const;
   void save(const std::filesystem::path& config_json) const;  // atomic
   // Checks internal consistency (heads divide, spec valid for this architecture); throws.

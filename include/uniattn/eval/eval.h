@@ -1,5 +1,6 @@
 // Evaluation: multiple-choice accuracy by log-likelihood (as lm-evaluation-harness computes acc
-// and acc_norm) and held-out response loss / perplexity on instruction data.
+// and acc_norm) and held-out response loss / perplexity on instruction data
+// (uniattn/eval/response_loss.h, included here).
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -7,10 +8,11 @@
 #include <string_view>
 #include <vector>
 
-#include "uniattn/data/records.h"
 #include "uniattn/data/mc_data.h"
-#include "uniattn/model/causal_lm.h"
+#include "uniattn/data/records.h"
+#include "uniattn/eval/response_loss.h"
 #include "uniattn/io/tokenizer.h"
+#include "uniattn/model/causal_lm.h"
 
 namespace uniattn {
 
@@ -85,19 +87,5 @@ McTaskResult evaluate_mc(CausalLM& model, const Tokenizer& tok,
 // Pools the items of several tasks into one result named `name` (micro average: each question
 // counts once; stderr over the pooled items). Per-item data is not copied.
 McTaskResult pool_mc(const std::string& name, const std::vector<const McTaskResult*>& parts);
-
-struct LossResult {
-  int64_t examples = 0;
-  int64_t target_tokens = 0;
-  double loss = 0;        // mean negative log-likelihood per target token (nats)
-  double perplexity = 0;  // exp(loss)
-};
-
-// Response-only loss of tokenised instruction examples (data.h): token i with loss_mask[i] == 1
-// is scored for being predicted from ids[0..i). The mean is weighted by tokens across all
-// examples. Throws uniattn::Error if no example has a target token, on mismatched ids / mask
-// lengths, or an id outside the vocabulary.
-LossResult evaluate_loss(CausalLM& model, const std::vector<TokenizedExample>& examples,
-                         const ScoreOptions& options = {});
 
 }  // namespace uniattn

@@ -1,6 +1,8 @@
 // Text generation: batched prefill + decode over a static KV cache, with left padding for ragged
-// prompts, sampling (uniattn/sampling.h), stop tokens and stop strings, and streaming of complete
-// UTF-8 text per sequence.
+// prompts, sampling (uniattn/infer/sampling.h), end tokens, stop tokens and stop strings, and
+// streaming of complete UTF-8 text per sequence. A checkpoint's end tokens and sampling defaults
+// come from GenerationConfig::load (uniattn/config/generation_config.h) via
+// apply_generation_config.
 //
 // The loop talks to the model only through `Decoder`: prefill(prompts) and step(next tokens) each
 // return next-token logits. The eager LibTorch decoder here can be swapped for another (e.g. one
@@ -17,9 +19,10 @@
 #include <string_view>
 #include <vector>
 
-#include "uniattn/model/causal_lm.h"
+#include "uniattn/config/generation_config.h"
 #include "uniattn/infer/sampling.h"
 #include "uniattn/io/tokenizer.h"
+#include "uniattn/model/causal_lm.h"
 
 namespace uniattn {
 
@@ -58,7 +61,12 @@ struct GenerateOptions {
   bool cuda_graphs = true;
   int64_t max_new_tokens = 128;
   SamplingParams sampling;
-  bool stop_at_eos = true;                // the tokenizer's eos_id() ends a sequence
+  // The end-of-sequence tokens end a sequence (kept in its tokens): eos_tokens, the model
+  // config's eos_token_ids (config.json, int or list; a GGUF's eos) and the tokenizer's eos_id().
+  // False for fixed-length runs.
+  bool stop_at_eos = true;
+  // End tokens beyond those: generation_config.json's, a GGUF's eot/eom (apply_generation_config).
+  std::vector<int32_t> eos_tokens;
   std::vector<int32_t> stop_tokens;       // further ids that end a sequence (kept in its tokens)
   std::vector<std::string> stop_strings;  // text that ends a sequence (not part of its text)
   // Fed to finished sequences and used as left padding; default: tokenizer pad, else eos, else 0.
@@ -98,6 +106,15 @@ GenerateResult generate(CausalLM& model, const Tokenizer* tokenizer,
                         const std::vector<std::vector<int32_t>>& prompts,
                         const GenerateOptions& options);
 
+// Applies a checkpoint's generation settings as transformers' generate() does when the caller
+// passes none (GenerationModelMixin._prepare_generation_config): its end tokens are added to
+// eos_tokens; do_sample true samples with its temperature, top_k and top_p, each defaulting to
+// transformers' global default (1.0, 50, 1.0: GenerationConfig._get_default_generation_params);
+// do_sample false or unset is greedy (temperature 0); repetition_penalty and max_new_tokens
+// replace the options' values when set. bos/pad are not used. Throws uniattn::Error when an end
+// token does not fit int32.
+void apply_generation_config(const GenerationConfig& config, GenerateOptions& options);
+
 // Turns a token stream into text pieces that hold only complete UTF-8 characters, decoding a
 // short window of recent tokens each time (so a SentencePiece leading space or a byte token split
 // across several ids comes out right), and holding back text that may begin a stop string.
@@ -134,7 +151,13 @@ struct ChatPrompt {
 };
 // Throws uniattn::Error when the vocabulary matches no known template.
 ChatPrompt format_chat(const Tokenizer& tokenizer, std::string_view user_message);
-
-
+class ChatTemplate;
+// The model's own chat template (ChatTemplate::load, uniattn/io/chat_template.h) rendered for one
+// user turn with add_generation_prompt, as transformers' apply_chat_template does; stop_tokens
+// are the built-in format's end-of-turn id. A null template falls back to the built-in format
+// above (said once on stderr). Throws uniattn::Error when rendering fails (ChatTemplate::render),
+// or without a template as the overload above.
+ChatPrompt format_chat(const Tokenizer& tokenizer, const ChatTemplate* chat_template,
+                       std::string_view user_message);
 
 }  // namespace uniattn

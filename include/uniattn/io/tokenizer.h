@@ -1,8 +1,9 @@
 // Text <-> token ids, without LibTorch.
 //
 // Two families are supported:
-//  * byte-level BPE (GPT-2, LLaMA-3, SmolLM2, Qwen2 style), built from a HF tokenizer.json or from
-//    the vocabulary a GGUF file of tokenizer model "gpt2" carries;
+//  * BPE as HF `tokenizers` runs a tokenizer.json: byte-level BPE (GPT-2, LLaMA-3, SmolLM2, Qwen2
+//    style; also built from the vocabulary a GGUF file of tokenizer model "gpt2" carries) and
+//    SentencePiece-style BPE with byte fallback (LLaMA-2, Mistral, Gemma tokenizer.json files);
 //  * SentencePiece models (tokenizer.model), through libsentencepiece.
 // Every loader throws uniattn::Error naming the file and the key or component at fault.
 #pragma once
@@ -13,6 +14,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace uniattn {
@@ -29,9 +31,11 @@ class Tokenizer {
   // Throws uniattn::Error if `text` is not valid UTF-8.
   virtual std::vector<int32_t> encode(std::string_view text, bool add_bos = false,
                                       bool parse_special = true) const = 0;
-  // Turns ids back into bytes. The result is the exact input of encode() for any valid text; it
-  // may be cut inside a UTF-8 character when `ids` is a slice. skip_special drops special
-  // (control) tokens. Throws uniattn::Error on an id outside [0, vocab_size()).
+  // Turns ids back into bytes. Byte-level BPE gives the exact input of encode() for any valid
+  // text; SentencePiece-style tokenizer.json files run their decoder as HF does (e.g. Strip drops
+  // the leading space), SentencePiece models decode as libsentencepiece does. The result may be
+  // cut inside a UTF-8 character when `ids` is a slice. skip_special drops special (control)
+  // tokens. Throws uniattn::Error on an id outside [0, vocab_size()).
   virtual std::string decode(std::span<const int32_t> ids, bool skip_special = false) const = 0;
   // The raw vocabulary piece of `id` (byte-level BPE: in its "Ġ"-mapped form; SentencePiece: with
   // "▁"). Throws uniattn::Error on an id out of range.
@@ -56,9 +60,15 @@ class Tokenizer {
                        std::optional<int32_t> pad);
   void set_adds_bos(bool adds_bos) { adds_bos_ = adds_bos; }
 
+  // How the tokenizer was loaded, when that is worth telling the user (load_tokenizer_dir falling
+  // back from tokenizer.json to tokenizer.model, with the reason); empty otherwise.
+  const std::string& load_note() const { return load_note_; }
+  void set_load_note(std::string note) { load_note_ = std::move(note); }
+
  protected:
   std::optional<int32_t> bos_, eos_, pad_;
   bool adds_bos_ = false;
+  std::string load_note_;
 };
 
 // What a GGUF tokenizer of model "gpt2" carries (tokenizer.ggml.*).
@@ -98,19 +108,39 @@ struct SpmVocab {
 // unknown token type, a missing or repeated unknown token, or ids out of range.
 std::unique_ptr<Tokenizer> make_spm_tokenizer(const SpmVocab& vocab);
 
-// Loads a HF tokenizer.json with a BPE model on byte-level pieces. Supported components:
-// normalizer null; pre_tokenizer ByteLevel / Split(Regex or String; Isolated, Removed,
-// MergedWithPrevious, MergedWithNext, Contiguous) / Digits / Sequence of these; decoder ByteLevel
-// (or null); post_processor TemplateProcessing (single = specials, $A, specials) / ByteLevel /
-// null. Throws uniattn::Error naming the file and the unsupported component or malformed key.
+// Loads a HF tokenizer.json with a BPE model and encodes as HF `tokenizers` does
+// (tokenizers/src/tokenizer/mod.rs, added_vocabulary.rs, models/bpe/model.rs):
+//  * model BPE with byte_fallback, fuse_unk, unk_token, ignore_merges (no dropout, no
+//    continuing_subword_prefix / end_of_word_suffix);
+//  * added_tokens with special, normalized, lstrip, rstrip, single_word; ids as tokenizers gives
+//    them (the model vocabulary's id of the content, else numbered after the vocabulary);
+//  * normalizer null / Prepend / Replace (String pattern) / Sequence of these
+//    (normalizers/prepend.rs, replace.rs);
+//  * pre_tokenizer ByteLevel / Split(Regex or String; Isolated, Removed, MergedWithPrevious,
+//    MergedWithNext, Contiguous) / Digits / Metaspace (prepend_scheme first/always/never, split;
+//    pre_tokenizers/metaspace.rs; "first" only as the first step) / Sequence of these;
+//  * decoder: ByteLevel (or null) when the pre-tokenizer has ByteLevel; otherwise Replace (String
+//    pattern) / ByteFallback / Fuse / Strip / Metaspace / Sequence of these, or null (tokens
+//    joined by spaces, as tokenizers does);
+//  * post_processor TemplateProcessing (single = specials, $A, specials) / ByteLevel / Sequence /
+//    null.
+// truncation and padding are ignored (transformers overrides them too). Throws uniattn::Error
+// naming the file and the key: malformed files, and unsupported components, which are named.
 std::unique_ptr<Tokenizer> load_tokenizer_json(const std::filesystem::path& tokenizer_json);
 
 // Loads a SentencePiece model file. Throws uniattn::Error if it is missing or not a valid model.
 std::unique_ptr<Tokenizer> load_sentencepiece(const std::filesystem::path& model_file);
 
-// Loads dir/tokenizer.json, else dir/tokenizer.model; then takes bos/eos/pad (and add_bos_token)
-// from dir/tokenizer_config.json, filling gaps from dir/config.json, when present.
-// Throws uniattn::Error if neither tokenizer file exists or a config file is malformed.
+// Loads dir/tokenizer.json, else dir/tokenizer.model. When tokenizer.json uses a component
+// load_tokenizer_json does not support and tokenizer.model exists, tokenizer.model is loaded
+// instead (ids as libsentencepiece gives them), keeping the tokenizer.json post-processor's
+// template (its bos) provided its tokens and the added tokens are tokenizer.model's pieces of the
+// same ids; load_note()
+// then says so. Then takes bos/eos/pad from dir/tokenizer_config.json, filling gaps from
+// dir/config.json, when present; an explicit add_bos_token / add_eos_token there replaces the
+// template by "[bos] text [eos]" as transformers does (TokenizersBackend.update_post_processor).
+// Throws uniattn::Error if neither tokenizer file exists, tokenizer.json is malformed, is
+// unsupported with no usable tokenizer.model, or a config file is malformed.
 std::unique_ptr<Tokenizer> load_tokenizer_dir(const std::filesystem::path& dir);
 
 }  // namespace uniattn

@@ -9,8 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "uniattn/model/causal_lm.h"
 #include "uniattn/io/tokenizer.h"
+#include "uniattn/model/causal_lm.h"
 
 namespace uniattn {
 
@@ -36,17 +36,43 @@ CausalLM load_model(const std::filesystem::path& path, const LoadOptions& option
 // The config a checkpoint describes (config.json, or a GGUF's metadata).
 ModelConfig load_config(const std::filesystem::path& path);
 
-// Writes config.json and model.safetensors (sharded past `max_shard_bytes`) into `dir`, each file
-// atomically. `dtype` is the stored precision.
+struct SaveOptions {
+  at::ScalarType dtype = at::kBFloat16;  // the stored precision
+  std::size_t max_shard_bytes = 5ull << 30;
+  // The checkpoint the model was loaded from (a directory or a .gguf file), whose generation
+  // settings and tokenizer the saved directory carries over; empty: none.
+  std::filesystem::path source;
+};
+
+// Writes into `dir` (created if needed), each file atomically: config.json, model.safetensors
+// (sharded past max_shard_bytes) and generation_config.json, which holds
+// GenerationConfig::load(source) over the other keys of the source's own generation_config.json,
+// or without a source the model config's bos/eos/pad ids. With a source that has a tokenizer,
+// also save_tokenizer(source, dir). Throws uniattn::Error when a file cannot be written or a
+// source file is malformed.
+void save_model(CausalLM& model, const std::filesystem::path& dir, const SaveOptions& options);
+// save_model with SaveOptions{dtype, max_shard_bytes} and no source.
 void save_model(CausalLM& model, const std::filesystem::path& dir,
                 at::ScalarType dtype = at::kBFloat16, std::size_t max_shard_bytes = 5ull << 30);
+
+// Writes the tokenizer of checkpoint `source` into `dir` with what tools read beside the
+// vocabulary (chat template, special tokens). From a directory its tokenizer files are copied as
+// they are (tokenizer.json, tokenizer.model, tokenizer_config.json, special_tokens_map.json,
+// chat_template.jinja, ...), a tokenizer_config.json written by Tokenizer::save where it has none.
+// From a .gguf file the tokenizer is rebuilt (Tokenizer::save) and tokenizer_config.json gains
+// the metadata's tokenizer.chat_template and the special tokens that
+// tokenizer.ggml.{bos,eos,unknown,padding}_token_id name (the ones transformers' GGUF loader
+// reads, integrations/ggml.py). Throws uniattn::Error when the source has no
+// tokenizer, a file is malformed or cannot be written.
+void save_tokenizer(const std::filesystem::path& source, const std::filesystem::path& dir);
 
 // The tokenizer of a checkpoint: tokenizer.json / tokenizer.model in a directory, or the
 // vocabulary embedded in a GGUF file.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& path);
 
-// Converts a GGUF file into a Hugging Face directory (config.json, model.safetensors,
-// tokenizer files) stored in `dtype`.
+// Converts a GGUF file into a Hugging Face directory stored in `dtype`: save_model with the GGUF
+// as source (config.json, model.safetensors, generation_config.json with llama.cpp's end tokens,
+// tokenizer files with the chat template). Throws uniattn::Error as load_model and save_model.
 void convert_gguf(const std::filesystem::path& gguf, const std::filesystem::path& out_dir,
                   at::ScalarType dtype = at::kBFloat16);
 

@@ -1,6 +1,6 @@
-// Preallocated (static) key/value cache that knows UniAttn roles: leaders and ordinary layers keep
-// K and V, Softmax/UniAttn followers keep V only (they attend with their leader's K), CLA
-// followers keep nothing (they read their leader's K and V).
+// Preallocated (static) key/value cache that knows UniAttn roles (LayerRole::keeps_k/keeps_v):
+// leaders and ordinary layers keep K and V, Softmax/UniAttn followers keep V only (they attend
+// with their leader's K), CLA followers keep nothing (they read their leader's K and V).
 #pragma once
 #include <ATen/core/Tensor.h>
 

@@ -1,9 +1,9 @@
-// Two-stage post-training (method.md section 5) driven by a TrainConfig: stage 1 trains W_c,
-// stage 2 everything (or any list of stages and parameter sets), AdamW with a cosine schedule per
-// stage, bf16 autocast over fp32 master weights, gradient accumulation and clipping, held-out
-// evaluation, atomic resumable checkpoints, and data parallelism over c10d (NCCL on CUDA, Gloo on
-// CPU) with bucketed all-reduce overlapped with backward and ZeRO-1 sharded optimiser state.
-// See docs/training.md.
+// Two-stage post-training (Xiong et al., arXiv 2502.00439; docs/training.md) driven by a
+// TrainConfig: stage 1 trains W_c, stage 2 everything (or any list of stages and parameter sets),
+// AdamW with a cosine schedule per stage, bf16 autocast over fp32 master weights, gradient
+// accumulation and clipping, held-out evaluation, atomic resumable checkpoints, and data
+// parallelism over c10d (NCCL on CUDA, Gloo on CPU) with bucketed all-reduce overlapped with
+// backward and ZeRO-1 sharded optimiser state. See docs/training.md.
 #pragma once
 #include <atomic>
 #include <cstdint>

@@ -1,5 +1,8 @@
-// Writing a byte-level BPE tokenizer as HF tokenizer.json + tokenizer_config.json.
+// Writing a BPE tokenizer as HF tokenizer.json + tokenizer_config.json, with every component the
+// loader understands (so that `tokenizers` gives the same ids on the written file).
 #include <nlohmann/json.hpp>
+#include <string_view>
+#include <unordered_set>
 
 #include "bpe_tokenizer.h"
 #include "uniattn/error.h"
@@ -15,7 +18,9 @@ ordered_json pre_step_json(const PreStep& s) {
   switch (s.kind) {
     case PreStep::kSplit:
       return {{"type", "Split"},
-              {"pattern", {{s.pattern_is_regex ? "Regex" : "String", s.pattern}}},
+              {"pattern", s.string_pattern
+                              ? ordered_json{{"String", *s.string_pattern}}
+                              : ordered_json{{s.pattern_is_regex ? "Regex" : "String", s.pattern}}},
               {"behavior", behavior_name(s.behavior)},
               {"invert", s.invert}};
     case PreStep::kDigits:
@@ -27,6 +32,41 @@ ordered_json pre_step_json(const PreStep& s) {
           {"add_prefix_space", s.add_prefix_space},
           {"trim_offsets", true},
           {"use_regex", s.use_regex}};
+}
+
+ordered_json metaspace_json(const std::string& replacement, PrependScheme scheme, bool split) {
+  return {{"type", "Metaspace"},
+          {"replacement", replacement},
+          {"prepend_scheme", scheme_name(scheme)},
+          {"split", split}};
+}
+
+ordered_json norm_json(const NormStep& n) {
+  if (n.kind == NormStep::kPrepend) return {{"type", "Prepend"}, {"prepend", n.a}};
+  return {{"type", "Replace"}, {"pattern", {{"String", n.a}}}, {"content", n.b}};
+}
+
+ordered_json dec_json(const DecStep& d) {
+  switch (d.kind) {
+    case DecStep::kReplace:
+      return {{"type", "Replace"}, {"pattern", {{"String", d.a}}}, {"content", d.b}};
+    case DecStep::kByteFallback:
+      return {{"type", "ByteFallback"}};
+    case DecStep::kStrip:
+      return {{"type", "Strip"}, {"content", d.a}, {"start", d.start}, {"stop", d.stop}};
+    case DecStep::kMetaspace:
+      return metaspace_json(d.a, d.scheme, d.split);
+    case DecStep::kFuse:
+      break;
+  }
+  return {{"type", "Fuse"}};
+}
+
+// null for no step, the step itself for one, else a Sequence under `list_key`.
+ordered_json one_or_sequence(ordered_json list, const char* list_key) {
+  if (list.empty()) return nullptr;
+  if (list.size() == 1) return list[0];
+  return {{"type", "Sequence"}, {list_key, std::move(list)}};
 }
 
 }  // namespace
@@ -44,21 +84,25 @@ void BpeTokenizer::save(const std::filesystem::path& dir) const {
   for (const AddedToken& t : spec_.added) {
     added.push_back({{"id", t.id},
                      {"content", t.content},
-                     {"single_word", false},
+                     {"single_word", t.single_word},
                      {"lstrip", t.lstrip},
                      {"rstrip", t.rstrip},
-                     {"normalized", false},
+                     {"normalized", t.normalized},
                      {"special", t.special}});
   }
   j["added_tokens"] = std::move(added);
-  j["normalizer"] = nullptr;
-  if (spec_.pre.size() == 1) {
-    j["pre_tokenizer"] = pre_step_json(spec_.pre[0]);
-  } else {
-    ordered_json seq = ordered_json::array();
-    for (const PreStep& s : spec_.pre) seq.push_back(pre_step_json(s));
-    j["pre_tokenizer"] = {{"type", "Sequence"}, {"pretokenizers", std::move(seq)}};
+  ordered_json norms = ordered_json::array();
+  for (const NormStep& n : spec_.normalizer) norms.push_back(norm_json(n));
+  j["normalizer"] = one_or_sequence(std::move(norms), "normalizers");
+  ordered_json pres = ordered_json::array();
+  for (const PreOp& op : spec_.pre) {
+    if (op.is_metaspace) {
+      const Metaspace& m = op.metaspace;
+      pres.push_back(metaspace_json(m.replacement, m.scheme, m.split));
+    }
+    for (const PreStep& s : op.steps) pres.push_back(pre_step_json(s));
   }
+  j["pre_tokenizer"] = one_or_sequence(std::move(pres), "pretokenizers");
   if (spec_.has_template) {
     ordered_json single = ordered_json::array(), pair = ordered_json::array();
     ordered_json specials = ordered_json::object();
@@ -82,26 +126,41 @@ void BpeTokenizer::save(const std::filesystem::path& dir) const {
   } else {
     j["post_processor"] = nullptr;
   }
-  j["decoder"] = {{"type", "ByteLevel"},
-                  {"add_prefix_space", true},
-                  {"trim_offsets", true},
-                  {"use_regex", true}};
+  if (byte_level_) {
+    j["decoder"] = {{"type", "ByteLevel"},
+                    {"add_prefix_space", true},
+                    {"trim_offsets", true},
+                    {"use_regex", true}};
+  } else if (spec_.has_decoder) {
+    ordered_json decs = ordered_json::array();
+    for (const DecStep& d : spec_.decoders) decs.push_back(dec_json(d));
+    j["decoder"] =
+        decs.size() == 1 ? decs[0] : ordered_json{{"type", "Sequence"}, {"decoders", decs}};
+  } else {
+    j["decoder"] = nullptr;
+  }
 
+  // Appended in id order straight to the object's vector: ordered_json's own lookups are linear,
+  // quadratic over a 262k vocabulary.
   ordered_json vocab = ordered_json::object();
+  auto& entries = static_cast<std::vector<std::pair<const std::string, ordered_json>>&>(
+      vocab.get_ref<ordered_json::object_t&>());
+  entries.reserve(spec_.vocab.size());
+  std::unordered_set<std::string_view> seen;
   for (std::size_t id = 0; id < spec_.vocab.size(); ++id) {
     const auto& piece = spec_.vocab[id];
     // Duplicated pieces cannot be expressed in a JSON object; the first id keeps the piece.
-    if (piece && !vocab.contains(*piece)) vocab[*piece] = static_cast<int32_t>(id);
+    if (piece && seen.insert(*piece).second) entries.emplace_back(*piece, static_cast<int32_t>(id));
   }
   ordered_json merges = ordered_json::array();
   for (const auto& [a, b] : spec_.merges) merges.push_back({a, b});
   j["model"] = {{"type", "BPE"},
                 {"dropout", nullptr},
-                {"unk_token", spec_.unk ? ordered_json(token_text(*spec_.unk)) : ordered_json()},
+                {"unk_token", spec_.unk_token ? ordered_json(*spec_.unk_token) : ordered_json()},
                 {"continuing_subword_prefix", nullptr},
                 {"end_of_word_suffix", nullptr},
-                {"fuse_unk", false},
-                {"byte_fallback", false},
+                {"fuse_unk", spec_.fuse_unk},
+                {"byte_fallback", spec_.byte_fallback},
                 {"ignore_merges", spec_.ignore_merges},
                 {"vocab", std::move(vocab)},
                 {"merges", std::move(merges)}};
@@ -113,7 +172,7 @@ void BpeTokenizer::save(const std::filesystem::path& dir) const {
   if (bos_) cfg["bos_token"] = token_text(*bos_);
   if (eos_) cfg["eos_token"] = token_text(*eos_);
   if (pad_) cfg["pad_token"] = token_text(*pad_);
-  if (spec_.unk) cfg["unk_token"] = token_text(*spec_.unk);
+  if (spec_.unk_token) cfg["unk_token"] = *spec_.unk_token;
   write_text_atomic(dir / "tokenizer_config.json", cfg.dump(2));
 }
 

@@ -51,9 +51,11 @@ std::unique_ptr<Tokenizer> make_bpe_tokenizer(const BpeVocab& v) {
                 v.merges.size(), " merges, more than the limit ", tok::kMaxMerges);
   tok::BpeSpec spec;
   spec.source = kSource;
-  spec.pre = pre_steps_for(v.pre);
-  spec.ignore_merges = spec.pre.front().kind == tok::PreStep::kSplit &&
-                       spec.pre.front().pattern == tok::kLlama3Pattern;
+  tok::PreOp op;
+  op.steps = pre_steps_for(v.pre);
+  spec.ignore_merges = op.steps.front().kind == tok::PreStep::kSplit &&
+                       op.steps.front().pattern == tok::kLlama3Pattern;
+  spec.pre.push_back(std::move(op));
   spec.vocab.reserve(v.tokens.size());
   for (std::size_t i = 0; i < v.tokens.size(); ++i) {
     tok::check_utf8(v.tokens[i], std::string(kSource) + ": token " + std::to_string(i));
@@ -64,7 +66,11 @@ std::unique_ptr<Tokenizer> make_bpe_tokenizer(const BpeVocab& v) {
     // matched in text too but are not special (not skipped when decoding).
     if (type == 3 || type == 4) {
       UNIATTN_CHECK(!v.tokens[i].empty(), kSource, ": token ", i, " is empty");
-      spec.added.push_back({v.tokens[i], static_cast<int32_t>(i), type == 3, false, false});
+      tok::AddedToken t;
+      t.content = v.tokens[i];
+      t.id = static_cast<int32_t>(i);
+      t.special = type == 3;
+      spec.added.push_back(std::move(t));
     }
   }
   spec.merges.reserve(v.merges.size());
@@ -79,13 +85,17 @@ std::unique_ptr<Tokenizer> make_bpe_tokenizer(const BpeVocab& v) {
   spec.bos = v.bos;
   spec.eos = v.eos;
   spec.pad = v.pad;
-  spec.unk = v.unk;
+  if (v.unk) {
+    UNIATTN_CHECK(*v.unk >= 0 && static_cast<std::size_t>(*v.unk) < v.tokens.size(), kSource,
+                  ": unk id ", *v.unk, " is outside the vocabulary [0, ", v.tokens.size(), ")");
+    spec.unk_token = v.tokens[static_cast<std::size_t>(*v.unk)];
+  }
   spec.add_bos = v.add_bos;
   if (v.add_bos && v.bos) {
     spec.has_template = true;
     spec.template_prefix = {*v.bos};
   }
-  return tok::build_bpe(std::move(spec));
+  return tok::build_bpe(std::move(spec), /*gguf=*/true);
 }
 
 }  // namespace uniattn

@@ -1,15 +1,20 @@
 // Pre-tokenization: splitting text into the pieces BPE merges within (regex splits, digit splits,
-// byte-level's own GPT-2 split), with PCRE2 in UTF + Unicode-property mode.
+// byte-level's own GPT-2 split), with PCRE2 in UTF mode. PCRE2's Unicode tables (Debian's 10.42:
+// Unicode 14) decide nothing on their own, since HF tokenizers classifies by Unicode 16 (17 for
+// Digits): regexes go through unicode::translate_regex, which writes \p{..}, \d, \s as exactly
+// those sets (PCRE2's own \p{X} only where its table lies inside the set, plus explicit ranges).
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
 #include <algorithm>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "internal.h"
 #include "uniattn/error.h"
+#include "unicode_tables.h"
 
 namespace uniattn::tok {
 
@@ -22,17 +27,30 @@ const char* const kQwen2Pattern =
 
 class Regex {
  public:
-  Regex(const std::string& pattern, bool literal, std::string_view source) {
+  // `pcre2_pattern` is what PCRE2 compiles (a translation, or the literal string); `shown` is the
+  // pattern as the tokenizer file wrote it, for messages.
+  Regex(const std::string& pcre2_pattern, bool literal, std::string_view source,
+        std::string_view shown) {
     int err = 0;
     PCRE2_SIZE off = 0;
     const uint32_t opts = PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0u);
-    code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), opts, &err,
-                          &off, nullptr);
+    // Newline LF and \R = any Unicode line break, as Oniguruma; not left to PCRE2's build.
+    pcre2_compile_context* ctx = pcre2_compile_context_create(nullptr);
+    UNIATTN_CHECK(ctx != nullptr, "pre-tokenizer: out of memory");
+    pcre2_set_newline(ctx, PCRE2_NEWLINE_LF);
+    pcre2_set_bsr(ctx, PCRE2_BSR_UNICODE);
+    code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pcre2_pattern.data()), pcre2_pattern.size(),
+                          opts, &err, &off, ctx);
+    pcre2_compile_context_free(ctx);
     if (!code_) {
       PCRE2_UCHAR msg[256];
       pcre2_get_error_message(err, msg, sizeof msg);
-      fail(source, ": pre-tokenizer regex '", pattern, "' does not compile at offset ", off, ": ",
-           reinterpret_cast<const char*>(msg));
+      if (literal) {
+        fail(source, ": pre-tokenizer regex '", shown, "' does not compile at offset ", off, ": ",
+             reinterpret_cast<const char*>(msg));
+      }
+      fail(source, ": pre-tokenizer regex '", shown,
+           "' does not compile (PCRE2: ", reinterpret_cast<const char*>(msg), ")");
     }
     // JIT is only a speed-up; matching falls back to the interpreter when it is unavailable.
     pcre2_jit_compile(code_, PCRE2_JIT_COMPLETE);
@@ -41,12 +59,20 @@ class Regex {
   Regex(const Regex&) = delete;
   Regex& operator=(const Regex&) = delete;
 
-  // Calls f(begin, end) for each non-empty, non-overlapping match in `s` (valid UTF-8).
+  // Calls f(begin, end) for each match in `s` (valid UTF-8), in order, as the `onig` crate's
+  // find_iter gives them to HF tokenizers (tokenizers/src/utils/onig.rs): empty matches too
+  // (a Split cuts the text there), except an empty one right where the previous match ended.
   template <typename F>
   void for_each_match(std::string_view s, F&& f) const {
     pcre2_match_data* md = pcre2_match_data_create_from_pattern(code_, nullptr);
     UNIATTN_CHECK(md != nullptr, "pre-tokenizer: out of memory");
     std::size_t pos = 0;
+    std::optional<std::size_t> last_end;
+    auto step_over_char = [&](std::size_t at) {
+      std::size_t p = at + 1;
+      while (p < s.size() && (static_cast<unsigned char>(s[p]) & 0xC0) == 0x80) ++p;
+      return p;
+    };
     while (pos <= s.size()) {
       // The whole text was UTF-8-checked once up front, so PCRE2 need not re-check each call.
       const int rc = pcre2_match(code_, reinterpret_cast<PCRE2_SPTR>(s.data()), s.size(), pos,
@@ -62,12 +88,17 @@ class Regex {
       const std::size_t b = ov[0], e = ov[1];
       if (e > b) {
         f(b, e);
+        last_end = e;
         pos = e;
-      } else {  // an empty match: step over one character
-        pos = b + 1;
-        while (pos < s.size() && (static_cast<unsigned char>(s[pos]) & 0xC0) == 0x80) ++pos;
-        if (b >= s.size()) break;
+        continue;
       }
+      if (last_end != e) {
+        f(b, e);
+        last_end = e;
+      }
+      // An empty match: search again one character further on.
+      if (b >= s.size()) break;
+      pos = step_over_char(b);
     }
     pcre2_match_data_free(md);
   }
@@ -92,15 +123,32 @@ const char* behavior_name(SplitBehavior b) {
   return "?";
 }
 
+std::shared_ptr<const Regex> compile_regex(const std::string& pattern, std::string_view source,
+                                           bool native) {
+  return std::make_shared<Regex>(unicode::translate_regex(pattern, source, native), false, source,
+                                 pattern);
+}
+
+std::vector<std::pair<std::size_t, std::size_t>> match_spans(const Regex& re, std::string_view s) {
+  std::vector<std::pair<std::size_t, std::size_t>> out;
+  re.for_each_match(s, [&](std::size_t b, std::size_t e) { out.emplace_back(b, e); });
+  return out;
+}
+
 void compile_pre_steps(std::vector<PreStep>& steps, std::string_view source) {
   for (auto& s : steps) {
     if (s.kind == PreStep::kSplit) {
-      s.regex = std::make_shared<Regex>(s.pattern, !s.pattern_is_regex, source);
+      s.regex = s.pattern_is_regex ? compile_regex(s.pattern, source)
+                                   : std::make_shared<Regex>(s.pattern, true, source, s.pattern);
     } else if (s.kind == PreStep::kDigits) {
-      // HF's Digits splits on Unicode numerics (Nd, Nl, No), not only on ASCII digits.
-      s.regex = std::make_shared<Regex>(R"(\p{N})", false, source);
+      // HF's Digits splits on Rust's char::is_numeric (Nd, Nl, No; tokenizers/src/
+      // pre_tokenizers/digits.rs), of the Rust standard library's Unicode version (17.0 in the
+      // tokenizers 0.23 wheel), not of its regex engine's.
+      static const std::string numeric = unicode::pcre2_class(
+          unicode::CodeSet(unicode::numeric_ranges.begin(), unicode::numeric_ranges.end()));
+      s.regex = std::make_shared<Regex>(numeric, false, source, "Digits");
     } else if (s.kind == PreStep::kByteLevel && s.use_regex) {
-      s.regex = std::make_shared<Regex>(kGpt2Pattern, false, source);
+      s.regex = compile_regex(kGpt2Pattern, source);
     }
   }
 }

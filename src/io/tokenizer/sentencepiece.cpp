@@ -15,7 +15,7 @@ namespace {
 
 constexpr std::size_t kMaxModelBytes = std::size_t{1} << 30;
 
-class SpmTokenizer final : public Tokenizer {
+class SpmTokenizer final : public tok::TemplatedTokenizer {
  public:
   SpmTokenizer(std::string source, std::string model)
       : source_(std::move(source)), model_(std::move(model)) {
@@ -45,7 +45,13 @@ class SpmTokenizer final : public Tokenizer {
                               bool parse_special) const override {
     tok::check_utf8(text, source_ + ": encode");
     std::vector<int32_t> out;
-    if (add_bos && bos_) out.push_back(*bos_);
+    if (add_bos) {
+      if (has_template_) {
+        out = prefix_;
+      } else if (bos_) {
+        out.push_back(*bos_);
+      }
+    }
     // SentencePiece itself never reads control pieces ("<s>") from text; when asked to, they are
     // cut out first and the text between them is encoded piece by piece.
     std::size_t seg = 0, i = 0;
@@ -67,7 +73,20 @@ class SpmTokenizer final : public Tokenizer {
       seg = i = i + sp_.IdToPiece(hit).size();
     }
     encode_segment(text.substr(seg), out);
+    if (add_bos && has_template_) out.insert(out.end(), suffix_.begin(), suffix_.end());
     return out;
+  }
+
+  void set_template(std::vector<int32_t> prefix, std::vector<int32_t> suffix) override {
+    for (const auto* ids : {&prefix, &suffix}) {
+      for (int32_t id : *ids) {
+        UNIATTN_CHECK(id >= 0 && id < size_, source_, ": template token id ", id,
+                      " is outside the vocabulary [0, ", size_, ")");
+      }
+    }
+    has_template_ = true;
+    prefix_ = std::move(prefix);
+    suffix_ = std::move(suffix);
   }
 
   std::string decode(std::span<const int32_t> ids, bool skip_special) const override {
@@ -135,6 +154,9 @@ class SpmTokenizer final : public Tokenizer {
   sentencepiece::SentencePieceProcessor sp_;
   int32_t size_ = 0;
   std::array<std::vector<int32_t>, 256> controls_;  // control pieces by first byte, longest first
+  // What encode(add_bos = true) puts around the text when set (else bos_ before it).
+  bool has_template_ = false;
+  std::vector<int32_t> prefix_, suffix_;
 };
 
 }  // namespace

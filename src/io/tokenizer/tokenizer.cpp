@@ -62,26 +62,71 @@ std::optional<int32_t> config_id(const json& cfg, const char* key,
   return v.get<int32_t>();
 }
 
+// tokenizer.model standing in for a tokenizer.json we cannot run: the post-processor's template
+// (what HF adds around the text, usually the bos) is kept, after checking that its tokens and the
+// added tokens are the model's pieces of the same ids.
+std::unique_ptr<Tokenizer> sentencepiece_for(const std::filesystem::path& dir,
+                                             const tok::Unsupported& why) {
+  auto t = load_sentencepiece(dir / "tokenizer.model");
+  tok::JsonTemplate tpl;
+  try {
+    tpl = tok::read_json_template(dir / "tokenizer.json");
+  } catch (const tok::Unsupported& e) {
+    fail(why.what(), "; tokenizer.model cannot stand in for it either: ", e.what());
+  }
+  auto check = [&](const std::vector<int32_t>& ids, const std::vector<std::string>& names) {
+    for (std::size_t k = 0; k < ids.size(); ++k) {
+      UNIATTN_CHECK(ids[k] < t->vocab_size() && t->token_text(ids[k]) == names[k], why.what(),
+                    "; and tokenizer.model cannot stand in for it: the post-processor's token '",
+                    names[k], "' (id ", ids[k], ") is not that id's piece in tokenizer.model");
+    }
+  };
+  check(tpl.prefix, tpl.prefix_tokens);
+  check(tpl.suffix, tpl.suffix_tokens);
+  // Added tokens tokenizer.model lacks would silently become other ids.
+  for (const auto& [content, id] : tpl.added) {
+    UNIATTN_CHECK(id < t->vocab_size() && t->token_text(id) == content, why.what(),
+                  "; and tokenizer.model cannot stand in for it: the added token '", content,
+                  "' (id ", id, ") is not that id's piece in tokenizer.model");
+  }
+  // No post-processor adds nothing, as with an empty template.
+  dynamic_cast<tok::TemplatedTokenizer&>(*t).set_template(tpl.prefix, tpl.suffix);
+  t->set_adds_bos(!tpl.prefix.empty());
+  t->set_load_note(std::string(why.what()) +
+                   "; using tokenizer.model (SentencePiece) with the tokenizer.json template");
+  return t;
+}
+
 }  // namespace
 
 std::unique_ptr<Tokenizer> load_tokenizer_dir(const std::filesystem::path& dir) {
   std::unique_ptr<Tokenizer> t;
+  const bool has_model = std::filesystem::is_regular_file(dir / "tokenizer.model");
   if (std::filesystem::is_regular_file(dir / "tokenizer.json")) {
-    t = load_tokenizer_json(dir / "tokenizer.json");
-  } else if (std::filesystem::is_regular_file(dir / "tokenizer.model")) {
+    try {
+      t = load_tokenizer_json(dir / "tokenizer.json");
+    } catch (const tok::Unsupported& e) {
+      if (!has_model) fail(e.what(), " (and there is no tokenizer.model to fall back to)");
+      t = sentencepiece_for(dir, e);
+    }
+  } else if (has_model) {
     t = load_sentencepiece(dir / "tokenizer.model");
   } else {
     fail(dir.string(), ": no tokenizer.json or tokenizer.model in this directory");
   }
   auto bos = t->bos_id(), eos = t->eos_id(), pad = t->pad_id();
   std::optional<int32_t> cfg_bos, cfg_eos, cfg_pad;
+  std::optional<bool> add_bos_token, add_eos_token;
   if (const auto p = dir / "tokenizer_config.json"; std::filesystem::is_regular_file(p)) {
     const json cfg = read_json(p);
     cfg_bos = config_token(*t, cfg, "bos_token", p);
     cfg_eos = config_token(*t, cfg, "eos_token", p);
     cfg_pad = config_token(*t, cfg, "pad_token", p);
     if (cfg.contains("add_bos_token") && cfg["add_bos_token"].is_boolean()) {
-      t->set_adds_bos(cfg["add_bos_token"].get<bool>());
+      add_bos_token = cfg["add_bos_token"].get<bool>();
+    }
+    if (cfg.contains("add_eos_token") && cfg["add_eos_token"].is_boolean()) {
+      add_eos_token = cfg["add_eos_token"].get<bool>();
     }
   }
   if (const auto p = dir / "config.json"; std::filesystem::is_regular_file(p)) {
@@ -91,6 +136,17 @@ std::unique_ptr<Tokenizer> load_tokenizer_dir(const std::filesystem::path& dir) 
     if (!cfg_pad) cfg_pad = config_id(cfg, "pad_token_id", p);
   }
   t->set_special_ids(cfg_bos ? cfg_bos : bos, cfg_eos ? cfg_eos : eos, cfg_pad ? cfg_pad : pad);
+  if (add_bos_token || add_eos_token) {
+    // transformers (TokenizersBackend.update_post_processor): an explicit add_bos_token or
+    // add_eos_token replaces the post-processor by "[bos] $A [eos]"; a missing token is not added.
+    std::vector<int32_t> prefix, suffix;
+    if (add_bos_token.value_or(false) && t->bos_id()) prefix.push_back(*t->bos_id());
+    if (add_eos_token.value_or(false) && t->eos_id()) suffix.push_back(*t->eos_id());
+    t->set_adds_bos(!prefix.empty());
+    if (auto* tt = dynamic_cast<tok::TemplatedTokenizer*>(t.get())) {
+      tt->set_template(std::move(prefix), std::move(suffix));
+    }
+  }
   return t;
 }
 

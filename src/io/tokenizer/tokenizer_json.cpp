@@ -1,4 +1,7 @@
-// Loading a HF tokenizer.json (BPE model over byte-level pieces).
+// Loading a HF tokenizer.json with a BPE model: byte-level files (GPT-2, LLaMA-3, Qwen2) and
+// SentencePiece-style ones (LLaMA-2, Mistral, Gemma: byte fallback, Prepend/Replace normalizers,
+// Metaspace, ByteFallback/Fuse/Strip decoders). Components we do not implement throw
+// tok::Unsupported (a uniattn::Error) naming them; malformed files throw uniattn::Error.
 #include <nlohmann/json.hpp>
 
 #include "internal.h"
@@ -19,6 +22,9 @@ struct Ctx {
   [[noreturn]] void bad(const std::string& key, const std::string& msg) const {
     fail(file, ": ", key, ": ", msg);
   }
+  [[noreturn]] void unsupported(const std::string& key, const std::string& msg) const {
+    throw tok::Unsupported(detail::concat(file, ": ", key, ": ", msg));
+  }
   const json& get(const json& obj, const char* key, const std::string& where) const {
     if (!obj.is_object() || !obj.contains(key))
       bad(where, std::string("missing key '") + key + "'");
@@ -34,9 +40,103 @@ struct Ctx {
     if (!v.is_string()) bad(where + "." + key, "expected a string");
     return v.get<std::string>();
   }
+  // A Rust `char`: exactly one character.
+  std::string get_char(const json& obj, const char* key, const std::string& where) const {
+    std::string s = get_string(obj, key, where);
+    tok::check_utf8(s, file + ": " + where + "." + key);
+    std::size_t i = 0;
+    if (!s.empty()) tok::next_codepoint(s, i);
+    if (s.empty() || i != s.size()) bad(where + "." + key, "expected a single character");
+    return s;
+  }
+  std::size_t get_size(const json& obj, const char* key, const std::string& where) const {
+    const json& v = get(obj, key, where);
+    if (!v.is_number_unsigned() && !(v.is_number_integer() && v.get<int64_t>() >= 0)) {
+      bad(where + "." + key, "expected a non-negative integer");
+    }
+    return static_cast<std::size_t>(std::min<uint64_t>(v.get<uint64_t>(), uint64_t{1} << 32));
+  }
+  // A Replace pattern: only {"String": ...} (a {"Regex": ...} is Oniguruma syntax).
+  std::string get_literal_pattern(const json& obj, const std::string& where) const {
+    const json& pat = get(obj, "pattern", where);
+    if (pat.is_object() && pat.contains("String") && pat["String"].is_string()) {
+      std::string s = pat["String"].get<std::string>();
+      if (s.empty()) unsupported(where + ".pattern", "an empty String pattern is not supported");
+      return s;
+    }
+    if (pat.is_object() && pat.contains("Regex")) {
+      unsupported(where + ".pattern", "Regex patterns are not supported here (only String)");
+    }
+    bad(where + ".pattern", "expected {\"String\": ...} or {\"Regex\": ...}");
+  }
 };
 
-void parse_pre(const Ctx& c, const json& p, const std::string& where, std::vector<PreStep>& out) {
+std::string index_key(const std::string& where, const char* list, std::size_t i) {
+  return where + "." + list + "[" + std::to_string(i) + "]";
+}
+
+void parse_normalizer(const Ctx& c, const json& n, const std::string& where,
+                      std::vector<tok::NormStep>& out) {
+  if (n.is_null()) return;
+  if (!n.is_object()) c.bad(where, "expected an object");
+  const std::string type = c.get_string(n, "type", where);
+  tok::NormStep s;
+  if (type == "Sequence") {
+    const json& list = c.get(n, "normalizers", where);
+    if (!list.is_array()) c.bad(where + ".normalizers", "expected an array");
+    for (std::size_t i = 0; i < list.size(); ++i) {
+      parse_normalizer(c, list[i], index_key(where, "normalizers", i), out);
+    }
+    return;
+  } else if (type == "Prepend") {
+    s.kind = tok::NormStep::kPrepend;
+    s.a = c.get_string(n, "prepend", where);
+  } else if (type == "Replace") {
+    s.kind = tok::NormStep::kReplace;
+    s.a = c.get_literal_pattern(n, where);
+    s.b = c.get_string(n, "content", where);
+  } else {
+    c.unsupported(where, "unsupported normalizer type '" + type +
+                             "' (supported: Prepend, Replace with a String pattern, Sequence)");
+  }
+  out.push_back(std::move(s));
+}
+
+// Metaspace's fields, as its deserializer reads them (pre_tokenizers/metaspace.rs): prepend_scheme
+// defaults to "always"; the old add_prefix_space = false means "never" and must not contradict it;
+// split defaults to true.
+void parse_metaspace(const Ctx& c, const json& p, const std::string& where, tok::Metaspace& m) {
+  m.replacement = c.get_char(p, "replacement", where);
+  m.scheme = tok::PrependScheme::kAlways;
+  if (p.contains("prepend_scheme") && !p["prepend_scheme"].is_null()) {
+    const std::string s = c.get_string(p, "prepend_scheme", where);
+    if (s == "first")
+      m.scheme = tok::PrependScheme::kFirst;
+    else if (s == "never")
+      m.scheme = tok::PrependScheme::kNever;
+    else if (s == "always")
+      m.scheme = tok::PrependScheme::kAlways;
+    else
+      c.bad(where + ".prepend_scheme", "expected first, never or always, not '" + s + "'");
+  }
+  if (p.contains("add_prefix_space") && !c.get_bool(p, "add_prefix_space", true, where)) {
+    if (m.scheme != tok::PrependScheme::kNever) {
+      c.bad(where, "add_prefix_space does not match declared prepend_scheme");
+    }
+  }
+  m.split = c.get_bool(p, "split", true, where);
+  m.split_step.clear();
+  if (m.split) {
+    PreStep s;
+    s.kind = PreStep::kSplit;
+    s.pattern = tok::escape_regex(m.replacement);
+    s.behavior = tok::SplitBehavior::kMergedWithNext;
+    m.split_step.push_back(std::move(s));
+  }
+}
+
+void parse_pre(const Ctx& c, const json& p, const std::string& where,
+               std::vector<tok::PreOp>& out) {
   if (!p.is_object()) c.bad(where, "expected an object");
   const std::string type = c.get_string(p, "type", where);
   PreStep s;
@@ -44,8 +144,19 @@ void parse_pre(const Ctx& c, const json& p, const std::string& where, std::vecto
     const json& list = c.get(p, "pretokenizers", where);
     if (!list.is_array()) c.bad(where + ".pretokenizers", "expected an array");
     for (std::size_t i = 0; i < list.size(); ++i) {
-      parse_pre(c, list[i], where + ".pretokenizers[" + std::to_string(i) + "]", out);
+      parse_pre(c, list[i], index_key(where, "pretokenizers", i), out);
     }
+    return;
+  } else if (type == "Metaspace") {
+    tok::PreOp op;
+    op.is_metaspace = true;
+    parse_metaspace(c, p, where, op.metaspace);
+    if (op.metaspace.scheme == tok::PrependScheme::kFirst && !out.empty()) {
+      c.unsupported(where,
+                    "Metaspace with prepend_scheme 'first' after another pre-tokenizer is "
+                    "not supported");
+    }
+    out.push_back(std::move(op));
     return;
   } else if (type == "ByteLevel") {
     s.kind = PreStep::kByteLevel;
@@ -60,8 +171,9 @@ void parse_pre(const Ctx& c, const json& p, const std::string& where, std::vecto
     if (pat.is_object() && pat.contains("Regex") && pat["Regex"].is_string()) {
       s.pattern = pat["Regex"].get<std::string>();
     } else if (pat.is_object() && pat.contains("String") && pat["String"].is_string()) {
-      s.pattern = pat["String"].get<std::string>();
-      s.pattern_is_regex = false;
+      // Matched as an escaped regex: the same non-overlapping, leftmost occurrences.
+      s.string_pattern = pat["String"].get<std::string>();
+      s.pattern = tok::escape_regex(*s.string_pattern);
     } else {
       c.bad(where + ".pattern", "expected {\"Regex\": ...} or {\"String\": ...}");
     }
@@ -79,32 +191,67 @@ void parse_pre(const Ctx& c, const json& p, const std::string& where, std::vecto
     else if (b == "Contiguous")
       s.behavior = SplitBehavior::kContiguous;
     else
-      c.bad(where + ".behavior", "unsupported split behavior '" + b + "'");
+      c.bad(where + ".behavior", "unknown split behavior '" + b + "'");
     s.invert = c.get_bool(p, "invert", false, where);
   } else {
-    c.bad(where, "unsupported pre-tokenizer type '" + type +
-                     "' (supported: ByteLevel, Split, Digits, Sequence)");
+    c.unsupported(where, "unsupported pre-tokenizer type '" + type +
+                             "' (supported: ByteLevel, Split, Digits, Metaspace, Sequence)");
   }
-  out.push_back(std::move(s));
+  if (out.empty() || out.back().is_metaspace) out.emplace_back();
+  out.back().steps.push_back(std::move(s));
 }
 
-void check_decoder(const Ctx& c, const json& d, const std::string& where) {
+// Byte-level files: the decoder must be ByteLevel (or absent). Others: the SentencePiece-style
+// decoders.
+void parse_decoder(const Ctx& c, const json& d, const std::string& where, bool byte_level,
+                   std::vector<tok::DecStep>& out) {
   if (d.is_null()) return;
+  if (!d.is_object()) c.bad(where, "expected an object");
   const std::string type = c.get_string(d, "type", where);
-  if (type == "ByteLevel") return;
   if (type == "Sequence") {
     const json& list = c.get(d, "decoders", where);
     if (!list.is_array()) c.bad(where + ".decoders", "expected an array");
     for (std::size_t i = 0; i < list.size(); ++i) {
-      check_decoder(c, list[i], where + ".decoders[" + std::to_string(i) + "]");
+      parse_decoder(c, list[i], index_key(where, "decoders", i), byte_level, out);
     }
     return;
   }
-  c.bad(where, "unsupported decoder type '" + type + "' (supported: ByteLevel)");
+  if (byte_level) {
+    if (type == "ByteLevel") return;
+    c.unsupported(where, "unsupported decoder type '" + type +
+                             "' with a ByteLevel pre-tokenizer (supported: ByteLevel)");
+  }
+  tok::DecStep s;
+  if (type == "Replace") {
+    s.kind = tok::DecStep::kReplace;
+    s.a = c.get_literal_pattern(d, where);
+    s.b = c.get_string(d, "content", where);
+  } else if (type == "ByteFallback") {
+    s.kind = tok::DecStep::kByteFallback;
+  } else if (type == "Fuse") {
+    s.kind = tok::DecStep::kFuse;
+  } else if (type == "Strip") {
+    s.kind = tok::DecStep::kStrip;
+    s.a = c.get_char(d, "content", where);
+    s.start = c.get_size(d, "start", where);
+    s.stop = c.get_size(d, "stop", where);
+  } else if (type == "Metaspace") {
+    s.kind = tok::DecStep::kMetaspace;
+    tok::Metaspace m;
+    parse_metaspace(c, d, where, m);
+    s.a = m.replacement;
+    s.scheme = m.scheme;
+    s.split = m.split;
+  } else {
+    c.unsupported(where, "unsupported decoder type '" + type +
+                             "' (supported: Replace, ByteFallback, Fuse, Strip, Metaspace, "
+                             "Sequence; ByteLevel with a ByteLevel pre-tokenizer)");
+  }
+  out.push_back(std::move(s));
 }
 
 // Reads a TemplateProcessing "single" template: special tokens, then $A, then special tokens.
-void parse_template(const Ctx& c, const json& p, const std::string& where, tok::BpeSpec& spec) {
+void parse_template(const Ctx& c, const json& p, const std::string& where, tok::JsonTemplate& t) {
   const json& single = c.get(p, "single", where);
   const json& specials = c.get(p, "special_tokens", where);
   if (!single.is_array()) c.bad(where + ".single", "expected an array");
@@ -114,44 +261,58 @@ void parse_template(const Ctx& c, const json& p, const std::string& where, tok::
     const json& item = single[i];
     if (item.is_object() && item.contains("Sequence")) {
       const json& seq = item["Sequence"];
-      if (seen_a || !seq.is_object() || seq.value("id", "") != "A") {
-        c.bad(w, "only templates of the form 'specials $A specials' are supported");
+      if (!seq.is_object()) c.bad(w, "expected {\"Sequence\": {\"id\": ...}}");
+      if (seen_a || seq.value("id", "") != "A") {
+        c.unsupported(w, "only templates of the form 'specials $A specials' are supported");
       }
       seen_a = true;
     } else if (item.is_object() && item.contains("SpecialToken")) {
       const std::string name = c.get_string(item["SpecialToken"], "id", w + ".SpecialToken");
+      const std::string ew = where + ".special_tokens." + name;
       const json& entry = c.get(specials, name.c_str(), where + ".special_tokens");
-      const json& ids = c.get(entry, "ids", where + ".special_tokens." + name);
-      if (!ids.is_array()) c.bad(where + ".special_tokens." + name + ".ids", "expected an array");
-      for (const json& id : ids) {
-        if (!id.is_number_integer())
-          c.bad(where + ".special_tokens." + name, "ids must be integers");
-        (seen_a ? spec.template_suffix : spec.template_prefix).push_back(id.get<int32_t>());
+      const json& ids = c.get(entry, "ids", ew);
+      if (!ids.is_array()) c.bad(ew + ".ids", "expected an array");
+      const json* tokens = entry.contains("tokens") ? &entry["tokens"] : nullptr;
+      if (tokens && (!tokens->is_array() || tokens->size() != ids.size())) {
+        c.bad(ew + ".tokens", "expected an array as long as ids");
+      }
+      for (std::size_t k = 0; k < ids.size(); ++k) {
+        const json& id = ids[k];
+        if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= tok::kMaxVocab)
+          c.bad(ew, "ids must be integers in [0, 2^24)");
+        (seen_a ? t.suffix : t.prefix).push_back(id.get<int32_t>());
+        std::string tname = name;
+        if (tokens) {
+          if (!(*tokens)[k].is_string()) c.bad(ew + ".tokens", "expected strings");
+          tname = (*tokens)[k].get<std::string>();
+        }
+        (seen_a ? t.suffix_tokens : t.prefix_tokens).push_back(std::move(tname));
       }
     } else {
       c.bad(w, "expected a Sequence or SpecialToken item");
     }
   }
-  if (!seen_a) c.bad(where + ".single", "has no $A sequence");
-  spec.has_template = true;
+  if (!seen_a) c.unsupported(where + ".single", "has no $A sequence");
+  t.present = true;
 }
 
-void parse_post(const Ctx& c, const json& p, const std::string& where, tok::BpeSpec& spec) {
+void parse_post(const Ctx& c, const json& p, const std::string& where, tok::JsonTemplate& t) {
   if (p.is_null()) return;
+  if (!p.is_object()) c.bad(where, "expected an object");
   const std::string type = c.get_string(p, "type", where);
   if (type == "ByteLevel") return;  // only adjusts offsets
   if (type == "TemplateProcessing") {
-    if (spec.has_template) c.bad(where, "more than one TemplateProcessing");
-    parse_template(c, p, where, spec);
+    if (t.present) c.unsupported(where, "more than one TemplateProcessing");
+    parse_template(c, p, where, t);
   } else if (type == "Sequence") {
     const json& list = c.get(p, "processors", where);
     if (!list.is_array()) c.bad(where + ".processors", "expected an array");
     for (std::size_t i = 0; i < list.size(); ++i) {
-      parse_post(c, list[i], where + ".processors[" + std::to_string(i) + "]", spec);
+      parse_post(c, list[i], index_key(where, "processors", i), t);
     }
   } else {
-    c.bad(where, "unsupported post-processor type '" + type +
-                     "' (supported: TemplateProcessing, ByteLevel, Sequence)");
+    c.unsupported(where, "unsupported post-processor type '" + type +
+                             "' (supported: TemplateProcessing, ByteLevel, Sequence)");
   }
 }
 
@@ -160,19 +321,20 @@ void parse_model(const Ctx& c, const json& m, tok::BpeSpec& spec) {
   const std::string type = m.contains("type") && m["type"].is_string()
                                ? m["type"].get<std::string>()
                                : std::string("BPE");
-  if (type != "BPE") c.bad("model.type", "unsupported model type '" + type + "' (supported: BPE)");
+  if (type != "BPE") {
+    c.unsupported("model.type", "unsupported model type '" + type + "' (supported: BPE)");
+  }
   for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
     if (m.contains(key) && !m[key].is_null() &&
         !(m[key].is_string() && m[key].get<std::string>().empty())) {
-      c.bad(std::string("model.") + key, "is not supported (byte-level BPE only)");
+      c.unsupported(std::string("model.") + key, "is not supported");
     }
   }
-  if (c.get_bool(m, "byte_fallback", false, "model")) {
-    c.bad("model.byte_fallback", "byte fallback is not supported (byte-level BPE only)");
-  }
+  spec.byte_fallback = c.get_bool(m, "byte_fallback", false, "model");
+  spec.fuse_unk = c.get_bool(m, "fuse_unk", false, "model");
   if (m.contains("dropout") && !m["dropout"].is_null() &&
       !(m["dropout"].is_number() && m["dropout"].get<double>() == 0.0)) {
-    c.bad("model.dropout", "BPE dropout is not supported");
+    c.unsupported("model.dropout", "BPE dropout is not supported");
   }
   spec.ignore_merges = c.get_bool(m, "ignore_merges", false, "model");
 
@@ -213,64 +375,97 @@ void parse_model(const Ctx& c, const json& m, tok::BpeSpec& spec) {
       c.bad(w, "expected \"a b\" or [\"a\", \"b\"]");
     }
   }
-  if (m.contains("unk_token") && m["unk_token"].is_string()) {
-    const std::string unk = m["unk_token"].get<std::string>();
-    for (std::size_t i = 0; i < spec.vocab.size() && !spec.unk; ++i) {
-      if (spec.vocab[i] && *spec.vocab[i] == unk) spec.unk = static_cast<int32_t>(i);
-    }
-    if (!spec.unk) c.bad("model.unk_token", "'" + unk + "' is not in model.vocab");
+  if (m.contains("unk_token") && !m["unk_token"].is_null()) {
+    if (!m["unk_token"].is_string()) c.bad("model.unk_token", "expected a string or null");
+    spec.unk_token = m["unk_token"].get<std::string>();
   }
+}
+
+void parse_added(const Ctx& c, const json& added, tok::BpeSpec& spec) {
+  if (added.is_null()) return;
+  if (!added.is_array()) c.bad("added_tokens", "expected an array");
+  UNIATTN_CHECK(static_cast<int64_t>(added.size()) <= tok::kMaxVocab, c.file,
+                ": too many added_tokens");
+  for (std::size_t i = 0; i < added.size(); ++i) {
+    const std::string w = "added_tokens[" + std::to_string(i) + "]";
+    const json& a = added[i];
+    tok::AddedToken t;
+    const json& id = c.get(a, "id", w);
+    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= tok::kMaxVocab) {
+      c.bad(w + ".id", "expected an integer in [0, 2^24)");
+    }
+    t.id = id.get<int32_t>();
+    t.content = c.get_string(a, "content", w);
+    t.special = c.get_bool(a, "special", false, w);
+    t.lstrip = c.get_bool(a, "lstrip", false, w);
+    t.rstrip = c.get_bool(a, "rstrip", false, w);
+    t.single_word = c.get_bool(a, "single_word", false, w);
+    t.normalized = c.get_bool(a, "normalized", !t.special, w);  // AddedToken::from's default
+    spec.added.push_back(std::move(t));
+  }
+}
+
+json parse_file(const Ctx& c, const std::filesystem::path& path) {
+  UNIATTN_CHECK(std::filesystem::is_regular_file(path), c.file, ": tokenizer file not found");
+  json j = json::parse(read_text_file(path, kMaxJsonBytes), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) fail(c.file, ": not valid JSON");
+  if (!j.is_object()) fail(c.file, ": expected a JSON object at the top level");
+  return j;
 }
 
 }  // namespace
 
+namespace tok {
+JsonTemplate read_json_template(const std::filesystem::path& path) {
+  Ctx c{path.string()};
+  const json j = parse_file(c, path);
+  JsonTemplate t;
+  if (j.contains("post_processor")) parse_post(c, j["post_processor"], "post_processor", t);
+  if (j.contains("added_tokens")) {
+    tok::BpeSpec spec;
+    parse_added(c, j["added_tokens"], spec);
+    for (const tok::AddedToken& a : spec.added) t.added.emplace_back(a.content, a.id);
+  }
+  return t;
+}
+}  // namespace tok
+
 std::unique_ptr<Tokenizer> load_tokenizer_json(const std::filesystem::path& path) {
   Ctx c{path.string()};
-  UNIATTN_CHECK(std::filesystem::is_regular_file(path), c.file, ": tokenizer file not found");
-  const std::string text = read_text_file(path, kMaxJsonBytes);
-  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) fail(c.file, ": not valid JSON");
-  if (!j.is_object()) fail(c.file, ": expected a JSON object at the top level");
+  const json j = parse_file(c, path);
 
   tok::BpeSpec spec;
   spec.source = c.file;
   parse_model(c, c.get(j, "model", "top level"), spec);
-  if (j.contains("normalizer") && !j["normalizer"].is_null()) {
-    const std::string t = j["normalizer"].value("type", std::string("?"));
-    c.bad("normalizer", "unsupported normalizer type '" + t + "' (only null is supported)");
-  }
-  bool byte_level = false;
+  if (j.contains("normalizer")) parse_normalizer(c, j["normalizer"], "normalizer", spec.normalizer);
   if (j.contains("pre_tokenizer") && !j["pre_tokenizer"].is_null()) {
     parse_pre(c, j["pre_tokenizer"], "pre_tokenizer", spec.pre);
   }
-  for (const PreStep& s : spec.pre) byte_level |= s.kind == PreStep::kByteLevel;
-  if (!byte_level)
-    c.bad("pre_tokenizer", "has no ByteLevel step; only byte-level BPE is supported");
-  if (j.contains("decoder")) check_decoder(c, j["decoder"], "decoder");
-  if (j.contains("post_processor")) parse_post(c, j["post_processor"], "post_processor", spec);
-
-  if (j.contains("added_tokens") && !j["added_tokens"].is_null()) {
-    const json& added = j["added_tokens"];
-    if (!added.is_array()) c.bad("added_tokens", "expected an array");
-    UNIATTN_CHECK(static_cast<int64_t>(added.size()) <= tok::kMaxVocab, c.file,
-                  ": too many added_tokens");
-    for (std::size_t i = 0; i < added.size(); ++i) {
-      const std::string w = "added_tokens[" + std::to_string(i) + "]";
-      const json& a = added[i];
-      tok::AddedToken t;
-      const json& id = c.get(a, "id", w);
-      if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= tok::kMaxVocab) {
-        c.bad(w + ".id", "expected an integer in [0, 2^24)");
+  bool byte_level = false;
+  for (const tok::PreOp& op : spec.pre) {
+    for (const PreStep& s : op.steps) byte_level |= s.kind == PreStep::kByteLevel;
+    // Metaspace(first) asks whether a piece starts at offset 0 of the input; we follow that
+    // through Prepend and Replace, but not through a Replace that deletes characters.
+    if (op.is_metaspace && op.metaspace.scheme == tok::PrependScheme::kFirst) {
+      for (const tok::NormStep& n : spec.normalizer) {
+        if (n.kind == tok::NormStep::kReplace && n.b.empty()) {
+          c.unsupported("pre_tokenizer",
+                        "Metaspace with prepend_scheme 'first' after a Replace "
+                        "normalizer that deletes text is not supported");
+        }
       }
-      t.id = id.get<int32_t>();
-      t.content = c.get_string(a, "content", w);
-      t.special = c.get_bool(a, "special", false, w);
-      t.lstrip = c.get_bool(a, "lstrip", false, w);
-      t.rstrip = c.get_bool(a, "rstrip", false, w);
-      if (c.get_bool(a, "single_word", false, w)) c.bad(w + ".single_word", "is not supported");
-      spec.added.push_back(std::move(t));
     }
   }
+  if (j.contains("decoder") && !j["decoder"].is_null()) {
+    spec.has_decoder = true;
+    parse_decoder(c, j["decoder"], "decoder", byte_level, spec.decoders);
+  }
+  tok::JsonTemplate t;
+  if (j.contains("post_processor")) parse_post(c, j["post_processor"], "post_processor", t);
+  spec.has_template = t.present;
+  spec.template_prefix = t.prefix;
+  spec.template_suffix = t.suffix;
+  if (j.contains("added_tokens")) parse_added(c, j["added_tokens"], spec);
   // The template's leading special token is the bos, as HF's tokenizer applies it.
   if (!spec.template_prefix.empty()) {
     spec.bos = spec.template_prefix.front();

@@ -7,13 +7,14 @@
 #include "tensor_bytes.h"
 #include "uniattn/error.h"
 #include "uniattn/io/safetensors.h"
+#include "uniattn/model/layer_role.h"
 
 namespace uniattn {
 
 namespace {
 
 // Parameters a follower does not own, which a base checkpoint still carries.
-bool is_dropped_follower_weight(const ModelConfig& c, const std::string& name) {
+bool is_dropped_follower_weight(const std::vector<LayerRole>& roles, const std::string& name) {
   const std::string prefix = "model.layers.";
   if (name.rfind(prefix, 0) != 0) return false;
   const auto dot = name.find('.', prefix.size());
@@ -24,15 +25,16 @@ bool is_dropped_follower_weight(const ModelConfig& c, const std::string& name) {
   } catch (...) {
     return false;
   }
-  if (!c.uniattn.is_follower(layer)) return false;
+  // A layer the model does not have is not a follower: the caller reports the tensor.
+  if (layer < 0 || layer >= static_cast<int64_t>(roles.size())) return false;
+  const LayerRole& r = roles[static_cast<size_t>(layer)];
   const std::string rest = name.substr(dot + 1);
-  std::vector<std::string> dropped = c.uniattn.variant == Variant::Cla
-                                         ? std::vector<std::string>{"k_proj", "v_proj", "k_norm"}
-                                         : std::vector<std::string>{"q_proj", "k_proj", "q_norm",
-                                                                    "k_norm"};
-  for (const auto& d : dropped)
-    if (rest.rfind("self_attn." + d + ".", 0) == 0) return true;
-  return false;
+  auto is = [&](const char* module) {
+    return rest.rfind(std::string("self_attn.") + module + ".", 0) == 0;
+  };
+  // q/k norms (Gemma-3) go with their projections.
+  return (!r.owns_q && (is("q_proj") || is("q_norm"))) ||
+         (!r.owns_k && (is("k_proj") || is("k_norm"))) || (!r.owns_v && is("v_proj"));
 }
 
 bool is_wc(const std::string& name) { return name.find(".self_attn.w_c.") != std::string::npos; }
@@ -41,6 +43,7 @@ bool is_wc(const std::string& name) { return name.find(".self_attn.w_c.") != std
 
 void load_weights(CausalLM& model, const WeightSource& src, LoadReport* report) {
   const auto& c = model->config();
+  const auto roles = layer_roles(c);
   at::NoGradGuard no_grad;
   auto params = model->named_parameters(/*recurse=*/true);
   std::set<std::string> available(src.names.begin(), src.names.end());
@@ -54,8 +57,8 @@ void load_weights(CausalLM& model, const WeightSource& src, LoadReport* report) 
         if (report) report->zero_filled.push_back(name);
         continue;
       }
-      fail(src.origin, ": checkpoint lacks tensor '", name, "' required by the ",
-           arch_name(c.arch), " model");
+      fail(src.origin, ": checkpoint lacks tensor '", name, "' required by the ", arch_name(c.arch),
+           " model");
     }
     auto shape = src.shape(name);
     UNIATTN_CHECK(at::IntArrayRef(shape) == p.sizes(), src.origin, ": tensor '", name,
@@ -65,7 +68,7 @@ void load_weights(CausalLM& model, const WeightSource& src, LoadReport* report) 
   }
   for (const auto& name : src.names) {
     if (used.count(name)) continue;
-    if (is_dropped_follower_weight(c, name)) {
+    if (is_dropped_follower_weight(roles, name)) {
       if (report) report->dropped.push_back(name);
       continue;
     }
@@ -73,9 +76,8 @@ void load_weights(CausalLM& model, const WeightSource& src, LoadReport* report) 
     if ((name == "lm_head.weight" && c.tie_word_embeddings) ||
         name.find("rotary_emb.inv_freq") != std::string::npos)
       continue;
-    fail(src.origin, ": unexpected tensor '", name, "' (not a parameter of the ",
-         arch_name(c.arch), " model", c.uniattn.enabled() ? " with " + c.uniattn.describe() : "",
-         ")");
+    fail(src.origin, ": unexpected tensor '", name, "' (not a parameter of the ", arch_name(c.arch),
+         " model", c.uniattn.enabled() ? " with " + c.uniattn.describe() : "", ")");
   }
 }
 

@@ -1,5 +1,5 @@
 // The data-parallel gradient all-reduce: buckets in backward order, launched as they fill (see
-// GradReducer in train_internal.h).
+// GradReducer in internal.h).
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>

@@ -85,10 +85,12 @@ TEST(TokenizerErrors, MalformedTokenizerJson) {
       {"j.json", "post_processor", "BertProcessing"});
   expect_error(
       [&] {
-        load_tokenizer_json(
-            write(d, "k.json", R"({"model": {"type": "BPE", "vocab": {}, "merges": []}})"));
+        load_tokenizer_json(write(
+            d, "k.json",
+            "{" + kPre +
+                R"(, "decoder": {"type": "Fuse"}, "model": {"type": "BPE", "vocab": {}, "merges": []}})"));
       },
-      {"k.json", "ByteLevel"});
+      {"k.json", "decoder", "Fuse", "ByteLevel"});
   expect_error(
       [&] {
         load_tokenizer_json(write(
