@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "io/chat/jinja_value.h"
+#include "io/tokenizer/internal.h"
 
 namespace uniattn::jinja {
 
@@ -103,21 +104,8 @@ std::vector<uint32_t> decode_utf8(std::string_view s) {
 }
 
 void append_utf8(std::string& out, uint32_t cp) {
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xE0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
+  // The tokenizers' encoder: one UTF-8 writer in the project.
+  tok::append_utf8(out, static_cast<char32_t>(cp));
 }
 
 std::string encode_utf8(const std::vector<uint32_t>& cps) {
