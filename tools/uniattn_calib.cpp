@@ -14,6 +14,7 @@
 
 #include <unistd.h>
 
+#include "model_args.h"
 #include "uniattn/calib/calibrate.h"
 #include "uniattn/error.h"
 #include "uniattn/io/file_io.h"
@@ -77,7 +78,7 @@ void add_options(CLI::App& app, Args& a) {
   app.add_option("--heldout", a.heldout, "held-out records after the calibration ones");
   app.add_option("--max-len", a.max_len, "tokens per example (and reference padding length)")
       ->capture_default_str();
-  app.add_option("--device", a.device, "cpu | cuda")->capture_default_str();
+  app.add_option("--device", a.device, "cpu | cuda | cuda:N")->capture_default_str();
   app.add_option("--dtype", a.dtype, "compute dtype: f32 | bf16")->capture_default_str();
   app.add_option("--save-dtype", a.save_dtype, "stored dtype: bf16 | f32")->capture_default_str();
   app.add_option("--batch-tokens", a.batch_tokens, "padded tokens per batch")
@@ -108,7 +109,6 @@ uniattn::CalibOptions options_from_flags(const Args& a) {
   }
   UNIATTN_CHECK(a.max_len >= 2 && a.batch_tokens >= a.max_len, "--batch-tokens (", a.batch_tokens,
                 ") must be >= --max-len (", a.max_len, ") >= 2");
-  UNIATTN_CHECK(a.device == "cpu" || a.device == "cuda", "--device: expected cpu or cuda");
   return o;
 }
 
@@ -124,7 +124,7 @@ struct CalibSets {
 CalibSets load_calib_sets(const Args& a) {
   using namespace uniattn;
   CalibSets s;
-  s.tok = load_tokenizer(a.model);
+  s.tok = cli::load_tokenizer_noted(a.model, "calib");
   const auto pt = PromptTemplate::by_name(a.tmpl);
   auto records = load_records(a.data, &pt);
   UNIATTN_CHECK(a.heldout >= 0 && a.samples >= 0, "--samples and --heldout must be >= 0");
@@ -167,7 +167,7 @@ struct Models {
 // The unified model shares the base's weights (only W_c is its own).
 Models load_models(const Args& a) {
   using namespace uniattn;
-  const at::Device dev(a.device == "cuda" ? at::kCUDA : at::kCPU);
+  const at::Device dev = cli::parse_device(a.device);
   const auto cfg = load_config(a.model);
   LoadOptions lo{.dtype = parse_dtype(a.dtype), .device = dev, .uniattn = std::nullopt};
   auto base = load_model(a.model, lo);
@@ -279,8 +279,10 @@ int run(const Args& a) {
   const auto res = calibrate(m.base, m.unified, sets.cal, sets.held, o);
 
   const auto t_save = Clock::now();
-  save_model(m.unified, a.out, parse_dtype(a.save_dtype));
-  sets.tok->save(a.out);
+  SaveOptions save;
+  save.dtype = parse_dtype(a.save_dtype);
+  save.source = a.model;  // tokenizer, chat template and generation_config.json travel along
+  save_model(m.unified, a.out, save);
   t.save = since(t_save);
 
   print_results(res, t);

@@ -75,7 +75,7 @@ int run(int argc, char** argv) {
                  "model maximum); --heldout: examples are cut to their first max-len tokens "
                  "(0 = 1024, the calibration and training default)")
       ->check(CLI::NonNegativeNumber);
-  app.add_option("--device", device, "cpu|cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--device", device, "cpu | cuda | cuda:N");
   app.add_option("--dtype", dtype, "f32|bf16")->check(CLI::IsMember({"f32", "bf16"}));
   app.add_option("--out", out, "Results JSON file")->required();
   app.add_flag("--items", items, "Store per-question log-likelihoods in the JSON");
@@ -91,7 +91,7 @@ int run(int argc, char** argv) {
   auto lo = uniattn::cli::load_options(dtype, device, variant, superblocks, path);
   const auto t0 = Clock::now();
   auto model = uniattn::load_model(path, lo);
-  auto tok = uniattn::load_tokenizer(path);
+  auto tok = uniattn::cli::load_tokenizer_noted(path, "eval");
 
   nlohmann::json res = {{"model", model_path}, {"uniattn", variant},  {"superblocks", superblocks},
                         {"dtype", dtype},      {"device", device},    {"limit", limit},

@@ -20,6 +20,7 @@
 #include "uniattn/infer/generate.h"
 #include "uniattn/io/chat_template.h"
 #include "uniattn/model/checkpoint.h"
+#include "uniattn/model/kernel_paths.h"
 
 namespace {
 
@@ -68,7 +69,7 @@ void add_options(CLI::App& app, Args& a) {
   app.add_option("--repetition-penalty", a.repetition_penalty, "1 = off");
   app.add_option("--seed", a.seed, "Sampling seed");
   app.add_option("--stop", a.stops, "Stop at this text or special token (repeatable)");
-  app.add_option("--device", a.device, "cpu|cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--device", a.device, "cpu | cuda | cuda:N");
   app.add_option("--dtype", a.dtype, "f32|bf16")->check(CLI::IsMember({"f32", "bf16"}));
   app.add_flag("--bench", a.bench, "Print TTFT, decode tokens/s and KV bytes/token to stderr");
   app.add_flag("--ignore-eos", a.ignore_eos,
@@ -243,14 +244,17 @@ int run(int argc, char** argv) {
   opt.sampling.seed = a.seed;
   opt.stop_at_eos = !a.ignore_eos;
   auto model = uniattn::load_model(path, lo);
-  auto tok = uniattn::load_tokenizer(path);
+  auto tok = uniattn::cli::load_tokenizer_noted(path, "generate");
 
   // --chat renders the model's own chat template (tokenizer_config.json, or the GGUF's metadata).
   const auto chat_template = a.chat ? uniattn::ChatTemplate::load(path) : std::nullopt;
   const auto ids =
       encode_prompts(*tok, prompts, a.chat, chat_template ? &*chat_template : nullptr, opt);
   add_stops(*tok, a.stops, opt);
-  if (a.verbose) print_settings(opt, model->config(), *tok);
+  if (a.verbose) {
+    print_settings(opt, model->config(), *tok);
+    std::fprintf(stderr, "[generate] kernels: %s", uniattn::kernel_path_report(lo.device).c_str());
+  }
   OrderedPrinter printer(static_cast<int64_t>(ids.size()));
   printer.attach(opt);
   if (a.bench) warm_up(model, *tok, ids, opt);

@@ -17,12 +17,15 @@ at::ScalarType save_dtype(const TrainConfig& c) {
 }  // namespace
 
 void export_final_model(const TrainConfig& c, CausalLM& model, const std::filesystem::path& dir) {
-  save_model(model, dir, save_dtype(c));
-  if (c.data.format != "text") return;
-  // With the tokenizer beside it, the directory serves generation and evaluation as it is; the
-  // weights are what matters, so a missing tokenizer only warns.
+  SaveOptions o;
+  o.dtype = save_dtype(c);
+  o.source = c.model.path;  // generation_config.json, tokenizer and chat template of the base model
+  save_model(model, dir, o);
+  if (c.data.tokenizer.empty()) return;
+  // A separately named tokenizer replaces the base model's. The weights are what matters, so a
+  // tokenizer that cannot be copied only warns.
   try {
-    load_tokenizer(c.data.tokenizer.empty() ? c.model.path : c.data.tokenizer)->save(dir);
+    save_tokenizer(c.data.tokenizer, dir);
   } catch (const Error& e) {
     std::fprintf(stderr, "[train] warning: tokenizer not copied: %s\n", e.what());
   }

@@ -1,6 +1,10 @@
 #include "model_args.h"
 
+#include <ATen/DeviceAccelerator.h>
+#include <torch/cuda.h>
+
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <optional>
 #include <system_error>
@@ -10,14 +14,33 @@
 
 namespace uniattn::cli {
 
+at::Device parse_device(const std::string& text) {
+  const bool cuda = text == "cuda" || text.rfind("cuda:", 0) == 0;
+  UNIATTN_CHECK(text == "cpu" || cuda, "--device: unknown device '", text,
+                "' (cpu, cuda or cuda:N)");
+  if (!cuda) return at::Device(at::kCPU);
+  int64_t index = 0;
+  if (text != "cuda") {
+    const std::string n = text.substr(5);
+    UNIATTN_CHECK(
+        !n.empty() && n.size() <= 3 && n.find_first_not_of("0123456789") == std::string::npos,
+        "--device: '", text, "' is not cuda:N with N a GPU index");
+    index = std::stoll(n);
+  }
+  const int64_t count = torch::cuda::device_count();
+  UNIATTN_CHECK(index < count, "--device ", text, ": this machine has ", count, " CUDA device",
+                count == 1 ? "" : "s");
+  at::accelerator::setDeviceIndex(static_cast<c10::DeviceIndex>(index));
+  return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(index));
+}
+
 LoadOptions load_options(const std::string& dtype, const std::string& device,
                          const std::string& variant, const std::string& superblocks,
                          const std::filesystem::path& model) {
   LoadOptions lo;
   UNIATTN_CHECK(dtype == "f32" || dtype == "bf16", "unknown dtype '", dtype, "' (f32 or bf16)");
-  UNIATTN_CHECK(device == "cpu" || device == "cuda", "unknown device '", device, "' (cpu or cuda)");
   lo.dtype = dtype == "bf16" ? at::kBFloat16 : at::kFloat;
-  lo.device = device == "cuda" ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
+  lo.device = parse_device(device);
   const auto v = parse_variant(variant.empty() ? "none" : variant);
   if (v != Variant::None) {
     UNIATTN_CHECK(!superblocks.empty(), "--uniattn ", variant, " needs --superblocks");
@@ -76,6 +99,13 @@ fs::path default_model_path() {
 
 fs::path resolve_model_path(const std::string& path) {
   return path == "default" ? default_model_path() : fs::path(path);
+}
+
+std::unique_ptr<Tokenizer> load_tokenizer_noted(const fs::path& path, const std::string& tool) {
+  auto tok = load_tokenizer(path);
+  if (!tok->load_note().empty())
+    std::fprintf(stderr, "[%s] tokenizer: %s\n", tool.c_str(), tok->load_note().c_str());
+  return tok;
 }
 
 }  // namespace uniattn::cli

@@ -2,15 +2,21 @@
 // command-line words, and where the demo model lives. Not part of libuniattn.
 #pragma once
 #include <filesystem>
+#include <memory>
 #include <string>
 
 #include "uniattn/model/checkpoint.h"
 
 namespace uniattn::cli {
 
+// A device as every tool's --device takes it: "cpu", "cuda" (GPU 0) or "cuda:N". A CUDA device
+// becomes the current one, so the streams and CUDA graphs the tools create are on it. Throws
+// uniattn::Error naming --device for other words and for a GPU this machine does not have.
+at::Device parse_device(const std::string& text);
+
 // LoadOptions from command-line words, as every tool takes them: dtype "f32" | "bf16", device
-// "cpu" | "cuda", variant "none" | "softmax" | "uniattn" | "cla" with SuperBlocks (required for
-// every variant but none, rejected with none; layers counted from `model`'s config).
+// as parse_device takes it, variant "none" | "softmax" | "uniattn" | "cla" with SuperBlocks
+// (required for every variant but none, rejected with none; layers counted from `model`'s config).
 LoadOptions load_options(const std::string& dtype, const std::string& device,
                          const std::string& variant, const std::string& superblocks,
                          const std::filesystem::path& model);
@@ -25,5 +31,11 @@ std::filesystem::path default_model_path();
 // (default_model_path()), so shipped configs need not spell out a venv's Python version; any
 // other string is a path, used as given ("./default" reaches a directory of that name).
 std::filesystem::path resolve_model_path(const std::string& path);
+
+// load_tokenizer(path) that also says on stderr, prefixed "[tool] ", how the tokenizer was
+// loaded when that differs from what the files ask for (Tokenizer::load_note(), e.g. the
+// tokenizer.model fallback). Throws as load_tokenizer does.
+std::unique_ptr<Tokenizer> load_tokenizer_noted(const std::filesystem::path& path,
+                                                const std::string& tool);
 
 }  // namespace uniattn::cli

@@ -10,24 +10,8 @@ namespace uniattn::jinja {
 
 namespace {
 
-// Length of the UTF-8 sequence led by `c`, 0 for a byte that cannot lead one.
-int utf8_length(unsigned char c) {
-  if (c < 0x80) return 1;
-  if ((c & 0xE0) == 0xC0) return c >= 0xC2 ? 2 : 0;
-  if ((c & 0xF0) == 0xE0) return 3;
-  if ((c & 0xF8) == 0xF0) return c <= 0xF4 ? 4 : 0;
-  return 0;
-}
-
-// Decodes the code point at s[i] (valid UTF-8 assumed) and advances i.
-uint32_t next_cp(std::string_view s, size_t& i) {
-  const auto c = static_cast<unsigned char>(s[i]);
-  const int n = utf8_length(c);
-  uint32_t cp = n == 1 ? c : c & (0xFF >> (n + 1));
-  for (int k = 1; k < n; ++k) cp = (cp << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3F);
-  i += n;
-  return cp;
-}
+// Decodes the code point at s[i] and advances i (bounded on malformed input).
+uint32_t next_cp(std::string_view s, size_t& i) { return tok::next_codepoint(s, i); }
 
 // Code points whose case Python never changes and that are not "cased" (so str.title() treats
 // them as word breaks): the scripts and symbol blocks chat text mostly uses besides Latin.
@@ -79,22 +63,7 @@ bool in_set(uint32_t cp, const std::vector<uint32_t>& set) {
 
 }  // namespace
 
-bool valid_utf8(std::string_view s) {
-  for (size_t i = 0; i < s.size();) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    const int n = utf8_length(c);
-    if (n == 0 || i + n > s.size()) return false;
-    for (int k = 1; k < n; ++k)
-      if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80) return false;
-    const auto c1 = static_cast<unsigned char>(s[i + 1 < s.size() ? i + 1 : i]);
-    if (n == 3 && c == 0xE0 && c1 < 0xA0) return false;   // overlong
-    if (n == 3 && c == 0xED && c1 >= 0xA0) return false;  // surrogate
-    if (n == 4 && c == 0xF0 && c1 < 0x90) return false;   // overlong
-    if (n == 4 && c == 0xF4 && c1 >= 0x90) return false;  // above U+10FFFF
-    i += n;
-  }
-  return true;
-}
+bool valid_utf8(std::string_view s) { return tok::find_invalid_utf8(s) == std::string_view::npos; }
 
 std::vector<uint32_t> decode_utf8(std::string_view s) {
   std::vector<uint32_t> out;
