@@ -181,17 +181,29 @@ int64_t max_batch_at(int64_t total_memory, int64_t weight_bytes, int64_t kv_byte
 }
 
 nlohmann::json BenchResult::to_json() const {
+  auto number = [](double v) { return std::isfinite(v) ? nlohmann::json(v) : nullptr; };
   nlohmann::json rows_j = nlohmann::json::array();
   for (const auto& r : rows) {
     nlohmann::json j = {{"case", r.case_name},
                         {"variant", r.variant},
                         {"metric", r.metric},
-                        {"value", std::isfinite(r.value) ? nlohmann::json(r.value) : nullptr},
+                        {"value", number(r.value)},
                         {"unit", r.unit}};
     if (!r.note.empty()) j["note"] = r.note;
+    if (r.stats.n > 0) {
+      j["n"] = r.stats.n;
+      j["stdev"] = number(r.stats.stdev);
+      j["min"] = number(r.stats.min);
+      j["max"] = number(r.stats.max);
+    }
     rows_j.push_back(std::move(j));
   }
-  return {{"gpu", gpu}, {"commit", commit}, {"command", command}, {"rows", std::move(rows_j)}};
+  nlohmann::json doc = {{"gpu", gpu}, {"commit", commit}, {"command", command}};
+  if (!run_id.empty()) doc["run"] = run_id;
+  doc["dtype"] = dtype;
+  doc["ceilings"] = ceilings.to_json();
+  doc["rows"] = std::move(rows_j);
+  return doc;
 }
 
 }  // namespace uniattn

@@ -1,8 +1,9 @@
 // End-to-end inference benchmark: time to first token (prefill) and CUDA-graph decode step time
 // of whole models (LLaMA-3.1-8B shape with random weights, SmolLM2-135M) for each UniAttn
-// variant, with roofline fractions and KV-cache capacity. Results are rows of
-// {case, variant, metric, value, unit}; run_bench() rewrites its JSON file after every case so an
-// interrupted run still leaves what it measured.
+// variant, with roofline fractions and KV-cache capacity. The rooflines come from the device's
+// ceilings (copy bandwidth, GEMM rate) measured at the start of the run (ceilings.h). Results are
+// rows of {case, variant, metric, value, unit}; run_bench() rewrites its JSON file after every
+// case so an interrupted run still leaves what it measured.
 #pragma once
 #include <c10/core/Device.h>
 #include <c10/core/ScalarType.h>
@@ -10,11 +11,13 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json_fwd.hpp>
 
+#include "ceilings.h"
 #include "uniattn/config/model_config.h"
 #include "uniattn/model/causal_lm.h"
 
@@ -63,12 +66,15 @@ struct ModelFootprint {
 };
 ModelFootprint model_footprint(CausalLM& model);
 
-// HBM-bound decode step: (weights read + KV bytes of B*S cached tokens) / bandwidth, in ms.
+// Memory-bound decode step: (weights read + KV bytes of B*S cached tokens) / bandwidth, in ms;
+// `bytes_per_s` is the measured copy bandwidth (Ceilings::copy_bytes_per_s).
 double decode_roofline_ms(int64_t weight_read_bytes, int64_t kv_bytes_per_token, int64_t batch,
-                          int64_t seq, double bytes_per_s = 3.0e12);
-// GEMM-bound prefill with last-position logits: 2 * (matmul_params * B * S + lm_head * B) / peak.
+                          int64_t seq, double bytes_per_s);
+// GEMM-bound prefill with last-position logits: 2 * (matmul_params * B * S + lm_head * B) / rate,
+// in ms; `flops_per_s` is the measured GEMM rate (Ceilings::gemm_flops_per_s). Attention FLOPs
+// are not counted.
 double prefill_roofline_ms(int64_t matmul_params, int64_t lm_head_params, int64_t batch,
-                           int64_t seq, double flops_per_s = 800e12);
+                           int64_t seq, double flops_per_s);
 // floor((total - weights - workspace) / (kv_bytes_per_token * seq)), 0 when nothing fits.
 int64_t max_batch_at(int64_t total_memory, int64_t weight_bytes, int64_t kv_bytes_per_token,
                      int64_t seq, int64_t workspace = int64_t{4} << 30);
@@ -77,9 +83,12 @@ struct BenchRow {
   std::string case_name;
   std::string variant;  // "none" | "uniattn" | "cla" | ...
   std::string metric;   // ttft_ms, decode_step_ms, tokens_per_s, roofline_fraction, ...
-  double value = 0;     // -1 for "oom" / "error" rows
+  double value = 0;     // -1 for "oom" / "error" rows; the mean of the repetitions for times
   std::string unit;
   std::string note;  // optional (error text, weights used)
+  // Spread of a repeated time (n > 0 only): repetitions, sample standard deviation, min, max, in
+  // the row's unit. Written to the JSON as "n", "stdev", "min", "max".
+  SampleStats stats;
 };
 
 struct BenchOptions {
@@ -88,7 +97,8 @@ struct BenchOptions {
   at::Device device = at::kCUDA;
   at::ScalarType dtype = at::kBFloat16;
   int decode_warmup = 3;
-  int decode_iters = 20;
+  int decode_iters = 20;   // replays per timed window
+  int decode_repeats = 5;  // timed windows (the spread is over windows)
   int prefill_warmup = 1;
   int prefill_iters = 5;  // halved (at least 2) for prefills of 8192+ tokens
   // Also run `none` with the small fused CUDA ops (RMSNorm, RoPE, gated activation) switched off,
@@ -97,6 +107,11 @@ struct BenchOptions {
   std::filesystem::path out;  // JSON written after every case; empty: none
   std::string command;        // recorded in the JSON
   std::string commit;         // recorded in the JSON; empty: $UNIATTN_COMMIT, else git rev-parse
+  std::string run_id;         // recorded as "run"; empty: $UNIATTN_RUN_ID (one id per driver run)
+  // Ceilings the rooflines use; unset: measured at the start of the run with `ceiling_sizes`
+  // (unset: CeilingSizes::for_device) in the benchmark's dtype.
+  std::optional<Ceilings> ceilings;
+  std::optional<CeilingSizes> ceiling_sizes;
   std::function<void(const BenchRow&)> on_row;  // e.g. print a table line
 };
 
@@ -104,14 +119,22 @@ struct BenchResult {
   std::string gpu;  // device name (cudaGetDeviceProperties) or "cpu"
   std::string commit;
   std::string command;
+  std::string run_id;  // written as "run" when not empty
+  std::string dtype;   // e.g. "bfloat16"
+  Ceilings ceilings;
   std::vector<BenchRow> rows;
+  // {"gpu", "commit", "command", "run" (when set), "dtype", "ceilings": Ceilings::to_json(),
+  //  "rows": [{"case", "variant", "metric", "value", "unit", "note"?, "n"?, "stdev"?, "min"?,
+  //  "max"?}]}
   nlohmann::json to_json() const;
 };
 
-// Runs every model x variant x case. Out-of-memory in a case gives an "oom" row (value -1) and
-// the run goes on; another failure in a case gives an "error" row with the message. Throws
-// uniattn::Error for options that cannot run at all (CUDA device in a build without CUDA, no
-// models, non-positive iteration counts) or when the JSON cannot be written.
+// Runs every model x variant x case, after measuring the device's ceilings (unless given); every
+// roofline_fraction row is (roofline time from those ceilings) / (mean measured time).
+// Out-of-memory in a case gives an "oom" row (value -1) and the run goes on; another failure in a
+// case gives an "error" row with the message. Throws uniattn::Error for options that cannot run at
+// all (CUDA device in a build without CUDA, no models, non-positive iteration counts) or when the
+// JSON cannot be written.
 BenchResult run_bench(const BenchOptions& options);
 
 }  // namespace uniattn

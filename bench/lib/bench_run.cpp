@@ -1,6 +1,6 @@
-// The benchmark loop: builds each model x variant on the device, times prefills (wall clock to
-// the first token, synchronised) and CUDA-graph-replayed decode steps (CUDA events around a run
-// of replays), and writes the JSON after every case.
+// The benchmark loop: measures the device's ceilings, builds each model x variant on the device,
+// times prefills (wall clock to the first token, synchronised) and CUDA-graph-replayed decode
+// steps (CUDA events around windows of replays), and writes the JSON after every case.
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/util/Exception.h>
@@ -13,11 +13,11 @@
 #include <cstdlib>
 #include <memory>
 
-#include "model/layers.h"
 #include "bench.h"
-#include "uniattn/model/checkpoint.h"
+#include "model/layers.h"
 #include "uniattn/error.h"
 #include "uniattn/io/file_io.h"
+#include "uniattn/model/checkpoint.h"
 #include "uniattn/model/kv_cache.h"
 
 #ifdef UNIATTN_WITH_CUDA
@@ -83,12 +83,6 @@ std::string git_commit() {
   return out.empty() ? "unknown" : out;
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 bool is_oom(const std::exception& e) {
   if (dynamic_cast<const c10::OutOfMemoryError*>(&e)) return true;
   const std::string what = e.what();
@@ -101,11 +95,15 @@ struct Ctx {
   BenchResult& result;
   std::string model, variant;
   void add(std::string case_name, std::string metric, double value, std::string unit,
-           std::string note = {}) {
-    BenchRow r{std::move(case_name), variant,        std::move(metric), value,
-               std::move(unit),      std::move(note)};
+           std::string note = {}, SampleStats stats = {}) {
+    BenchRow r{std::move(case_name), variant, std::move(metric), value, std::move(unit),
+               std::move(note),      stats};
     if (opt.on_row) opt.on_row(r);
     result.rows.push_back(std::move(r));
+  }
+  // A repeated time: the mean as the value, with its spread.
+  void add_time(const std::string& case_name, std::string metric, const SampleStats& s) {
+    add(case_name, std::move(metric), s.mean, "ms", {}, s);
   }
   void flush() {
     if (opt.out.empty()) return;
@@ -153,18 +151,21 @@ void run_prefill(Ctx& ctx, CausalLM& model, const ModelFootprint& fp, const Benc
     once();
     ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
   }
-  const double t = median(ms);
-  ctx.add(name, "ttft_ms", t, "ms");
+  const auto s = summarize(ms);
+  ctx.add_time(name, "ttft_ms", s);
   ctx.add(name, "roofline_fraction",
-          prefill_roofline_ms(fp.matmul_params, fp.lm_head_params, bc.batch, bc.seq) / t,
+          prefill_roofline_ms(fp.matmul_params, fp.lm_head_params, bc.batch, bc.seq,
+                              ctx.result.ceilings.gemm_flops_per_s) /
+              s.mean,
           "fraction");
 }
 
-// Mean time of one decode step at a fixed cache length, in ms. The cache holds `seq` random
-// tokens (their values do not change the work); every step writes position `seq` again and
-// nothing advances, so each timed step sees the same shape.
-double time_decode(const BenchOptions& opt, CausalLM& model, KVCache& cache,
-                   const at::Tensor& tokens, const at::Tensor& position) {
+// Mean time of one decode step at a fixed cache length in each of `decode_repeats` windows of
+// `decode_iters` steps, in ms. The cache holds `seq` random tokens (their values do not change
+// the work); every step writes position `seq` again and nothing advances, so each timed step sees
+// the same shape.
+std::vector<double> time_decode(const BenchOptions& opt, CausalLM& model, KVCache& cache,
+                                const at::Tensor& tokens, const at::Tensor& position) {
   auto step = [&] {
     ForwardOptions fo;
     fo.last_only = true;
@@ -198,22 +199,30 @@ double time_decode(const BenchOptions& opt, CausalLM& model, KVCache& cache,
     }
     stream.synchronize();
     for (int i = 0; i < opt.decode_warmup; ++i) graph.replay();
-    at::cuda::CUDAEvent start(cudaEventDefault), end(cudaEventDefault);
-    start.record();
-    for (int i = 0; i < opt.decode_iters; ++i) graph.replay();
-    end.record();
-    end.synchronize();
-    const double total = start.elapsed_time(end);
+    std::vector<double> ms;
+    for (int w = 0; w < opt.decode_repeats; ++w) {
+      at::cuda::CUDAEvent start(cudaEventDefault), end(cudaEventDefault);
+      start.record();
+      for (int i = 0; i < opt.decode_iters; ++i) graph.replay();
+      end.record();
+      end.synchronize();
+      ms.push_back(start.elapsed_time(end) / opt.decode_iters);
+    }
     c10::cuda::device_synchronize();
-    return total / opt.decode_iters;
+    return ms;
   }
 #endif
   for (int i = 0; i < opt.decode_warmup; ++i) step();
   sync(opt.device);
-  const auto t0 = Clock::now();
-  for (int i = 0; i < opt.decode_iters; ++i) step();
-  sync(opt.device);
-  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count() / opt.decode_iters;
+  std::vector<double> ms;
+  for (int w = 0; w < opt.decode_repeats; ++w) {
+    const auto t0 = Clock::now();
+    for (int i = 0; i < opt.decode_iters; ++i) step();
+    sync(opt.device);
+    ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count() /
+                 opt.decode_iters);
+  }
+  return ms;
 }
 
 void run_decode(Ctx& ctx, CausalLM& model, const ModelFootprint& fp, const BenchCase& bc,
@@ -228,11 +237,12 @@ void run_decode(Ctx& ctx, CausalLM& model, const ModelFootprint& fp, const Bench
   cache.advance(bc.seq);
   auto tokens = random_ids(c, bc.batch, 1, opt.device);
   auto position = at::full({1}, bc.seq, at::TensorOptions().dtype(at::kLong).device(opt.device));
-  const double t = time_decode(opt, model, cache, tokens, position);
-  ctx.add(name, "decode_step_ms", t, "ms");
+  const auto s = summarize(time_decode(opt, model, cache, tokens, position));
+  const double t = s.mean;
+  ctx.add_time(name, "decode_step_ms", s);
   ctx.add(name, "tokens_per_s", static_cast<double>(bc.batch) * 1e3 / t, "tokens/s");
-  const double roof =
-      decode_roofline_ms(fp.decode_read_bytes, cache.bytes_per_token(), bc.batch, bc.seq);
+  const double roof = decode_roofline_ms(fp.decode_read_bytes, cache.bytes_per_token(), bc.batch,
+                                         bc.seq, ctx.result.ceilings.copy_bytes_per_s);
   ctx.add(name, "roofline_fraction", roof / t, "fraction");
 }
 
@@ -289,8 +299,8 @@ void run_model_variant(Ctx& ctx, const BenchModel& m, Variant variant) {
 BenchResult run_bench(const BenchOptions& opt) {
   UNIATTN_CHECK(!opt.models.empty(), "uniattn bench: no models to run");
   UNIATTN_CHECK(!opt.variants.empty(), "uniattn bench: no variants to run");
-  UNIATTN_CHECK(opt.decode_iters > 0 && opt.prefill_iters > 0 && opt.decode_warmup >= 0 &&
-                    opt.prefill_warmup >= 0,
+  UNIATTN_CHECK(opt.decode_iters > 0 && opt.decode_repeats > 0 && opt.prefill_iters > 0 &&
+                    opt.decode_warmup >= 0 && opt.prefill_warmup >= 0,
                 "uniattn bench: iteration counts must be positive (warm-ups non-negative)");
 #ifndef UNIATTN_WITH_CUDA
   UNIATTN_CHECK(!opt.device.is_cuda(),
@@ -302,6 +312,15 @@ BenchResult run_bench(const BenchOptions& opt) {
   result.gpu = device_name(opt.device);
   result.commit = opt.commit.empty() ? git_commit() : opt.commit;
   result.command = opt.command;
+  result.run_id = opt.run_id;
+  if (const char* env = std::getenv("UNIATTN_RUN_ID"); result.run_id.empty() && env)
+    result.run_id = env;
+  result.dtype = dtype_name(opt.dtype);
+  result.ceilings =
+      opt.ceilings
+          ? *opt.ceilings
+          : measure_ceilings(opt.device, opt.dtype,
+                             opt.ceiling_sizes.value_or(CeilingSizes::for_device(opt.device)));
   if (!opt.out.empty() && opt.out.has_parent_path())
     std::filesystem::create_directories(opt.out.parent_path());
   Ctx ctx{opt, result, {}, {}};
