@@ -312,6 +312,22 @@ def fused_sdpa(device):
                         SDPBackend.EFFICIENT_ATTENTION])
 
 
+def probe_native_gqa(device, c, dtype):
+    """Whether a fused SDPA kernel takes a decode step's GQA shapes (enable_gqa) here: checked
+    once, eagerly, before anything is compiled. Returns (ok, why not)."""
+    if device.type != "cuda":
+        return True, ""
+    q = torch.randn(2, c["heads"], 1, c["head_dim"], dtype=dtype, device=device)
+    k = torch.randn(2, c["kv_heads"], 513, c["head_dim"], dtype=dtype, device=device)
+    try:
+        with fused_sdpa(device):
+            F.scaled_dot_product_attention(q, k, k, enable_gqa=True)
+        torch.cuda.synchronize()
+        return True, ""
+    except Exception as e:  # no fused kernel: repeat the K/V heads instead
+        return False, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+
+
 def call(fn, *args):
     if hasattr(torch.compiler, "cudagraph_mark_step_begin"):
         torch.compiler.cudagraph_mark_step_begin()
@@ -397,10 +413,10 @@ def run_case(res, model, args, device, fp, name, variant, spec):
     skips = cudagraph_skips()
     graphs = args.compile == "reduce-overhead" and device.type == "cuda"
     if kind == "decode":
-        model.native_gqa = True
+        model.native_gqa = args.native_gqa
         r = guarded(res, case, variant, device, lambda: run_decode(model, args, b, s, device))
         note = None
-        if r is None and device.type == "cuda":
+        if r is None and device.type == "cuda" and model.native_gqa:
             # No fused kernel took enable_gqa at this shape: repeat the K/V heads instead.
             failed = res.doc["rows"][-1]
             model.native_gqa = False
@@ -492,6 +508,9 @@ def main():
         res.add(f"{name}/build", variant, "oom", -1, "", str(e).splitlines()[0][:200])
         res.flush()
         return 1
+    args.native_gqa, why = probe_native_gqa(device, model.c, dtype)
+    if not args.native_gqa:
+        doc["notes"] += "; decode repeats the K/V heads before SDPA (enable_gqa: %s)" % why
     fp = footprint(model)
     kv = kv_bytes_per_token(model.c, dtype)
     mem = f"{name}/memory"

@@ -56,6 +56,11 @@ def fake_results(d):
             "rows": timed(D1, "torch_compile", "decode_step_ms", 6.0, 0.2, 0.70)
             + timed(P4, "torch_compile", "ttft_ms", 88.0, 2.0, 0.75)
             + [row(P4, "torch_compile", "compile_s", 41.0, "s")]},
+        # A second run on the same GPU: its rows must not meet the first run's in a ratio.
+        "bench-llama8b-h200-second.json": {
+            "gpu": H200, "commit": "d200" * 10, "command": "uniattn-bench", "run": "r200b",
+            "ceilings": ceilings(3900.0, 770.0),
+            "rows": timed(D1, "none", "decode_step_ms", 10.0, 0.1, 0.40)},
         # Older files: no run id, no ceilings, no spread.
         "bench-llama8b-h100.json": {
             "gpu": H100, "commit": "c100" * 10, "command": "uniattn-bench",
@@ -109,8 +114,13 @@ class RenderTwoGpus(unittest.TestCase):
     def test_decode_case_side_by_side(self):
         t = section_table(self.md, f"### {D1}")
         h200 = f"{H200} (r200)"
+        other = f"{H200} (r200b)"
         self.assertEqual(set(t), {(h200, "none"), (h200, "uniattn"), (h200, "torch_compile"),
-                                  (H100, "none"), (H100, "uniattn"), (H100, "transformers_sdpa")})
+                                  (other, "none"), (H100, "none"), (H100, "uniattn"),
+                                  (H100, "transformers_sdpa")})
+        self.assertEqual(t[(other, "none")]["/ torch_compile"], "-")
+        self.assertEqual(t[(other, "none")]["/ none"], "1.000x")
+        self.assertEqual(t[(other, "none")]["ceiling used"], "3,900 GB/s (measured)")
         self.assertEqual(t[(h200, "none")]["decode_step_ms (mean ± sd)"], "5.00 ± 0.10 (n=3)")
         self.assertEqual(t[(H100, "none")]["decode_step_ms (mean ± sd)"], "8.00")
         # Ratios within a run only: 4.5 / 5.0, 4.5 / 6.0; 7.6 / 8.0, 7.6 / 20.0.
@@ -136,7 +146,7 @@ class RenderTwoGpus(unittest.TestCase):
 
     def test_runs_table_marks_constants(self):
         t = table_rows(self.md, "## Runs")
-        self.assertEqual(len(t), 4)
+        self.assertEqual(len(t), 5)
         cells = {r["file"]: r for r in t}
         self.assertEqual(cells["`bench-llama8b-h100.json`"]["ceilings"],
                          "constants: 3,000 GB/s, 800 TFLOP/s (not measured)")
