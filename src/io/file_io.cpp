@@ -112,4 +112,15 @@ std::string read_text_file(const std::filesystem::path& path, std::size_t max_by
   return ss.str();
 }
 
+std::uint64_t fnv1a(std::uint64_t h, const void* p, std::size_t n) {
+  const auto* c = static_cast<const unsigned char*>(p);
+  for (std::size_t i = 0; i < n; ++i) h = (h ^ c[i]) * 1099511628211ull;
+  return h;
+}
+
+std::uint64_t fnv1a_file(const std::filesystem::path& path, std::uint64_t h) {
+  const auto f = MappedFile::open(path);
+  return fnv1a(h, f->data(), f->size());
+}
+
 }  // namespace uniattn

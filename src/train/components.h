@@ -49,10 +49,14 @@ struct Run {
   int32_t pad = 0;
   std::vector<Sequence> train_data, eval_data;
   std::vector<int64_t> stage_steps;  // the number of optimiser steps of each stage
+  std::string fingerprint;           // run_fingerprint (fingerprint.h) as JSON text
+  // When the last checkpoint was saved (or training started): checkpoint.every_minutes.
+  std::chrono::steady_clock::time_point last_checkpoint = std::chrono::steady_clock::now();
 };
 
-// Creates output_dir, loads the model (W_c initialised per model.wc_init) and the data, and
-// resolves every stage's parameter set and length, so that a bad glob fails before any training.
+// Creates output_dir, loads the model (W_c initialised per model.wc_init) and the data, resolves
+// every stage's parameter set and length, so that a bad glob fails before any training, and
+// fingerprints the run.
 Run set_up_run(const TrainConfig& c, const TrainOptions& options, Comm& comm, at::Device device);
 
 // What one stage trains, and with what: its parameters, their ZeRO-1 owners, this rank's
@@ -92,8 +96,9 @@ class AutocastScope {
 };
 
 struct StepOutcome {
-  StepMetrics metrics;  // without eval_loss
-  bool stop = false;    // some rank asked to stop after this step
+  StepMetrics metrics;      // without eval_loss
+  bool stop = false;        // some rank asked to stop after this step
+  bool timed_save = false;  // checkpoint.every_minutes have passed (on some rank)
 };
 
 // Runs optimiser step st.global_step + 1 (forward and backward over the micro-batches, the
@@ -106,16 +111,31 @@ StepOutcome train_step(Run& run, StageTraining& stage, TrainState& st);
 struct StartPoint {
   TrainState state;
   std::optional<std::filesystem::path> resume_dir;  // the checkpoint resumed from
+  // Result-changing differences from the checkpoint's fingerprint (allow_changed_config).
+  std::vector<std::string> changes;
 };
 
 // The latest checkpoint's state and weights when resuming (options.resume) from one, else a fresh
-// state. Rank 0 drops metrics lines of steps that will be redone (all of them on a fresh start).
+// state. A resume whose fingerprint differs from the checkpoint's throws, listing the differences,
+// unless options.allow_changed_config; nothing is written before that check. Rank 0 then drops
+// metrics lines of steps that will be redone (all of them on a fresh start).
 StartPoint start_or_resume(Run& run);
 
-// After a stop request, every checkpoint.every_steps steps and at the end of each stage.
-bool checkpoint_due(const TrainConfig& c, int64_t global_step, bool stop, bool stage_end);
+// Rank 0: output_dir/config.yaml becomes this run's config; config_history.jsonl starts with it
+// on a fresh start and gains an entry (step, time, changed keys, the config) on a resume that
+// changed any key, which is also printed.
+void record_config(const Run& run, const StartPoint& start);
+
+// Whether checkpoint.every_minutes have passed since run.last_checkpoint (this rank's clock).
+bool checkpoint_time_due(const Run& run);
+
+// After a stop request, every checkpoint.every_steps steps, when checkpoint.every_minutes have
+// passed (`timed`), and at the end of each stage.
+bool checkpoint_due(const TrainConfig& c, int64_t global_step, bool stop, bool stage_end,
+                    bool timed);
 
 // Collective. A checkpoint at the end of a stage resumes at the next one, without optimiser state.
+// Restarts the checkpoint.every_minutes clock.
 void save_step_checkpoint(Run& run, const TrainState& st, const StageTraining& stage,
                           bool stage_end);
 

@@ -10,6 +10,7 @@
 #include <cstdio>
 
 #include "components.h"
+#include "fingerprint.h"
 #include "train/optim/fused_adamw.h"
 #include "uniattn/error.h"
 #include "uniattn/model/checkpoint.h"
@@ -185,6 +186,7 @@ Run set_up_run(const TrainConfig& c, const TrainOptions& options, Comm& comm, at
     stage_params(run.model, c.stages[i], static_cast<int64_t>(i));
   for (const auto& stage : c.stages)
     run.stage_steps.push_back(stage_total_steps(stage, n, c.training.global_batch));
+  run.fingerprint = run_fingerprint(c).dump();
   return run;
 }
 

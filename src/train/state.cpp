@@ -1,8 +1,9 @@
 // Training checkpoints: output_dir/checkpoints/step-XXXXXXXX/ holds the model in the dtype it is
 // trained in (fp32, or bf16 for training.precision bf16_weights; config.json + safetensors), one
 // optimiser archive per rank (its ZeRO-1 shard, or the whole state) with the RNG state, and
-// state.json (step, stage, world size, weights dtype). A checkpoint is written into a temporary
-// directory that is renamed into place only when complete; `latest` then names it.
+// state.json (step, stage, world size, weights dtype, the run's fingerprint). A checkpoint is
+// written into a temporary directory that is renamed into place only when complete; `latest` then
+// names it.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/optim/adamw.h>
@@ -29,13 +30,27 @@ std::string step_dir_name(int64_t step) {
   return buf;
 }
 
+// A save cut short by a kill leaves step-N.tmp/ (never resumed from) and perhaps the temporary
+// of `latest` (.latest.tmpPID) behind; the next save drops them.
+static void remove_stale_temporaries(const fs::path& root) {
+  std::vector<fs::path> stale;
+  if (fs::exists(root))
+    for (const auto& e : fs::directory_iterator(root)) {
+      const auto file = e.path().filename().string();
+      if ((e.is_directory() && e.path().extension() == ".tmp") ||
+          file.rfind(".latest.tmp", 0) == 0)
+        stale.push_back(e.path());
+    }
+  for (const auto& p : stale) remove_tree(p);
+}
+
 void save_checkpoint(const fs::path& out_dir, const TrainState& st, CausalLM& model,
                      torch::optim::Optimizer* opt, Comm& comm, int64_t keep_last) {
   const fs::path root = out_dir / "checkpoints";
   const std::string name = step_dir_name(st.global_step);
   const fs::path tmp = root / (name + ".tmp"), dst = root / name;
   if (comm.rank() == 0) {
-    remove_tree(tmp);
+    remove_stale_temporaries(root);
     fs::create_directories(tmp);
   }
   comm.barrier();
@@ -50,6 +65,7 @@ void save_checkpoint(const fs::path& out_dir, const TrainState& st, CausalLM& mo
                         {"zero1", st.zero1},
                         {"last_loss", st.last_loss},
                         {"weights_dtype", st.weights_dtype == at::kBFloat16 ? "bf16" : "f32"}};
+    if (!st.fingerprint.empty()) j["fingerprint"] = nlohmann::json::parse(st.fingerprint);
     write_text_atomic(tmp / "state.json", j.dump(2) + "\n");
   }
   {
@@ -120,6 +136,7 @@ TrainState read_state(const fs::path& dir, int world, bool zero1) {
     UNIATTN_CHECK(wd == "f32" || wd == "bf16", dir, "/state.json: weights_dtype is '", wd,
                   "'; expected f32 or bf16");
     st.weights_dtype = wd == "bf16" ? at::kBFloat16 : at::kFloat;
+    if (j.contains("fingerprint")) st.fingerprint = j.at("fingerprint").dump();
     const int ws = j.at("world_size").get<int>();
     const bool was = st.zero1 && ws > 1, now = zero1 && world > 1;
     UNIATTN_CHECK(was == now && (!was || ws == world), dir, ": written by ", ws, " rank(s)",

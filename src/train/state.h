@@ -2,6 +2,7 @@
 #pragma once
 #include <filesystem>
 #include <optional>
+#include <string>
 
 #include "internal.h"
 #include "uniattn/model/causal_lm.h"
@@ -22,6 +23,9 @@ struct TrainState {
   // The dtype of the trained weights and of the optimiser state (fp32, or bf16 for
   // training.precision bf16_weights); checkpoints store the weights in it.
   at::ScalarType weights_dtype = at::kFloat;
+  // The run's fingerprint (fingerprint.h) as JSON text; empty in checkpoints written before
+  // fingerprints existed.
+  std::string fingerprint;
 };
 
 // Collective: every rank calls it. `opt` may be null (no optimiser state to keep).

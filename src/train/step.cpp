@@ -1,6 +1,7 @@
 // One optimiser step: the learning rate of the cosine schedule, forward and backward over this
 // rank's micro-batches (the gradient all-reduce overlapping the last backward), the loss and stop
-// request summed over ranks, clipping, the NaN policy, AdamW and the ZeRO-1 broadcast.
+// request and the timed-checkpoint flag summed over ranks, clipping, the NaN policy, AdamW and the
+// ZeRO-1 broadcast.
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <torch/optim/adamw.h>
@@ -120,17 +121,21 @@ double accumulate_gradients(Run& run, StageTraining& stage, const std::vector<in
 }
 
 struct SyncedLoss {
-  double loss = 0.0;  // mean over the global batch's target tokens
-  bool stop = false;  // any rank's stop request stops all
+  double loss = 0.0;        // mean over the global batch's target tokens
+  bool stop = false;        // any rank's stop request stops all
+  bool timed_save = false;  // any rank's checkpoint.every_minutes clock makes all checkpoint
 };
 
-// One all-reduce carries the loss and the stop request.
-SyncedLoss all_reduce_loss_and_stop(Run& run, double local_sum, bool want_stop, int64_t targets) {
-  auto sync = at::tensor({local_sum, want_stop ? 1.0 : 0.0}, at::kDouble);
+// One all-reduce carries the loss, the stop request and the timed checkpoint (ranks' clocks
+// differ; the checkpoint is collective, so they must agree).
+SyncedLoss all_reduce_loss_and_flags(Run& run, double local_sum, bool want_stop, bool want_save,
+                                     int64_t targets) {
+  auto sync = at::tensor({local_sum, want_stop ? 1.0 : 0.0, want_save ? 1.0 : 0.0}, at::kDouble);
   if (run.device.is_cuda()) sync = sync.to(run.device);
   run.comm.allreduce_sum(sync);
   sync = sync.cpu();
-  return {sync[0].item<double>() / static_cast<double>(targets), sync[1].item<double>() > 0};
+  return {sync[0].item<double>() / static_cast<double>(targets), sync[1].item<double>() > 0,
+          sync[2].item<double>() > 0};
 }
 
 bool stop_requested(const Run& run, int64_t global_step) {
@@ -192,11 +197,12 @@ StepOutcome train_step(Run& run, StageTraining& stage, TrainState& st) {
       !(c.debug.fail_at_step == st.global_step + 1 && c.debug.fail_rank == run.comm.rank()),
       "debug.fail_at_step: injected failure at step ", st.global_step + 1);
   const double local_sum = accumulate_gradients(run, stage, batch, tokens.targets, inject_nan);
-  const auto synced =
-      all_reduce_loss_and_stop(run, local_sum, stop_requested(run, st.global_step), tokens.targets);
+  const auto synced = all_reduce_loss_and_flags(run, local_sum, stop_requested(run, st.global_step),
+                                                checkpoint_time_due(run), tokens.targets);
   StepOutcome out;
   StepMetrics& mt = out.metrics;
   out.stop = synced.stop;
+  out.timed_save = synced.timed_save;
   mt.step = st.global_step + 1;
   mt.stage = sc.name;
   mt.stage_step = st.stage_step + 1;

@@ -49,13 +49,13 @@ bool train_stage(Run& run, TrainState& st, std::optional<std::filesystem::path>&
   resume_dir.reset();
   reporter.stage_started(st.stage_step);
   while (st.stage_step < stage.total_steps) {
-    auto [mt, stop_now] = train_step(run, stage, st);
+    auto [mt, stop_now, timed_save] = train_step(run, stage, st);
     const bool stage_end = st.stage_step == stage.total_steps;
     if (eval_due(run, st.global_step, stage_end))
       mt.eval_loss = run_eval(run.model, run.eval_data, run.c, run.pad, run.autocast, run.device);
     reporter.step_done(mt);
     result.last_loss = mt.loss;
-    if (checkpoint_due(run.c, st.global_step, stop_now, stage_end))
+    if (checkpoint_due(run.c, st.global_step, stop_now, stage_end, timed_save))
       save_step_checkpoint(run, st, stage, stage_end);
     if (stop_now) {
       reporter.stopped(st.global_step);
@@ -70,11 +70,14 @@ bool train_stage(Run& run, TrainState& st, std::optional<std::filesystem::path>&
 TrainResult run_training(const TrainConfig& c, const TrainOptions& options, Comm& comm,
                          const at::Device device) {
   Run run = set_up_run(c, options, comm, device);
-  auto [st, resume_dir] = start_or_resume(run);
+  StartPoint start = start_or_resume(run);
+  record_config(run, start);
+  auto& [st, resume_dir, changes] = start;
   TrainResult result;
   if (resume_dir) result.resumed_from = st.global_step;
-  if (run.rank0) write_text_atomic(run.out / "config.yaml", c.to_yaml());
+  result.config_changes = changes;
   Reporter reporter(run);
+  run.last_checkpoint = std::chrono::steady_clock::now();
   for (; st.stage < static_cast<int64_t>(c.stages.size()); ++st.stage, st.stage_step = 0)
     if (!train_stage(run, st, resume_dir, reporter, result)) {
       result.interrupted = true;

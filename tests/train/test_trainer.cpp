@@ -11,10 +11,14 @@
 #include <cmath>
 #include <csignal>
 #include <fstream>
+#include <map>
 #include <numbers>
 #include <random>
 #include <thread>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -116,6 +120,23 @@ pid_t spawn(const std::vector<std::string>& args, const std::vector<std::string>
     _exit(127);
   }
   return pid;
+}
+
+// A TCP port on 127.0.0.1 that no one listens on now (the kernel's choice for port 0), so that
+// concurrent test processes do not meet at one rendezvous port.
+int free_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  EXPECT_GE(fd, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = 0;
+  socklen_t len = sizeof a;
+  const bool ok = bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+                  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0;
+  close(fd);
+  EXPECT_TRUE(ok);
+  return ntohs(a.sin_port);
 }
 
 int exit_code(int status) {
@@ -406,15 +427,14 @@ TEST(Train, TwoGlooProcessesMatchOneProcess) {
   train(tiny_config(dir, "one", one));
   auto two = common;
   two.push_back("training.micro_batch=1");
-  const int port = 20000 + static_cast<int>(getpid() % 20000);
-  auto pids = spawn_two_ranks(cli_args(dir, "two", two), port);
+  auto pids = spawn_two_ranks(cli_args(dir, "two", two), free_port());
   for (auto p : pids) EXPECT_EQ(wait_exit(p), 0);
   expect_same_curve(read_metrics(dir / "two"), read_metrics(dir / "one"), 1e-5);
   EXPECT_LT(model_diff(dir / "one" / "final", dir / "two" / "final"), 1e-5);
   // With activation checkpointing, parameter gradients arrive inside the recomputing backward;
   // the reducer's hooks must still see each one once per step.
   two.push_back("training.activation_checkpointing=true");
-  pids = spawn_two_ranks(cli_args(dir, "two-rc", two), port + 1);
+  pids = spawn_two_ranks(cli_args(dir, "two-rc", two), free_port());
   for (auto p : pids) EXPECT_EQ(wait_exit(p), 0);
   expect_same_curve(read_metrics(dir / "two-rc"), read_metrics(dir / "one"), 1e-5);
   EXPECT_LT(model_diff(dir / "one" / "final", dir / "two-rc" / "final"), 1e-5);
@@ -430,17 +450,17 @@ TEST(Train, AFailingRankStopsTheOthersAndTheRunResumes) {
   const auto dir = test::scratch_dir();
   const std::vector<std::string> common{"distributed.bucket_mb=0.01", "training.micro_batch=1",
                                         "checkpoint.every_steps=2"};
-  const int port = 20000 + static_cast<int>((getpid() + 7919) % 20000);
-  const auto launch = [&](const std::vector<std::string>& extra, int port_offset) {
+  const auto launch = [&](const std::vector<std::string>& extra, int port) {
     auto ov = common;
     ov.insert(ov.end(), extra.begin(), extra.end());
-    const auto pids = spawn_two_ranks(cli_args(dir, "run", ov), port + port_offset, dir);
+    const auto pids = spawn_two_ranks(cli_args(dir, "run", ov), port, dir);
     std::vector<int> codes;
     for (auto p : pids) codes.push_back(wait_exit_within(p, std::chrono::seconds(120)));
     return codes;
   };
   const auto t0 = std::chrono::steady_clock::now();
-  const auto failed = launch({"debug.fail_at_step=5", "debug.fail_rank=1"}, 0);
+  const int port = free_port();
+  const auto failed = launch({"debug.fail_at_step=5", "debug.fail_rank=1"}, port);
   const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_EQ(failed[1], 1);  // the failing rank reports its error
   EXPECT_EQ(failed[0], 1);  // the other one stops too, not killed by the 120 s limit (-1)
@@ -453,14 +473,191 @@ TEST(Train, AFailingRankStopsTheOthersAndTheRunResumes) {
       << read_file(dir / ("rank0-" + std::to_string(port) + ".log"));
   // The checkpoint of step 4 (optimiser state sharded over the ranks) is intact; both ranks resume
   // from it and finish.
-  const auto resumed = launch({}, 1);
+  const int port2 = free_port();
+  const auto resumed = launch({}, port2);
   EXPECT_EQ(resumed[0], 0);
   EXPECT_EQ(resumed[1], 0);
   EXPECT_NE(
-      read_file(dir / ("rank0-" + std::to_string(port + 1) + ".log")).find("resumed from step 4"),
+      read_file(dir / ("rank0-" + std::to_string(port2) + ".log")).find("resumed from step 4"),
       std::string::npos);
   train(tiny_config(dir, "ref", {"training.micro_batch=2"}));
   expect_same_curve(read_metrics(dir / "run"), read_metrics(dir / "ref"), 1e-5);
+}
+
+// Every file under `dir`: relative path -> contents.
+std::map<std::string, std::string> snapshot(const fs::path& dir) {
+  std::map<std::string, std::string> m;
+  for (const auto& e : fs::recursive_directory_iterator(dir))
+    if (e.is_regular_file()) m[fs::relative(e.path(), dir).string()] = read_file(e.path());
+  return m;
+}
+
+void write_file(const fs::path& p, const std::string& bytes) {
+  std::ofstream f(p, std::ios::binary);
+  f << bytes;
+}
+
+std::vector<nlohmann::json> read_jsonl(const fs::path& p) {
+  std::vector<nlohmann::json> v;
+  std::ifstream f(p);
+  std::string line;
+  while (std::getline(f, line))
+    if (!line.empty()) v.push_back(nlohmann::json::parse(line));
+  return v;
+}
+
+// A resume whose learning rate, global batch, seed, data contents or model differ from the
+// checkpoint's is refused, naming each difference, before anything in output_dir changes.
+TEST(Train, ResumeWithChangedInputsIsRefusedAndWritesNothing) {
+  const auto dir = test::scratch_dir();
+  EXPECT_TRUE(train(tiny_config(dir, "run", {"debug.stop_after_steps=4"})).interrupted);
+  const fs::path out = dir / "run";
+  const auto before = snapshot(out);
+  ASSERT_TRUE(before.count("config.yaml"));
+  ASSERT_TRUE(before.count("config_history.jsonl"));
+  ASSERT_TRUE(before.count("checkpoints/step-00000004/state.json"));
+  const auto refused = [&](const TrainConfig& c, const std::vector<std::string>& needles) {
+    for (const auto& n : needles) test::expect_error([&] { train(c); }, n);
+    EXPECT_TRUE(snapshot(out) == before) << "output_dir changed";
+  };
+  refused(tiny_config(dir, "run", {"stages[1].lr=2.0e-3"}), {"stages[1].lr: 0.001 -> 0.002"});
+  refused(tiny_config(dir, "run", {"training.global_batch=8"}), {"training.global_batch: 4 -> 8"});
+  refused(tiny_config(dir, "run", {"training.seed=8", "data.shuffle=false"}),
+          {"training.seed: 7 -> 8", "data.shuffle: true -> false", "--allow-changed-config"});
+  // Other contents under the same path.
+  const auto c = tiny_config(dir, "run");
+  write_tokens(dir / "train.jsonl", 16, 99);
+  refused(c, {"data.train (contents)"});
+  // A copy of the model with one weight byte changed.
+  const fs::path src = test::data_dir() / "models" / "llama", copy = dir / "llama-copy";
+  fs::create_directories(copy);
+  for (const auto& e : fs::directory_iterator(src))
+    if (e.is_regular_file()) write_file(copy / e.path().filename(), read_file(e.path()));
+  auto weights = read_file(copy / "model.safetensors");
+  weights[weights.size() / 2] ^= 0x10;
+  write_file(copy / "model.safetensors", weights);
+  refused(tiny_config(dir, "run", {"model.path=" + copy.string()}), {"model.path (contents)"});
+  // The model's path alone does not matter: an unchanged copy resumes.
+  write_file(copy / "model.safetensors", read_file(src / "model.safetensors"));
+  const auto r = train(tiny_config(dir, "run", {"model.path=" + copy.string()}));
+  EXPECT_EQ(r.resumed_from, 4);
+  EXPECT_TRUE(r.config_changes.empty());
+}
+
+// With allow_changed_config (uniattn-train --allow-changed-config) the run continues under the new
+// config, and config_history.jsonl keeps the old and the new one; config.yaml is the one in force.
+// Settings that do not change the result need no flag and are recorded the same way.
+TEST(Train, AllowChangedConfigContinuesAndRecordsTheChange) {
+  const auto dir = test::scratch_dir();
+  EXPECT_TRUE(train(tiny_config(dir, "run", {"debug.stop_after_steps=4"})).interrupted);
+  const fs::path out = dir / "run";
+  const auto first_yaml = read_file(out / "config.yaml");
+  TrainOptions allow;
+  allow.allow_changed_config = true;
+  const auto r = train(tiny_config(dir, "run", {"stages[1].lr=2.0e-3"}), allow);
+  EXPECT_EQ(r.resumed_from, 4);
+  EXPECT_EQ(r.steps, 7);
+  ASSERT_EQ(r.config_changes.size(), 1u);
+  EXPECT_EQ(r.config_changes[0], "stages[1].lr: 0.001 -> 0.002");
+  // Step 5 is step 2 of stage 2 (4 steps, 1 warm-up step): the full new learning rate.
+  const auto m = read_metrics(out);
+  ASSERT_EQ(m.size(), 7u);
+  EXPECT_DOUBLE_EQ(m[4]["lr"].get<double>(), 2e-3 * cosine_lr_factor(1, 4, 0.25, 0.0));
+  EXPECT_DOUBLE_EQ(m[5]["lr"].get<double>(), 2e-3 * cosine_lr_factor(2, 4, 0.25, 0.0));
+  const auto now_yaml = read_file(out / "config.yaml");
+  EXPECT_NE(now_yaml, first_yaml);
+  EXPECT_EQ(TrainConfig::parse(now_yaml).stages[1].lr, 2e-3);
+  auto h = read_jsonl(out / "config_history.jsonl");
+  ASSERT_EQ(h.size(), 2u);
+  EXPECT_EQ(h[0]["event"], "start");
+  EXPECT_EQ(h[0]["config"], first_yaml);
+  EXPECT_EQ(h[1]["event"], "resume");
+  EXPECT_EQ(h[1]["step"], 4);
+  EXPECT_EQ(h[1]["changes"], nlohmann::json({"stages[1].lr: 0.001 -> 0.002"}));
+  EXPECT_EQ(h[1]["config"], now_yaml);
+
+  const auto r2 = train(tiny_config(dir, "run", {"stages[1].lr=2.0e-3", "checkpoint.keep_last=3"}));
+  EXPECT_EQ(r2.resumed_from, 7);
+  EXPECT_TRUE(r2.config_changes.empty());
+  h = read_jsonl(out / "config_history.jsonl");
+  ASSERT_EQ(h.size(), 3u);
+  EXPECT_TRUE(h[2]["changes"].empty());
+  EXPECT_EQ(h[2]["config_changes"], nlohmann::json({"checkpoint.keep_last: 2 -> 3"}));
+}
+
+// checkpoint.every_minutes (30 by default) checkpoints mid-stage without a step cadence, so a run
+// that dies mid-stage (an injected failure saves nothing) resumes from its last step, where
+// without it the run goes back to the end of the previous stage.
+TEST(Train, TimedCheckpointsBoundTheWorkLost) {
+  const auto dir = test::scratch_dir();
+  EXPECT_EQ(tiny_config(dir, "defaults").checkpoint.every_minutes, 30.0);
+  for (const std::string minutes : {"1.0e-5", "0"}) {
+    SCOPED_TRACE(minutes);
+    auto c = tiny_config(dir, "m" + minutes,
+                         {"checkpoint.every_steps=0", "checkpoint.every_minutes=" + minutes,
+                          "debug.fail_at_step=6"});
+    test::expect_error([&] { train(c); }, "injected failure at step 6");
+    c.debug.fail_at_step = 0;
+    const auto r = train(c);
+    EXPECT_EQ(r.resumed_from, minutes == "0" ? 3 : 5);  // stage 1 ends at step 3
+    EXPECT_EQ(r.steps, 7);
+  }
+}
+
+// Lines of a metrics file that a kill may have cut (the last one then does not parse).
+std::vector<nlohmann::json> read_metrics_cut(const fs::path& out) {
+  std::vector<nlohmann::json> v;
+  std::ifstream f(out / "metrics.jsonl");
+  std::string line;
+  while (std::getline(f, line)) {
+    try {
+      v.push_back(nlohmann::json::parse(line));
+    } catch (const nlohmann::json::exception&) {
+    }
+  }
+  return v;
+}
+
+// SIGKILL at arbitrary moments of a run that checkpoints every step, so that kills land inside
+// checkpoint writes too: each time `latest` names a complete checkpoint, a half-written one is
+// removed by the next save, and the resumed run gives the uninterrupted curve.
+TEST(Train, KillDuringCheckpointingLosesNothing) {
+  ASSERT_TRUE(fs::exists(cli())) << cli() << " missing: build the uniattn-train target";
+  const auto dir = test::scratch_dir();
+  const fs::path out = dir / "kill", ckpts = out / "checkpoints";
+  const std::vector<std::string> longer{"stages[1].steps=400", "checkpoint.every_steps=1",
+                                        "checkpoint.keep_last=1", "eval.every_steps=0"};
+  std::mt19937 rng(5);
+  int cut_saves = 0;
+  for (int round = 0; round < 3; ++round) {
+    const size_t had = read_metrics_cut(out).size();
+    const pid_t pid = spawn(cli_args(dir, "kill", longer), {}, dir / "kill.log");
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (read_metrics_cut(out).size() < had + 2 && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 60));
+    kill(pid, SIGKILL);
+    EXPECT_EQ(wait_exit(pid), 128 + SIGKILL);
+    for (const auto& e : fs::directory_iterator(ckpts)) cut_saves += e.path().extension() == ".tmp";
+    std::string latest = read_file(ckpts / "latest");
+    latest.erase(latest.find_last_not_of("\r\n") + 1);
+    EXPECT_TRUE(fs::exists(ckpts / latest / "state.json")) << latest;
+  }
+  std::printf("kills that cut a checkpoint write: %d of 3\n", cut_saves);
+  fs::create_directories(ckpts / "step-99999999.tmp");
+  write_file(ckpts / "step-99999999.tmp" / "state.json", "{");
+  const int64_t until = read_metrics_cut(out).back()["step"].get<int64_t>() + 3;
+  auto more = longer;
+  more.push_back("debug.stop_after_steps=" + std::to_string(until));
+  const auto r = train(tiny_config(dir, "kill", more));
+  EXPECT_GT(r.resumed_from, 0);
+  EXPECT_FALSE(fs::exists(ckpts / "step-99999999.tmp"));
+  for (const auto& e : fs::directory_iterator(ckpts)) {
+    EXPECT_NE(e.path().extension(), ".tmp") << e.path();
+    EXPECT_NE(e.path().filename().string().rfind(".latest.tmp", 0), 0u) << e.path();
+  }
+  train(tiny_config(dir, "ref", more));
+  expect_same_curve(read_metrics(out), read_metrics(dir / "ref"), 1e-6);
 }
 
 // The first step's loss (lr 0 during warm-up, so the weights are the checkpoint's) against

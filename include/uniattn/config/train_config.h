@@ -82,7 +82,10 @@ struct TrainEvalConfig {
 };
 
 struct TrainCheckpointConfig {
-  int64_t every_steps = 0;  // 0: only at stage ends and on a signal
+  int64_t every_steps = 0;  // 0: no step cadence (stage ends, signals and every_minutes still save)
+  // Also when this many minutes of training have passed since the last checkpoint (or the start),
+  // so a killed run loses at most about this much work; 0: no time cadence.
+  double every_minutes = 30.0;
   int64_t keep_last = 2;
   std::string save_dtype = "bf16";  // final model: bf16 | f32 | f16
 };

@@ -45,4 +45,12 @@ void remove_tree(const std::filesystem::path& path);
 
 std::string read_text_file(const std::filesystem::path& path, std::size_t max_bytes = 64u << 20);
 
+// 64-bit FNV-1a (Fowler, Noll, Vo; http://www.isthe.com/chongo/tech/comp/fnv/) of n bytes at p,
+// continuing from `h`: what calibration and training fingerprint their inputs with so that a
+// resumed run can tell whether its inputs changed. Not a cryptographic hash.
+inline constexpr std::uint64_t kFnv1aOffsetBasis = 14695981039346656037ull;
+std::uint64_t fnv1a(std::uint64_t h, const void* p, std::size_t n);
+// fnv1a over a whole file's bytes (memory-mapped); throws uniattn::Error if it cannot be read.
+std::uint64_t fnv1a_file(const std::filesystem::path& path, std::uint64_t h = kFnv1aOffsetBasis);
+
 }  // namespace uniattn

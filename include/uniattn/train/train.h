@@ -11,6 +11,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "uniattn/config/train_config.h"
 
@@ -43,6 +44,10 @@ struct StepMetrics {
 
 struct TrainOptions {
   bool resume = true;  // continue from output_dir/checkpoints/latest when present
+  // A resume whose config keys that change the result, data contents or model differ from the
+  // checkpoint's (its fingerprint) is refused, naming each difference; true continues anyway and
+  // records the change (stderr, TrainResult::config_changes, output_dir/config_history.jsonl).
+  bool allow_changed_config = false;
   // Set from a signal handler: the trainer checkpoints after the current step and returns.
   const std::atomic<bool>* stop = nullptr;
   std::function<void(const StepMetrics&)> on_step;  // rank 0 only
@@ -55,13 +60,18 @@ struct TrainResult {
   int64_t resumed_from = 0;  // 0: fresh start
   double last_loss = 0.0;
   std::filesystem::path final_model;  // output_dir/final when the run finished
+  // Result-changing differences from the resumed checkpoint, accepted by allow_changed_config
+  // ("stages[1].lr: 0.001 -> 0.002", "data.train (contents): ..."); empty otherwise.
+  std::vector<std::string> config_changes;
 };
 
 // Runs (or resumes) the training the config describes. Rank 0 writes output_dir/metrics.jsonl,
-// output_dir/config.yaml, checkpoints under output_dir/checkpoints/ and the final model in
-// output_dir/final. Throws uniattn::Error on bad inputs (files, shapes, a parameter glob matching
-// nothing, a checkpoint of another world size) and on a non-finite loss with nan_policy stop
-// (the message names the step).
+// output_dir/config.yaml (the config in force), output_dir/config_history.jsonl (the config at
+// the start and at every resume that changed it), checkpoints under output_dir/checkpoints/ and
+// the final model in output_dir/final. Throws uniattn::Error on bad inputs (files, shapes, a
+// parameter glob matching nothing, a checkpoint of another world size), on a resume with changed
+// inputs without options.allow_changed_config (before anything in output_dir is written), and on
+// a non-finite loss with nan_policy stop (the message names the step).
 TrainResult train(const TrainConfig& config, const TrainOptions& options = {});
 
 // HF-style cosine schedule with linear warm-up: the LR factor of step `step` (0-based) of a stage
