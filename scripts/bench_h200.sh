@@ -16,9 +16,9 @@
 # deadline, each step is cut to fit), BUILD (default build-bench; SKIP_BUILD=1 uses the
 # uniattn-bench already there), JOBS (build jobs, default: cores - 4, leaving room for the peer's
 # compilation), MODEL (llama8b), CASES (uniattn-bench --cases), PEER_CASES (bench_peer.py
-# --cases, the issue's two headline cells first so that a cut-off run still has them),
-# PYTHON (python3: the one with torch), BENCH_EXTRA / PEER_EXTRA (more arguments, e.g. "--device cpu" / "--tiny --device cpu" for a
-# dry run of this script without a GPU).
+# --cases, the issue's two headline cells first so that a cut-off run still has them), PYTHON
+# (python3: the one with torch), BENCH_EXTRA / PEER_EXTRA (more arguments, e.g. "--device cpu"
+# and "--tiny --device cpu" for a dry run of this script without a GPU).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-${OUT:?give OUT as the first argument or in the environment}}
@@ -40,7 +40,8 @@ slug=$(echo "${gpu:-unknown}" | tr 'A-Z' 'a-z' | sed -e 's/^nvidia //' -e 's/[^a
 export UNIATTN_COMMIT=${UNIATTN_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 export UNIATTN_RUN_ID=${UNIATTN_RUN_ID:-$(date -u +%Y%m%dT%H%M%SZ)-${slug:-gpu}}
 echo "gpu: $gpu ($slug), commit $UNIATTN_COMMIT, run $UNIATTN_RUN_ID, budget ${BUDGET_S}s"
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv 2>/dev/null || true
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv \
+  2>/dev/null || true
 
 # ---- build (background) ----------------------------------------------------------------------
 if ! pkg-config --exists libpcre2-8 && [ -f .dev/kern-pcre2/pc/libpcre2-8.pc ]; then
@@ -61,8 +62,9 @@ if [ -n "${SKIP_BUILD:-}" ]; then
   echo "SKIP_BUILD: using $BUILD/uniattn-bench" >"$OUT/build.log"; echo 0 >"$OUT/.build_rc"
   build_pid=
 else
-  ( timeout $(( BUDGET_S - 90 )) bash -c "$(declare -f build); BUILD='$BUILD' JOBS='$JOBS' PYTHON='$PYTHON' build" \
-    >"$OUT/build.log" 2>&1; echo $? >"$OUT/.build_rc" ) &
+  ( timeout $(( BUDGET_S - 90 )) \
+      bash -c "$(declare -f build); BUILD='$BUILD' JOBS='$JOBS' PYTHON='$PYTHON' build" \
+      >"$OUT/build.log" 2>&1; echo $? >"$OUT/.build_rc" ) &
   build_pid=$!
 fi
 

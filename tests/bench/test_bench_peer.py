@@ -16,8 +16,8 @@ import unittest
 
 import torch
 
-SOURCE = os.environ.get("UNIATTN_SOURCE_DIR",
-                        os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE = os.environ.get("UNIATTN_SOURCE_DIR", os.path.dirname(os.path.dirname(HERE)))
 SCRIPT = os.path.join(SOURCE, "scripts", "bench_peer.py")
 
 
@@ -45,7 +45,8 @@ class TinyCpuRun(unittest.TestCase):
         cls.tmp.cleanup()
 
     def test_runs_and_writes_json(self):
-        self.assertEqual(self.proc.returncode, 0, self.proc.stdout[-2000:] + self.proc.stderr[-4000:])
+        self.assertEqual(self.proc.returncode, 0,
+                         self.proc.stdout[-2000:] + self.proc.stderr[-4000:])
         with open(self.out) as f:
             doc = json.load(f)
         self.assertEqual(doc["gpu"], "cpu")

@@ -15,8 +15,8 @@ import sys
 import tempfile
 import unittest
 
-SOURCE = os.environ.get("UNIATTN_SOURCE_DIR",
-                        os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE = os.environ.get("UNIATTN_SOURCE_DIR", os.path.dirname(os.path.dirname(HERE)))
 SCRIPT = os.path.join(SOURCE, "scripts", "render_performance.py")
 
 H200, H100 = "NVIDIA H200", "NVIDIA H100 80GB HBM3"
@@ -64,7 +64,8 @@ def fake_results(d):
         # Older files: no run id, no ceilings, no spread.
         "bench-llama8b-h100.json": {
             "gpu": H100, "commit": "c100" * 10, "command": "uniattn-bench",
-            "rows": [row(D1, "none", "decode_step_ms", 8.0), row(D1, "uniattn", "decode_step_ms", 7.6),
+            "rows": [row(D1, "none", "decode_step_ms", 8.0),
+                     row(D1, "uniattn", "decode_step_ms", 7.6),
                      row(D1, "none", "roofline_fraction", 0.76, "fraction")]},
         "transformers-llama8b-h100.json": {
             "gpu": H100, "commit": "t100" * 10, "command": "bench_transformers.py",
