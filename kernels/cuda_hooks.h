@@ -5,6 +5,7 @@
 #pragma once
 
 #include "shared_softmax.h"
+#include "uniattn/model/kernel_paths.h"
 
 namespace uniattn::kernels::detail {
 
@@ -36,8 +37,19 @@ struct CudaHooks {
   // out = act(gate) * up; gate and up of one shape, each with a contiguous last dim and rows a
   // common stride apart (flattenable to [rows, cols]); out contiguous.
   void (*gated)(const at::Tensor& gate, const at::Tensor& up, bool gelu, at::Tensor& out) = nullptr;
+
+  // What src/attention/kernel_paths.cpp decides with: the build's images ("sm_80 ... compute_90",
+  // CMake's UNIATTN_KERNEL_ARCHS), the current device, a device's properties, and whether op's
+  // kernel image loads on a device ("" if it does, else the CUDA error).
+  const char* built_archs = nullptr;
+  int (*current_device)() = nullptr;
+  CudaDeviceInfo (*device_info)(int index) = nullptr;
+  std::string (*probe)(KernelOp op, int index) = nullptr;
 };
 
 CudaHooks& cuda_hooks();
+
+// Counts one call of op's CUDA kernel (kernel_call_count()); the hooks above call it.
+void count_kernel_call(KernelOp op);
 
 }  // namespace uniattn::kernels::detail
