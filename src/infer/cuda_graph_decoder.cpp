@@ -2,6 +2,8 @@
 // dispatch of ~10 small ops per layer does not bound decode speed at small batch. The step uses
 // the graph-safe path of CausalLM::forward (ForwardOptions::decode_position): device-side cache
 // position and lengths, cache writes by index_copy_, and the decode kernels over whole buffers.
+#include "cuda_graph_decoder.h"
+
 #include "uniattn/error.h"
 #include "uniattn/infer/generate.h"
 
@@ -12,6 +14,13 @@
 #endif
 
 namespace uniattn {
+
+void check_decode_room(int64_t length, int64_t max_seq, int64_t n) {
+  UNIATTN_CHECK(n >= 0 && length >= 0 && length + n <= max_seq,
+                "CUDA-graph decoder: the KV cache is full: writing ", n, " token(s) at position ",
+                length, " needs ", length + n, " positions, but it holds max_seq = ", max_seq,
+                " (prompt + generated tokens); make the decoder with a larger max_seq");
+}
 
 #ifdef UNIATTN_WITH_CUDA
 namespace {
@@ -38,8 +47,15 @@ class CudaGraphDecoder : public Decoder {
     return model_->forward(ids, &cache_, o).select(1, 0);
   }
 
+  // The cache is checked before anything is written: the captured step writes K and V at the
+  // device-side position with index_copy_, which has no host-side bound. The logits are copied
+  // out of the graph's output buffer (the next replay overwrites it), so each step's result is
+  // the caller's, as the eager decoder's is; the copy is one [B, V] device copy per step.
   at::Tensor step(const at::Tensor& tokens) override {
-    tokens_.copy_(tokens.view({batch_, 1}));
+    check_decode_room(cache_.length(), cache_.max_seq(), 1);
+    UNIATTN_CHECK(tokens.numel() == batch_, "CUDA-graph decoder: step() takes one token per ",
+                  "sequence: ", batch_, " expected, got a tensor of shape ", tokens.sizes());
+    tokens_.copy_(tokens.reshape({batch_, 1}));
     position_.fill_(cache_.length());
     at::Tensor out;
     if (!graph_) {
@@ -59,7 +75,7 @@ class CudaGraphDecoder : public Decoder {
       stream.synchronize();
     } else {
       graph_->replay();
-      out = logits_;
+      out = logits_.clone();
     }
     cache_.advance(1);
     return out;

@@ -47,7 +47,11 @@ std::unique_ptr<Decoder> make_eager_decoder(CausalLM model, int64_t batch, int64
 // The CUDA decoder: each single-token step is captured once in a CUDA graph and replayed, using
 // the shared-Softmax decode kernels over the static cache. Prompts must be of equal length (no
 // padding mask); generate() falls back to the eager decoder for ragged batches. Throws
-// uniattn::Error for a model not on CUDA, or in a build without CUDA.
+// uniattn::Error for a model not on CUDA, or in a build without CUDA. step() throws
+// uniattn::Error before writing anything when the cache already holds max_seq tokens (prompt +
+// steps), or when `tokens` does not hold one token per sequence. Each step() returns its own
+// logits tensor (a copy of the graph's output buffer, which the next replay overwrites), as the
+// eager decoder does.
 std::unique_ptr<Decoder> make_cuda_graph_decoder(CausalLM model, int64_t batch, int64_t max_seq);
 
 using DecoderFactory =
