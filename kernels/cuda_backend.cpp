@@ -135,6 +135,7 @@ void prefill_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   const at::Tensor* lse_in, const AttnParams& p, bool allow_library,
                   at::Tensor& out, at::Tensor* lse_out) {
   const c10::cuda::CUDAGuard guard(q.device());
+  detail::count_kernel_call(KernelOp::PrefillAttention);
   if (allow_library && library_applies(q, k, p)) {
     if (lse_in) {  // follower
       out.copy_(at::scaled_dot_product_attention(q, k, v, std::nullopt, 0.0, /*is_causal=*/true,
@@ -192,6 +193,7 @@ void decode_leader_cuda(const at::Tensor& q, const at::Tensor& k_cache, const at
                         const at::Tensor& seqlens, const AttnParams& p, at::Tensor& out,
                         at::Tensor& p_row) {
   const c10::cuda::CUDAGuard guard(q.device());
+  detail::count_kernel_call(KernelOp::DecodeLeader);
   auto a = decode_args(v_cache, seqlens, q.size(1), true);
   // Workspace from the caching allocator: its size depends only on shapes, so graph capture and
   // replay see the same allocation.
@@ -211,6 +213,7 @@ void decode_leader_cuda(const at::Tensor& q, const at::Tensor& k_cache, const at
 void decode_follower_cuda(const at::Tensor& p_row, const at::Tensor& v_cache,
                           const at::Tensor& seqlens, at::Tensor& out) {
   const c10::cuda::CUDAGuard guard(v_cache.device());
+  detail::count_kernel_call(KernelOp::DecodeFollower);
   auto a = decode_args(v_cache, seqlens, out.size(1), false);
   at::Tensor ws;
   if (a.splits > 1) {
@@ -222,6 +225,43 @@ void decode_follower_cuda(const at::Tensor& p_row, const at::Tensor& v_cache,
   check_launch(cuda::launch_decode_follower(a, dtype_of(v_cache), at::cuda::getCurrentCUDAStream()),
                "decode_follower");
 }
+
+// ---- what the kernel-path decision reads (src/attention/kernel_paths.cpp) ----------------------
+int current_device() { return c10::cuda::current_device(); }
+
+CudaDeviceInfo device_info(int index) {
+  const auto* prop = at::cuda::getDeviceProperties(static_cast<c10::DeviceIndex>(index));
+  CudaDeviceInfo info;
+  info.major = prop->major;
+  info.minor = prop->minor;
+  info.smem_per_block_optin = static_cast<int64_t>(prop->sharedMemPerBlockOptin);
+  info.name = prop->name;
+  return info;
+}
+
+std::string probe(KernelOp op, int index) {
+  const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(index));
+  cudaError_t e = cudaSuccess;
+  switch (op) {
+    case KernelOp::PrefillAttention:
+      e = cuda::probe_prefill_image();
+      break;
+    case KernelOp::DecodeLeader:
+    case KernelOp::DecodeFollower:
+      e = cuda::probe_decode_image();
+      break;
+    default:
+      e = cuda::probe_fused_image();
+      break;
+  }
+  return e == cudaSuccess ? std::string() : std::string(cudaGetErrorString(e));
+}
+
+// CMakeLists.txt records the images it builds ("sm_80 ... compute_90"); a build that does not
+// leaves the image check to the load probe.
+#ifndef UNIATTN_KERNEL_ARCHS
+#define UNIATTN_KERNEL_ARCHS "unrecorded"
+#endif
 
 // Fills the hook table when the library is loaded.
 std::string library_status() {
@@ -236,6 +276,10 @@ std::string library_status() {
   h.decode_leader = &decode_leader_cuda;
   h.decode_follower = &decode_follower_cuda;
   h.library_status = &library_status;
+  h.built_archs = UNIATTN_KERNEL_ARCHS;
+  h.current_device = &current_device;
+  h.device_info = &device_info;
+  h.probe = &probe;
   return true;
 }();
 

@@ -406,6 +406,13 @@ void plan_decode(DecodeArgs& a, int num_sms, bool leader) {
   if (a.splits < 1) a.splits = 1;
 }
 
+cudaError_t probe_decode_image() {
+  cudaFuncAttributes attr{};
+  const cudaError_t e = cudaFuncGetAttributes(&attr, decode_leader_kernel<__nv_bfloat16, 128>);
+  if (e != cudaSuccess) cudaGetLastError();
+  return e;
+}
+
 int64_t decode_workspace_floats(const DecodeArgs& a) {
   return static_cast<int64_t>(a.B) * a.Hq * a.splits * (a.D + 2);
 }

@@ -31,6 +31,7 @@ void check(cudaError_t e, const char* what) {
 void rms_norm_cuda(const at::Tensor& x, const at::Tensor* delta, const at::Tensor& w, double eps,
                    bool plus_one, at::Tensor* h_out, at::Tensor& out) {
   const c10::cuda::CUDAGuard guard(x.device());
+  detail::count_kernel_call(KernelOp::RmsNorm);
   const int64_t n = x.size(-1);
   UNIATTN_CHECK(n > 0 && n <= (1 << 20), "rms_norm: row length ", n, " out of range");
   cuda::NormArgs a{};
@@ -50,6 +51,7 @@ void rms_norm_cuda(const at::Tensor& x, const at::Tensor* delta, const at::Tenso
 void rotary_cuda(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                  const at::Tensor* pos, const at::Tensor& out) {
   const c10::cuda::CUDAGuard guard(x.device());
+  detail::count_kernel_call(KernelOp::Rotary);
   cuda::RotaryArgs a{};
   a.x = x.data_ptr();
   a.cos = cos.data_ptr();
@@ -69,6 +71,7 @@ void rotary_cuda(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& s
 
 void gated_cuda(const at::Tensor& gate, const at::Tensor& up, bool gelu, at::Tensor& out) {
   const c10::cuda::CUDAGuard guard(gate.device());
+  detail::count_kernel_call(KernelOp::GatedActivation);
   const int64_t cols = gate.size(1);  // gate/up arrive as [rows, cols] views
   const int64_t in_stride = gate.size(0) > 1 ? gate.stride(0) : cols;
   cuda::GatedArgs a{gate.data_ptr(), up.data_ptr(), out.data_ptr(), gate.numel(), cols,

@@ -280,6 +280,13 @@ cudaError_t gated_dt(const GatedArgs& a, cudaStream_t st) {
 
 }  // namespace
 
+cudaError_t probe_fused_image() {
+  cudaFuncAttributes attr{};
+  const cudaError_t e = cudaFuncGetAttributes(&attr, rms_norm_kernel<__nv_bfloat16>);
+  if (e != cudaSuccess) cudaGetLastError();
+  return e;
+}
+
 cudaError_t launch_rms_norm(const NormArgs& a, DType dt, cudaStream_t st) {
   if (a.rows == 0) return cudaSuccess;
   switch (dt) {

@@ -88,4 +88,12 @@ struct GatedArgs {
 };
 cudaError_t launch_gated(const GatedArgs& a, DType dt, cudaStream_t stream);
 
+// ---- image probes -------------------------------------------------------------------------------
+// Load one kernel of the file on the current device (cudaFuncGetAttributes; PTX is JIT-compiled
+// then) and return the error when the build has no image the device can run. Each .cu file is
+// built for the same architectures, so one kernel stands for its file. The error is cleared.
+cudaError_t probe_prefill_image();
+cudaError_t probe_decode_image();
+cudaError_t probe_fused_image();
+
 }  // namespace uniattn::kernels::cuda

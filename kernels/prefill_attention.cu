@@ -207,6 +207,13 @@ cudaError_t launch_d(const PrefillArgs& a, cudaStream_t stream) {
 
 }  // namespace
 
+cudaError_t probe_prefill_image() {
+  cudaFuncAttributes attr{};
+  const cudaError_t e = cudaFuncGetAttributes(&attr, prefill_kernel<__nv_bfloat16, 128, 64, false>);
+  if (e != cudaSuccess) cudaGetLastError();
+  return e;
+}
+
 cudaError_t launch_prefill(const PrefillArgs& a, DType dt, cudaStream_t stream) {
   if (a.T == 0 || a.B == 0 || a.Hq == 0) return cudaSuccess;
   const bool follower = a.lse_in != nullptr;

@@ -8,7 +8,8 @@
 // Layout: every tensor is [batch, heads, seq, head_dim] and contiguous (non-contiguous inputs are
 // copied). Hq query heads, Hkv KV heads; query head h reads KV head h / (Hq / Hkv) (GQA).
 // Dispatch: CUDA tensors in bf16/fp16 with head_dim 64, 128 or 256 run the custom CUDA kernels
-// (fp32 accumulation) when the library was built with CUDA (prefill without softcap/window and with
+// (fp32 accumulation) when the library was built with CUDA and the GPU takes the kernel path
+// (uniattn/model/kernel_paths.h) (prefill without softcap/window and with
 // T == S uses PyTorch's flash kernel, see prefill_leader_custom); everything else runs the
 // fallback, which materialises the logits and computes in fp32 (fp64 for fp64 inputs). Every
 // function throws uniattn::Error naming the tensor at fault on a bad shape, dtype or device.
@@ -106,7 +107,9 @@ at::Tensor prefill_follower_custom(const at::Tensor& q_leader, const at::Tensor&
 std::string prefill_library_status();
 
 // True when this build has the CUDA kernels and they accept these inputs (CUDA device, bf16/fp16,
-// head_dim 64/128/256). The dispatching functions above use exactly this test.
+// head_dim 64/128/256). The dispatching functions above run a kernel when this holds and the
+// device takes that operation's kernel path (uniattn::kernel_enabled: compute capability >= 8.0,
+// an image in the build for it, not disabled by UNIATTN_DISABLE_KERNELS); else the fallback.
 bool cuda_kernels_available();
 bool cuda_kernel_supports(const at::Tensor& t);
 

@@ -15,6 +15,7 @@
 #include "cuda_hooks.h"
 #include "shared_softmax.h"
 #include "uniattn/error.h"
+#include "uniattn/model/kernel_paths.h"
 
 namespace uniattn::kernels {
 namespace detail {
@@ -176,7 +177,11 @@ at::Tensor decode_allowed(const at::Tensor& lens, int64_t S, int64_t window, con
 
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
-bool hook_ready(const at::Tensor& t) { return cuda_kernel_supports(t); }
+// The kernel runs when it accepts the inputs and the device takes the kernel path
+// (uniattn/model/kernel_paths.h: compute capability, build images, UNIATTN_DISABLE_KERNELS).
+bool hook_ready(KernelOp op, const at::Tensor& t) {
+  return cuda_kernel_supports(t) && kernel_enabled(op, t.device());
+}
 
 // The kernels read q/k/v with 16-byte vector loads: a contiguous view whose storage offset breaks
 // that alignment is copied.
@@ -281,7 +286,7 @@ std::tuple<at::Tensor, at::Tensor> leader_dispatch(const at::Tensor& q, const at
                                                    const at::Tensor& v, const AttnParams& p,
                                                    bool allow_library) {
   check_prefill("prefill_leader", q, "q", k, "k", v, "v", p);
-  if (!hook_ready(q)) return prefill_leader_fallback(q, k, v, p);
+  if (!hook_ready(KernelOp::PrefillAttention, q)) return prefill_leader_fallback(q, k, v, p);
   auto qc = prep(q), kc = prep(k), vc = prep(v);
   auto out = at::empty_like(qc);
   auto lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
@@ -295,7 +300,7 @@ at::Tensor follower_dispatch(const at::Tensor& q_leader, const at::Tensor& k_lea
   check_prefill("prefill_follower", q_leader, "q_leader", k_leader, "k_leader", v_follower,
                 "v_follower", p);
   check_lse("prefill_follower", lse_leader, q_leader);
-  if (!hook_ready(q_leader)) {
+  if (!hook_ready(KernelOp::PrefillAttention, q_leader)) {
     return prefill_follower_fallback(q_leader, k_leader, lse_leader, v_follower, p);
   }
   auto qc = prep(q_leader), kc = prep(k_leader), vc = prep(v_follower);
@@ -330,7 +335,7 @@ void decode_leader_out(const at::Tensor& q, const at::Tensor& k_cache, const at:
                        const at::Tensor& cache_seqlens, const AttnParams& p, at::Tensor& out,
                        at::Tensor& p_row) {
   check_decode_leader("decode_leader", q, k_cache, v_cache, p);
-  const bool cuda = hook_ready(q);
+  const bool cuda = hook_ready(KernelOp::DecodeLeader, q);
   check_seqlens("decode_leader", cache_seqlens, q.size(0), q.device(), cuda);
   check_out("decode_leader", "out", out, q.sizes(), q.scalar_type(), q.device());
   check_out("decode_leader", "p_row", p_row, {q.size(0), q.size(1), k_cache.size(2)}, at::kFloat,
@@ -350,7 +355,9 @@ std::tuple<at::Tensor, at::Tensor> decode_leader(const at::Tensor& q, const at::
                                                  const at::Tensor& cache_seqlens,
                                                  const AttnParams& p) {
   check_decode_leader("decode_leader", q, k_cache, v_cache, p);
-  if (!hook_ready(q)) return decode_leader_fallback(q, k_cache, v_cache, cache_seqlens, p);
+  if (!hook_ready(KernelOp::DecodeLeader, q)) {
+    return decode_leader_fallback(q, k_cache, v_cache, cache_seqlens, p);
+  }
   auto out = at::empty(q.sizes(), q.options().memory_format(at::MemoryFormat::Contiguous));
   auto p_row = at::empty({q.size(0), q.size(1), k_cache.size(2)}, q.options().dtype(at::kFloat));
   decode_leader_out(q, k_cache, v_cache, cache_seqlens, p, out, p_row);
@@ -361,7 +368,7 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache,
                             const at::Tensor& v_cache, const at::Tensor& cache_seqlens,
                             const AttnParams& p) {
   check_decode_leader("decode_attention", q, k_cache, v_cache, p);
-  if (!hook_ready(q))
+  if (!hook_ready(KernelOp::DecodeLeader, q))
     return std::get<0>(decode_leader_fallback(q, k_cache, v_cache, cache_seqlens, p));
   check_seqlens("decode_attention", cache_seqlens, q.size(0), q.device(), true);
   auto out = at::empty(q.sizes(), q.options().memory_format(at::MemoryFormat::Contiguous));
@@ -374,7 +381,8 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache,
 void decode_follower_out(const at::Tensor& p_row, const at::Tensor& v_cache,
                          const at::Tensor& cache_seqlens, int64_t num_q_heads, at::Tensor& out) {
   check_decode_follower("decode_follower", p_row, v_cache, num_q_heads);
-  const bool cuda = hook_ready(v_cache) && p_row.scalar_type() == at::kFloat;
+  const bool cuda =
+      hook_ready(KernelOp::DecodeFollower, v_cache) && p_row.scalar_type() == at::kFloat;
   check_seqlens("decode_follower", cache_seqlens, v_cache.size(0), v_cache.device(), cuda);
   const std::array<int64_t, 4> osz{v_cache.size(0), num_q_heads, 1, v_cache.size(3)};
   check_out("decode_follower", "out", out, osz, v_cache.scalar_type(), v_cache.device());
@@ -389,7 +397,7 @@ void decode_follower_out(const at::Tensor& p_row, const at::Tensor& v_cache,
 at::Tensor decode_follower(const at::Tensor& p_row, const at::Tensor& v_cache,
                            const at::Tensor& cache_seqlens, int64_t num_q_heads) {
   check_decode_follower("decode_follower", p_row, v_cache, num_q_heads);
-  if (!(hook_ready(v_cache) && p_row.scalar_type() == at::kFloat)) {
+  if (!(hook_ready(KernelOp::DecodeFollower, v_cache) && p_row.scalar_type() == at::kFloat)) {
     return decode_follower_fallback(p_row, v_cache, cache_seqlens, num_q_heads);
   }
   auto out = at::empty({v_cache.size(0), num_q_heads, 1, v_cache.size(3)}, v_cache.options());

@@ -6,6 +6,7 @@
 
 #include "cuda_hooks.h"
 #include "uniattn/error.h"
+#include "uniattn/model/kernel_paths.h"
 
 namespace uniattn {
 
@@ -13,11 +14,12 @@ namespace {
 thread_local bool t_force_aten = false;
 
 // The fused kernels have no backward and take one dtype: they apply to CUDA tensors of one
-// supported dtype when no input takes part in autograd.
-bool use_fused(std::initializer_list<const at::Tensor*> ts) {
+// supported dtype when no input takes part in autograd, on a GPU that takes op's kernel path
+// (uniattn/model/kernel_paths.h).
+bool use_fused(KernelOp op, std::initializer_list<const at::Tensor*> ts) {
   const at::Tensor& first = **ts.begin();
   if (t_force_aten || !first.is_cuda()) return false;
-  if (!kernels::detail::cuda_hooks().rms_norm) return false;
+  if (!kernel_enabled(op, first.device())) return false;
   const auto dt = first.scalar_type();
   if (dt != at::kFloat && dt != at::kBFloat16 && dt != at::kHalf) return false;
   const bool grad = at::GradMode::is_enabled();
@@ -41,7 +43,7 @@ at::Tensor rms_norm_aten(const at::Tensor& x, const at::Tensor& weight, double e
 }
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps, bool plus_one) {
-  if (!use_fused({&x, &weight}) || weight.numel() != x.size(-1))
+  if (!use_fused(KernelOp::RmsNorm, {&x, &weight}) || weight.numel() != x.size(-1))
     return rms_norm_aten(x, weight, eps, plus_one);
   auto xc = x.contiguous();
   auto out = at::empty_like(xc);
@@ -53,7 +55,7 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps, b
 std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const at::Tensor& delta,
                                                const at::Tensor& weight, double eps,
                                                bool plus_one) {
-  if (!use_fused({&x, &delta, &weight}) || x.sizes() != delta.sizes() ||
+  if (!use_fused(KernelOp::RmsNorm, {&x, &delta, &weight}) || x.sizes() != delta.sizes() ||
       weight.numel() != x.size(-1)) {
     auto h = x + delta;
     return {h, rms_norm_aten(h, weight, eps, plus_one)};
@@ -112,7 +114,7 @@ namespace {
 // Shapes the rotary kernel indexes directly: x [B,H,T,D] and cos/sin [B|1,1,T,D], last dims
 // contiguous, D even.
 bool rotary_kernel_applies(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  return use_fused({&x, &cos, &sin}) && x.dim() == 4 && cos.dim() == 4 &&
+  return use_fused(KernelOp::Rotary, {&x, &cos, &sin}) && x.dim() == 4 && cos.dim() == 4 &&
          cos.sizes() == sin.sizes() && cos.strides() == sin.strides() &&
          (cos.size(0) == x.size(0) || cos.size(0) == 1) && cos.size(1) == 1 &&
          cos.size(2) == x.size(2) && cos.size(3) == x.size(3) && x.size(3) % 2 == 0 &&
@@ -162,8 +164,8 @@ bool row_strided(const at::Tensor& t) {
 }  // namespace
 
 at::Tensor gated_activation(const at::Tensor& gate, const at::Tensor& up, Activation act) {
-  if (!use_fused({&gate, &up}) || gate.sizes() != up.sizes() || gate.strides() != up.strides() ||
-      !row_strided(gate))
+  if (!use_fused(KernelOp::GatedActivation, {&gate, &up}) || gate.sizes() != up.sizes() ||
+      gate.strides() != up.strides() || !row_strided(gate))
     return gated_activation_aten(gate, up, act);
   const int64_t cols = gate.size(-1);
   auto out = at::empty({gate.numel() / std::max<int64_t>(cols, 1), cols}, gate.options());
