@@ -7,6 +7,7 @@
 
 #include "uniattn/error.h"
 #include "uniattn/io/file_io.h"
+#include "uniattn/io/json_depth.h"
 #include "uniattn/io/gguf.h"
 
 namespace uniattn {
@@ -24,7 +25,9 @@ constexpr size_t kMaxJsonBytes = 16u << 20;
 json read_json(const fs::path& file) {
   json j;
   try {
-    j = json::parse(read_text_file(file, kMaxJsonBytes));
+    const std::string text = read_text_file(file, kMaxJsonBytes);
+    check_json_depth(text, file.string());
+    j = json::parse(text);
   } catch (const json::exception& e) {
     fail(file.string(), ": not valid JSON: ", e.what());
   }

@@ -6,6 +6,7 @@
 
 #include "uniattn/error.h"
 #include "uniattn/io/file_io.h"
+#include "uniattn/io/json_depth.h"
 
 namespace uniattn {
 
@@ -42,7 +43,8 @@ const std::set<std::string>& generic_keys() {
       "repetition_penalty", "return_dict_in_generate", "sep_token_id", "suppress_tokens",
       "task_specific_params", "temperature", "tokenizer_class", "top_k", "top_p", "typical_p",
       "use_bfloat16", "cache_implementation", "_attn_implementation_autoset",
-      "unk_token_id", "use_bidirectional_attention", "model_type", "base_model_type", "uniattn"};
+      "unk_token_id", "use_bidirectional_attention", "model_type", "base_model_type", "uniattn",
+      "auto_map"};
   return keys;
 }
 
@@ -417,6 +419,7 @@ ModelConfig ModelConfig::load(const std::filesystem::path& path) {
   std::string text = read_text_file(path, 16u << 20);
   json j;
   try {
+    check_json_depth(text, path.string());
     j = json::parse(text);
   } catch (const json::exception& e) {
     fail(path.string(), ": not valid JSON: ", e.what());

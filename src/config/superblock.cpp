@@ -24,8 +24,20 @@ Variant parse_variant(const std::string& name) {
   fail("unknown UniAttn variant '", name, "' (expected none, softmax, uniattn or cla)");
 }
 
+namespace {
+// The layer count bounds every layer index read from a spec, so it is bounded itself first
+// (ModelConfig allows at most kMaxSpecLayers layers too).
+constexpr int64_t kMaxSpecLayers = 1024;
+void check_num_layers(int64_t num_layers) {
+  UNIATTN_CHECK(num_layers > 0 && num_layers <= kMaxSpecLayers,
+                "invalid SuperBlocks: the model's layer count ", num_layers, " is outside [1, ",
+                kMaxSpecLayers, "]");
+}
+}  // namespace
+
 UniAttnSpec UniAttnSpec::from_range(Variant v, int64_t size, int64_t begin, int64_t end,
                                     int64_t num_layers) {
+  check_num_layers(num_layers);
   UNIATTN_CHECK(size >= 2, "invalid SuperBlocks: size ", size, " < 2 (a SuperBlock needs a leader",
                 " and at least one follower)");
   UNIATTN_CHECK(begin >= 0, "invalid SuperBlocks: begin ", begin, " < 0");
@@ -34,11 +46,15 @@ UniAttnSpec UniAttnSpec::from_range(Variant v, int64_t size, int64_t begin, int6
   UNIATTN_CHECK(end > begin, "invalid SuperBlocks: end ", end, " <= begin ", begin);
   UniAttnSpec s;
   s.variant = v;
+  // Every value below is in [0, num_layers], so no sum can overflow: `size` only enters as
+  // min(size, stop - lead).
   const int64_t stop = std::min(end, num_layers);
-  for (int64_t lead = begin; lead < stop; lead += size) {
+  for (int64_t lead = begin; lead < stop;) {
+    const int64_t len = std::min(size, stop - lead);
     std::vector<int64_t> g;
-    for (int64_t i = lead; i < std::min(lead + size, stop); ++i) g.push_back(i);
+    for (int64_t i = lead; i < lead + len; ++i) g.push_back(i);
     if (g.size() >= 2) s.groups.push_back(std::move(g));  // a lone trailing leader shares nothing
+    lead += len;
   }
   s.validate(num_layers);
   return s;
@@ -73,6 +89,7 @@ std::vector<std::string> split(const std::string& s, char sep) {
 
 UniAttnSpec UniAttnSpec::parse(Variant v, const std::string& text, int64_t num_layers) {
   UNIATTN_CHECK(!text.empty(), "invalid SuperBlocks: empty spec");
+  check_num_layers(num_layers);
   const bool explicit_groups = text.find(';') != std::string::npos ||
                                text.find('-') != std::string::npos;
   if (!explicit_groups) {
@@ -92,10 +109,12 @@ UniAttnSpec UniAttnSpec::parse(Variant v, const std::string& text, int64_t num_l
       if (dash == std::string::npos) {
         g.push_back(parse_int(item, text));
       } else {
-        int64_t a = parse_int(item.substr(0, dash), text);
-        int64_t b = parse_int(item.substr(dash + 1), text);
-        UNIATTN_CHECK(a <= b && b - a < 100000, "invalid SuperBlocks '", text, "': bad range '",
-                      item, "'");
+        const int64_t a = parse_int(item.substr(0, dash), text);
+        const int64_t b = parse_int(item.substr(dash + 1), text);
+        // Bounded by the layer count before `b - a` or the loop below can overflow or allocate.
+        UNIATTN_CHECK(a >= 0 && b < num_layers, "invalid SuperBlocks '", text, "': range '", item,
+                      "' is outside the model's ", num_layers, " layers");
+        UNIATTN_CHECK(a <= b, "invalid SuperBlocks '", text, "': bad range '", item, "'");
         for (int64_t i = a; i <= b; ++i) g.push_back(i);
       }
     }
@@ -110,6 +129,7 @@ void UniAttnSpec::validate(int64_t num_layers) const {
     UNIATTN_CHECK(groups.empty(), "invalid SuperBlocks: variant 'none' takes no groups");
     return;
   }
+  check_num_layers(num_layers);
   UNIATTN_CHECK(!groups.empty(), "invalid SuperBlocks: variant '", variant_name(variant),
                 "' needs at least one group");
   std::set<int64_t> seen;

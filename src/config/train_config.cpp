@@ -20,14 +20,23 @@ class Reader {
   Reader(const YAML::Node& node, std::string path, const std::string& origin)
       : node_(node), path_(std::move(path)), origin_(origin) {
     if (node_ && !node_.IsNull() && !node_.IsMap())
-      fail(origin_, ": ", where(""), " must be a mapping");
+      fail(origin_, ": ", where(""), " must be a mapping, got ", kind(node_));
+    if (!node_ || node_.IsNull()) return;
+    // Keys are names: a YAML mapping or list used as a key ("[a]: 1") has none.
+    for (const auto& kv : node_)
+      if (!kv.first.IsScalar())
+        fail(origin_, ": ", where(""), " has a ", kind(kv.first), " as a key (keys are names)");
   }
   ~Reader() noexcept(false) {
     if (std::uncaught_exceptions() > 0 || !node_ || node_.IsNull()) return;
     for (const auto& kv : node_) {
-      const auto key = kv.first.as<std::string>();
+      const std::string& key = kv.first.Scalar();  // scalar: checked by the constructor
       if (!used_.count(key)) fail(origin_, ": unknown key ", where(key));
     }
+  }
+
+  static const char* kind(const YAML::Node& n) {
+    return n.IsMap() ? "mapping" : n.IsSequence() ? "list" : n.IsScalar() ? "scalar" : "null";
   }
 
   std::string where(const std::string& key) const {
@@ -45,7 +54,7 @@ class Reader {
   void read(const std::string& key, T& out) {
     YAML::Node n = get(key);
     if (!n || n.IsNull()) return;
-    if (!n.IsScalar()) fail(origin_, ": ", where(key), " must be a scalar");
+    if (!n.IsScalar()) fail(origin_, ": ", where(key), " must be a scalar, got a ", kind(n));
     try {
       out = n.as<T>();
     } catch (const YAML::Exception&) {
@@ -120,29 +129,36 @@ void apply_override(YAML::Node& root, const std::string& text, const std::string
     i = j;
   }
   if (steps.empty()) fail(origin, ": override '", text, "' has an empty path");
-  // yaml-cpp nodes are handles: assigning into a child modifies the tree.
-  std::vector<YAML::Node> chain{root};
-  for (size_t s = 0; s + 1 < steps.size(); ++s) {
-    YAML::Node cur = chain.back();
+  // yaml-cpp nodes are handles: assigning into a child modifies the tree. A name step needs a
+  // mapping (or nothing yet) to step into, an index step a list: yaml-cpp throws on the others.
+  YAML::Node cur = root;
+  std::string walked;  // the path so far, for messages
+  for (size_t s = 0; s < steps.size(); ++s) {
+    const auto& [name, idx] = steps[s];
+    const bool leaf = s + 1 == steps.size();
     YAML::Node next;
-    if (steps[s].second >= 0) {
-      if (!cur.IsSequence() || steps[s].second >= static_cast<int64_t>(cur.size()))
-        fail(origin, ": override path '", path, "': index ", steps[s].second, " out of range");
-      next = cur[static_cast<size_t>(steps[s].second)];
+    if (idx >= 0) {
+      if (!cur.IsSequence() || idx >= static_cast<int64_t>(cur.size()))
+        fail(origin, ": override path '", path, "': index ", idx, " out of range");
+      if (leaf) {
+        cur[static_cast<size_t>(idx)] = value;
+        return;
+      }
+      next = cur[static_cast<size_t>(idx)];
+      walked += "[" + std::to_string(idx) + "]";
     } else {
-      if (!cur[steps[s].first]) cur[steps[s].first] = YAML::Node(YAML::NodeType::Map);
-      next = cur[steps[s].first];
+      if (cur.IsDefined() && !cur.IsNull() && !cur.IsMap())
+        fail(origin, ": override path '", path, "': ", walked.empty() ? "<root>" : walked,
+             " is a ", Reader::kind(cur), ", not a mapping, so it has no key '", name, "'");
+      if (leaf) {
+        cur[name] = value;
+        return;
+      }
+      if (!cur[name]) cur[name] = YAML::Node(YAML::NodeType::Map);
+      next = cur[name];
+      walked += (walked.empty() ? "" : ".") + name;
     }
-    chain.push_back(next);
-  }
-  YAML::Node last = chain.back();
-  const auto& leaf = steps.back();
-  if (leaf.second >= 0) {
-    if (!last.IsSequence() || leaf.second >= static_cast<int64_t>(last.size()))
-      fail(origin, ": override path '", path, "': index ", leaf.second, " out of range");
-    last[static_cast<size_t>(leaf.second)] = value;
-  } else {
-    last[leaf.first] = value;
+    cur.reset(next);  // rebinds the handle (operator= would assign into the tree)
   }
 }
 
@@ -303,6 +319,7 @@ TrainCheckpointConfig read_checkpoint(const YAML::Node& node, const std::string&
   TrainCheckpointConfig c;
   Reader r(node, "checkpoint", origin);
   r.positive("every_steps", c.every_steps, true);
+  r.positive("every_minutes", c.every_minutes, true);
   r.positive("keep_last", c.keep_last);
   r.one_of("save_dtype", c.save_dtype, {"bf16", "f16", "f32"});
   return c;
@@ -358,8 +375,14 @@ TrainConfig TrainConfig::parse(const std::string& yaml_text, const std::string& 
   }
   if (!root || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
   if (!root.IsMap()) fail(origin, ": the top level must be a mapping");
-  for (const auto& o : overrides) apply_override(root, o, origin);
-  return from_node(root, origin);
+  // Every yaml-cpp call below is guarded by a type check; this turns any that is not (a yaml-cpp
+  // exception is never the caller's to handle) into our error naming the file.
+  try {
+    for (const auto& o : overrides) apply_override(root, o, origin);
+    return from_node(root, origin);
+  } catch (const YAML::Exception& e) {
+    fail(origin, ": invalid configuration: ", e.what());
+  }
 }
 
 TrainConfig TrainConfig::load(const std::string& path, const std::vector<std::string>& overrides) {
@@ -429,6 +452,7 @@ std::string TrainConfig::to_yaml() const {
   e << YAML::Key << "batch_tokens" << YAML::Value << eval.batch_tokens << YAML::EndMap;
   e << YAML::Key << "checkpoint" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "every_steps" << YAML::Value << checkpoint.every_steps;
+  e << YAML::Key << "every_minutes" << YAML::Value << checkpoint.every_minutes;
   e << YAML::Key << "keep_last" << YAML::Value << checkpoint.keep_last;
   e << YAML::Key << "save_dtype" << YAML::Value << checkpoint.save_dtype << YAML::EndMap;
   e << YAML::Key << "distributed" << YAML::Value << YAML::BeginMap;

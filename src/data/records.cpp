@@ -5,6 +5,7 @@
 
 #include "uniattn/data/records.h"
 #include "uniattn/io/jsonl.h"
+#include "uniattn/io/json_depth.h"
 #include "uniattn/error.h"
 #include "uniattn/io/file_io.h"
 
@@ -156,6 +157,7 @@ std::vector<Record> load_records(const std::filesystem::path& path, const Prompt
   if (text[first] == '[') {
     nlohmann::json j;
     try {
+      check_json_depth(text, path.string());
       j = nlohmann::json::parse(text);
     } catch (const nlohmann::json::exception& e) {
       fail(path.string(), ": not valid JSON: ", e.what());

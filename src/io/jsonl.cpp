@@ -1,6 +1,7 @@
 #include "uniattn/io/jsonl.h"
 
 #include "uniattn/error.h"
+#include "uniattn/io/json_depth.h"
 
 namespace uniattn {
 
@@ -18,6 +19,7 @@ void for_each_jsonl(
     if (line.find_first_not_of(" \t\r") == std::string_view::npos) continue;
     const std::string where = path.string() + ": line " + std::to_string(line_no);
     nlohmann::json j;
+    check_json_depth(line, where);
     try {
       j = nlohmann::json::parse(line);
     } catch (const nlohmann::json::exception& e) {

@@ -4,6 +4,7 @@
 #include "uniattn/error.h"
 #include "uniattn/io/chat_template.h"
 #include "uniattn/io/file_io.h"
+#include "uniattn/io/json_depth.h"
 #include "uniattn/io/gguf.h"
 
 namespace uniattn {
@@ -19,7 +20,9 @@ constexpr const char* kSpecialNames[] = {"bos_token", "eos_token", "unk_token", 
 
 ojson read_json(const fs::path& path) {
   try {
-    return ojson::parse(read_text_file(path));
+    const std::string text = read_text_file(path);
+    check_json_depth(text, path.string());
+    return ojson::parse(text);
   } catch (const ojson::exception& e) {
     fail(path.string(), ": not valid JSON: ", e.what());
   }

@@ -5,6 +5,7 @@
 
 #include "uniattn/error.h"
 #include "uniattn/io/file_io.h"
+#include "uniattn/io/json_depth.h"
 #include "uniattn/io/safetensors.h"
 
 namespace uniattn {
@@ -64,6 +65,7 @@ SafetensorsCheckpoint SafetensorsCheckpoint::open(const fs::path& dir_or_file) {
 
   const std::string where = index_path.string();
   const std::string text = read_text_file(index_path);
+  check_json_depth(text, where);
   const json index = json::parse(text, nullptr, /*allow_exceptions=*/false);
   UNIATTN_CHECK(!index.is_discarded(), where, ": not valid JSON");
   UNIATTN_CHECK(index.is_object(), where, ": not a JSON object but ", index.type_name());

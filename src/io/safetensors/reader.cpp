@@ -177,23 +177,33 @@ Placed read_tensor(const std::string& name, const json& entry, const std::string
 }
 
 // Orders the tensors by position in the buffer (then name, for empty tensors sharing an offset)
-// and rejects any two non-empty tensors sharing bytes.
-std::vector<TensorView> order_by_offset(std::vector<Placed> placed, const std::string& where) {
+// and checks that they tile the data buffer as the safetensors format requires (the reference
+// library's Metadata::validate and read_metadata): sorted by offsets, each tensor begins where
+// the previous one ends, the first at 0, and the last ends at the end of the file. Bytes that
+// belong to no tensor, between tensors or after the last, are refused like overlaps.
+std::vector<TensorView> order_by_offset(std::vector<Placed> placed, std::uint64_t buffer_size,
+                                        const std::string& where) {
   std::sort(placed.begin(), placed.end(), [](const Placed& a, const Placed& b) {
     if (a.begin != b.begin) return a.begin < b.begin;
     if (a.end != b.end) return a.end < b.end;
     return a.view.name < b.view.name;
   });
-  const Placed* prev = nullptr;  // last non-empty tensor
+  const Placed* prev = nullptr;  // the tensor that ends at `covered`
+  std::uint64_t covered = 0;     // bytes [0, covered) of the buffer belong to a tensor
   for (const auto& p : placed) {
-    if (p.begin == p.end) continue;
-    if (prev) {
-      UNIATTN_CHECK(p.begin >= prev->end, where, ": tensor '", p.view.name, "' (bytes [", p.begin,
-                    ", ", p.end, ")) overlaps tensor '", prev->view.name, "' (bytes [", prev->begin,
-                    ", ", prev->end, "))");
-    }
-    if (!prev || p.end > prev->end) prev = &p;
+    UNIATTN_CHECK(p.begin >= covered, where, ": tensor '", p.view.name, "' (bytes [", p.begin,
+                  ", ", p.end, ")) overlaps tensor '", prev ? prev->view.name : "", "' (bytes [",
+                  prev ? prev->begin : 0, ", ", covered, "))");
+    UNIATTN_CHECK(p.begin == covered, where, ": bytes [", covered, ", ", p.begin,
+                  ") of the data buffer belong to no tensor (a gap before tensor '", p.view.name,
+                  "'); safetensors stores tensors back to back");
+    covered = p.end;
+    prev = &p;
   }
+  UNIATTN_CHECK(covered == buffer_size, where, ": bytes [", covered, ", ", buffer_size,
+                ") of the data buffer belong to no tensor (after ",
+                prev ? "tensor '" + prev->view.name + "'" : std::string("the header"),
+                "); safetensors stores tensors back to back up to the end of the file");
   std::vector<TensorView> ordered;
   ordered.reserve(placed.size());
   for (auto& p : placed) ordered.push_back(std::move(p.view));
@@ -217,7 +227,7 @@ SafetensorsFile SafetensorsFile::open(const std::filesystem::path& path) {
     else
       placed.push_back(read_tensor(name, entry, where, *file, layout));
   }
-  f.tensors_ = order_by_offset(std::move(placed), where);
+  f.tensors_ = order_by_offset(std::move(placed), layout.buffer_size, where);
   for (std::size_t i = 0; i < f.tensors_.size(); ++i) f.by_name_[f.tensors_[i].name] = i;
   return f;
 }

@@ -19,7 +19,8 @@ class SpmTokenizer final : public tok::TemplatedTokenizer {
  public:
   SpmTokenizer(std::string source, std::string model)
       : source_(std::move(source)), model_(std::move(model)) {
-    const auto status = sp_.LoadFromSerializedProto(model_);
+    const auto status = guarded("not a valid SentencePiece model",
+                                [&] { return sp_.LoadFromSerializedProto(model_); });
     UNIATTN_CHECK(status.ok(), source_, ": not a valid SentencePiece model: ", status.ToString());
     size_ = sp_.GetPieceSize();
     UNIATTN_CHECK(size_ > 0 && size_ <= tok::kMaxVocab, source_, ": SentencePiece model has ",
@@ -95,7 +96,7 @@ class SpmTokenizer final : public tok::TemplatedTokenizer {
     auto flush = [&] {
       if (run.empty()) return;
       std::string s;
-      const auto status = sp_.Decode(run, &s);
+      const auto status = guarded("decode failed", [&] { return sp_.Decode(run, &s); });
       UNIATTN_CHECK(status.ok(), source_, ": decode failed: ", status.ToString());
       out += s;
       run.clear();
@@ -144,9 +145,21 @@ class SpmTokenizer final : public tok::TemplatedTokenizer {
   void encode_segment(std::string_view text, std::vector<int32_t>& out) const {
     if (text.empty()) return;
     std::vector<int> ids;
-    const auto status = sp_.Encode(text, &ids);
+    const auto status = guarded("encode failed", [&] { return sp_.Encode(text, &ids); });
     UNIATTN_CHECK(status.ok(), source_, ": encode failed: ", status.ToString());
     out.insert(out.end(), ids.begin(), ids.end());
+  }
+
+  // libsentencepiece reports most problems through its Status, but some of its parts throw
+  // (darts-clone, building the piece trie: "zero-length key" for a piece of NUL bytes); any such
+  // exception becomes our error naming the file.
+  template <typename F>
+  sentencepiece::util::Status guarded(const char* what, F&& f) const {
+    try {
+      return f();
+    } catch (const std::exception& e) {
+      fail(source_, ": ", what, ": ", e.what());
+    }
   }
 
   std::string source_;

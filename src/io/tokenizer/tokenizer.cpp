@@ -4,6 +4,7 @@
 #include "internal.h"
 #include "uniattn/error.h"
 #include "uniattn/io/file_io.h"
+#include "uniattn/io/json_depth.h"
 
 namespace uniattn {
 
@@ -29,7 +30,9 @@ namespace {
 using nlohmann::json;
 
 json read_json(const std::filesystem::path& p) {
-  json j = json::parse(read_text_file(p, std::size_t{64} << 20), nullptr, false);
+  const std::string text = read_text_file(p, std::size_t{64} << 20);
+  check_json_depth(text, p.string());
+  json j = json::parse(text, nullptr, false);
   UNIATTN_CHECK(!j.is_discarded() && j.is_object(), p.string(), ": not a valid JSON object");
   return j;
 }

@@ -7,6 +7,7 @@
 #include "internal.h"
 #include "uniattn/error.h"
 #include "uniattn/io/file_io.h"
+#include "uniattn/io/json_depth.h"
 
 namespace uniattn {
 
@@ -407,7 +408,9 @@ void parse_added(const Ctx& c, const json& added, tok::BpeSpec& spec) {
 
 json parse_file(const Ctx& c, const std::filesystem::path& path) {
   UNIATTN_CHECK(std::filesystem::is_regular_file(path), c.file, ": tokenizer file not found");
-  json j = json::parse(read_text_file(path, kMaxJsonBytes), nullptr, /*allow_exceptions=*/false);
+  const std::string text = read_text_file(path, kMaxJsonBytes);
+  check_json_depth(text, c.file);  // component Sequences are read recursively
+  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) fail(c.file, ": not valid JSON");
   if (!j.is_object()) fail(c.file, ": expected a JSON object at the top level");
   return j;

@@ -149,16 +149,49 @@ TEST(SafetensorsErrors, DataOffsets) {
                                 tensor("v", "F32", "[2]", "[4,12]") + "}",
                             12),
                     {"bad.safetensors", "tensor 'v'", "overlaps tensor 'w'"});
-  // Empty tensors may share an offset with anything.
+  // An empty tensor sits between two others (as writers place it), not inside one: the
+  // safetensors library's Metadata::validate refuses [4,4] here as well.
   auto ok = st_file(dir,
                     "{" + tensor("w", "F32", "[2]", "[0,8]") + "," +
-                        tensor("e", "F32", "[0,5]", "[4,4]") + "," +
+                        tensor("e", "F32", "[0,5]", "[8,8]") + "," +
                         tensor("s", "I8", "[]", "[8,9]") + "}",
                     9);
   const auto f = SafetensorsFile::open(ok);
   ASSERT_EQ(f.tensors().size(), 3u);
   EXPECT_EQ(f.find("s")->data.size(), 1u);
   EXPECT_TRUE(f.find("e")->data.empty());
+  expect_open_error(st_file(dir,
+                            "{" + tensor("w", "F32", "[2]", "[0,8]") + "," +
+                                tensor("e", "F32", "[0,5]", "[4,4]") + "}",
+                            8),
+                    {"bad.safetensors", "tensor 'e'", "overlaps tensor 'w'"});
+}
+
+// The format stores tensors back to back from the start of the data buffer to the end of the
+// file; the safetensors library (Metadata::validate, read_metadata) refuses any byte that belongs
+// to no tensor, so a file with such bytes is not a safetensors file and is refused here too.
+TEST(SafetensorsErrors, BytesOutsideEveryTensor) {
+  auto dir = test::scratch_dir();
+  expect_open_error(st_file(dir,
+                            "{" + tensor("w", "F32", "[1]", "[0,4]") + "," +
+                                tensor("v", "F32", "[1]", "[8,12]") + "}",
+                            12),
+                    {"bad.safetensors", "bytes [4, 8) of the data buffer belong to no tensor",
+                     "before tensor 'v'"});
+  expect_open_error(st_file(dir, "{" + tensor("w", "F32", "[1]", "[4,8]") + "}", 8),
+                    {"bytes [0, 4)", "before tensor 'w'"});
+  expect_open_error(st_file(dir, "{" + tensor("w", "F32", "[1]", "[0,4]") + "}", 6),
+                    {"bytes [4, 6)", "after tensor 'w'"});
+  expect_open_error(st_file(dir, "{}", 3), {"bytes [0, 3)", "after the header"});
+  // The same layouts without the stray bytes open.
+  EXPECT_EQ(SafetensorsFile::open(st_file(dir,
+                                          "{" + tensor("v", "F32", "[1]", "[4,8]") + "," +
+                                              tensor("w", "F32", "[1]", "[0,4]") + "}",
+                                          8))
+                .tensors()
+                .size(),
+            2u);
+  EXPECT_TRUE(SafetensorsFile::open(st_file(dir, "{}", 0)).tensors().empty());
 }
 
 TEST(SafetensorsErrors, TruncatedData) {

@@ -338,7 +338,9 @@ TEST(Llama2StyleDir, FallsBackToTokenizerModel) {
   const auto tok = load_tokenizer_dir(d);
   EXPECT_FALSE(tok->load_note().empty());
   EXPECT_FALSE(tok->adds_bos());
-  for (const json& r : read_json_file(case_dir() / "expected.json")["results"]) {
+  // Named: a range-for over a member of a temporary would read the freed temporary.
+  const json expected = read_json_file(case_dir() / "expected.json");
+  for (const json& r : expected["results"]) {
     const std::string text = r["text"].get<std::string>();
     SCOPED_TRACE(text);
     EXPECT_EQ(tok->encode(text, tok->adds_bos(), /*parse_special=*/false), ids_of(r["spm_ids"]));
