@@ -95,8 +95,11 @@ std::unique_ptr<Tokenizer> make_bpe_tokenizer(const BpeVocab& vocab);
 struct SpmVocab {
   std::vector<std::string> tokens;   // pieces, "▁" for space, "<0x41>" for byte tokens
   std::vector<float> scores;         // one per token
-  std::vector<int32_t> token_types;  // as in BpeVocab; exactly one must be 2 (unknown)
+  std::vector<int32_t> token_types;  // as in BpeVocab; at most one may be 2 (unknown)
   std::optional<int32_t> bos, eos, pad;
+  // tokenizer.ggml.unknown_token_id: the unknown token when given (Gemma-3's GGUFs type <unk> as
+  // control, 3); else the one token of type 2.
+  std::optional<int32_t> unk;
   bool add_bos = true;
   bool add_space_prefix = true;           // tokenizer.ggml.add_space_prefix
   bool remove_extra_whitespaces = false;  // tokenizer.ggml.remove_extra_whitespaces
@@ -105,7 +108,8 @@ struct SpmVocab {
 // Builds a SentencePiece model (BPE, identity normalization, byte fallback when byte tokens exist)
 // from the vocabulary and loads it with libsentencepiece; save() writes that model as
 // tokenizer.model. Throws uniattn::Error on mismatched array lengths, more than 2^24 tokens, an
-// unknown token type, a missing or repeated unknown token, or ids out of range.
+// unknown token type, a missing or repeated unknown token (or `unk` naming another token than the
+// one of type 2), or ids out of range.
 std::unique_ptr<Tokenizer> make_spm_tokenizer(const SpmVocab& vocab);
 
 // Loads a HF tokenizer.json with a BPE model and encodes as HF `tokenizers` does

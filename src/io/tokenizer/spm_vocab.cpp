@@ -66,10 +66,18 @@ std::string serialize_spm_model(const SpmVocab& v) {
     std::string piece;
     put_bytes(piece, 1, v.tokens[i]);
     put_float(piece, 2, v.scores[i]);
-    put_int(piece, 3, type);
+    // libsentencepiece finds its unknown piece by type.
+    put_int(piece, 3, v.unk && static_cast<std::size_t>(*v.unk) == i ? 2 : type);
     put_bytes(model, 1, piece);
   }
-  UNIATTN_CHECK(unk.has_value(), kSource, ": no token of type unknown (2)");
+  if (v.unk) {  // llama.cpp takes tokenizer.ggml.unknown_token_id over the token types
+    UNIATTN_CHECK(*v.unk >= 0 && static_cast<std::size_t>(*v.unk) < n, kSource,
+                  ": unknown token id ", *v.unk, " is outside [0, ", n, ")");
+    UNIATTN_CHECK(!unk || *unk == *v.unk, kSource, ": the unknown token id is ", *v.unk,
+                  " but token ", *unk, " has type unknown (2)");
+    unk = v.unk;
+  }
+  UNIATTN_CHECK(unk.has_value(), kSource, ": no token of type unknown (2) and no unknown token id");
   for (const auto& id : {v.bos, v.eos, v.pad}) {
     UNIATTN_CHECK(!id || (*id >= 0 && static_cast<std::size_t>(*id) < n), kSource,
                   ": special token id ", id.value_or(0), " is outside [0, ", n, ")");

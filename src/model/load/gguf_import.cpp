@@ -369,6 +369,7 @@ std::unique_ptr<Tokenizer> gguf_tokenizer(const std::filesystem::path& path) {
     v.bos = opt("tokenizer.ggml.bos_token_id");
     v.eos = opt("tokenizer.ggml.eos_token_id");
     v.pad = opt("tokenizer.ggml.padding_token_id");
+    v.unk = opt("tokenizer.ggml.unknown_token_id");
     v.add_bos = f.get_bool("tokenizer.ggml.add_bos_token", true);
     v.add_space_prefix = f.get_bool("tokenizer.ggml.add_space_prefix", true);
     v.remove_extra_whitespaces = f.get_bool("tokenizer.ggml.remove_extra_whitespaces", false);

@@ -1,5 +1,6 @@
 // SentencePiece through libsentencepiece against the Python `sentencepiece` package, on tiny BPE
 // and unigram models the fixture trains (with byte fallback and a user-defined symbol).
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
@@ -114,6 +115,27 @@ TEST(SpmVocabTokenizer, SavedModelLoadsInPython) {
   ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
   std::ifstream f(dir / "ids.json");
   EXPECT_EQ(nlohmann::json::parse(f), expected()["spm_gguf"]["ids"]);
+}
+
+// Gemma-3's GGUFs type <unk> as control (3) and name it by tokenizer.ggml.unknown_token_id, as
+// llama.cpp reads it: the same vocabulary so given encodes as sentencepiece does.
+TEST(SpmVocabTokenizer, UnknownTokenByIdInsteadOfType) {
+  SpmVocab v = gguf_vocab();
+  const auto it = std::find(v.token_types.begin(), v.token_types.end(), 2);
+  ASSERT_NE(it, v.token_types.end());
+  const auto unk = static_cast<int32_t>(it - v.token_types.begin());
+  *it = 3;
+  v.unk = unk;
+  const auto tok = make_spm_tokenizer(v);
+  const auto ts = texts();
+  for (std::size_t i = 0; i < ts.size(); ++i)
+    EXPECT_EQ(tok->encode(ts[i]), expected()["spm_gguf"]["ids"][i].get<std::vector<int32_t>>())
+        << ts[i];
+  v.unk = 100000;
+  expect_error([&] { make_spm_tokenizer(v); }, {"unknown token id 100000"});
+  v = gguf_vocab();
+  v.unk = unk + 1;
+  expect_error([&] { make_spm_tokenizer(v); }, {"has type unknown (2)"});
 }
 
 TEST(SpmVocabTokenizer, BadVocab) {
