@@ -31,6 +31,10 @@ JOBS=${JOBS:-$(( $(nproc) > 8 ? $(nproc) - 4 : $(nproc) ))}
 PYTHON=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
+# The image lacks PCRE2's development files: use the carried headers with the system library.
+if ! pkg-config --exists libpcre2-8 && [ -f .dev/kern-pcre2/pc/libpcre2-8.pc ]; then
+  export PKG_CONFIG_PATH=$PWD/.dev/kern-pcre2/pc${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
+fi
 start=$(date +%s)
 left() { echo $(( BUDGET_S - ($(date +%s) - start) )); }
 declare -A rc secs
