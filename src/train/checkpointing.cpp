@@ -71,6 +71,17 @@ void append_line(const fs::path& file, const std::string& line) {
   UNIATTN_CHECK(f.good(), file, ": cannot append");
 }
 
+// A fresh start drops the metrics and, when asked not to resume (--fresh), the checkpoints of
+// the run that used output_dir before, so that `latest`, pruning and the fallback to the newest
+// complete checkpoint never mix the two runs.
+void start_over(const Run& run) {
+  remove_tree(run.out / "metrics.jsonl");
+  const auto ckpts = run.out / "checkpoints";
+  if (run.options.resume || !fs::exists(ckpts)) return;
+  std::fprintf(stderr, "[train] starting over: removing the earlier run's %s\n", ckpts.c_str());
+  remove_tree(ckpts);
+}
+
 }  // namespace
 
 StartPoint start_or_resume(Run& run) {
@@ -81,7 +92,7 @@ StartPoint start_or_resume(Run& run) {
   start.state.fingerprint = run.fingerprint;
   if (run.options.resume) start.resume_dir = latest_checkpoint(run.out);
   if (!start.resume_dir) {
-    if (run.rank0) remove_tree(run.out / "metrics.jsonl");
+    if (run.rank0) start_over(run);
     return start;
   }
   const auto& dir = *start.resume_dir;

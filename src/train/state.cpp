@@ -81,12 +81,15 @@ void save_checkpoint(const fs::path& out_dir, const TrainState& st, CausalLM& mo
     remove_tree(dst);
     fs::rename(tmp, dst);
     write_text_atomic(root / "latest", name + "\n");
-    // Keep the newest keep_last checkpoints.
+    // Keep the newest keep_last checkpoints up to this one (a later step's directory is not
+    // this run's to remove, and sorting it in would remove the one just written).
     std::vector<fs::path> all;
-    for (const auto& e : fs::directory_iterator(root))
-      if (e.is_directory() && e.path().filename().string().rfind("step-", 0) == 0 &&
-          e.path().extension() != ".tmp")
+    for (const auto& e : fs::directory_iterator(root)) {
+      const auto file = e.path().filename().string();
+      if (e.is_directory() && file.rfind("step-", 0) == 0 && e.path().extension() != ".tmp" &&
+          file <= name)
         all.push_back(e.path());
+    }
     std::sort(all.begin(), all.end());
     for (size_t i = 0; i + static_cast<size_t>(keep_last) < all.size(); ++i) remove_tree(all[i]);
   }

@@ -604,6 +604,24 @@ TEST(Train, TimedCheckpointsBoundTheWorkLost) {
   }
 }
 
+// A fresh start (--fresh) in an output_dir that holds a longer run's checkpoints removes them:
+// with checkpoint.keep_last 1, pruning by name used to delete the new run's checkpoint instead
+// (step-00000002 sorted before the old step-00000007), leaving `latest` naming nothing and the
+// next resume falling back to the old run's step 7.
+TEST(Train, FreshStartDoesNotMixWithTheEarlierRun) {
+  const auto dir = test::scratch_dir();
+  EXPECT_EQ(train(tiny_config(dir, "run")).steps, 7);
+  ASSERT_TRUE(fs::exists(dir / "run" / "checkpoints" / "step-00000007"));
+  TrainOptions fresh;
+  fresh.resume = false;
+  auto c = tiny_config(dir, "run", {"checkpoint.keep_last=1", "debug.stop_after_steps=2"});
+  EXPECT_TRUE(train(c, fresh).interrupted);
+  EXPECT_TRUE(fs::exists(dir / "run" / "checkpoints" / "step-00000002" / "state.json"));
+  EXPECT_FALSE(fs::exists(dir / "run" / "checkpoints" / "step-00000007"));
+  c.debug.stop_after_steps = 0;
+  EXPECT_EQ(train(c).resumed_from, 2);
+}
+
 // Lines of a metrics file that a kill may have cut (the last one then does not parse).
 std::vector<nlohmann::json> read_metrics_cut(const fs::path& out) {
   std::vector<nlohmann::json> v;
