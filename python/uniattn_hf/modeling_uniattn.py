@@ -297,34 +297,25 @@ def _unify(model, config, attention_classes):
     leader_cls, follower_cls = attention_classes
     shared = SharedAttention()
     for i, layer in enumerate(model.model.layers):
+        # Built like the modules they replace (same default dtype and device context, e.g.
+        # from_pretrained's empty-weights initialisation); the weights are loaded afterwards.
         role = roles[i]
-        old = layer.self_attn
         if role.is_follower:
             last = roles[role.leader].last
             layer.self_attn = follower_cls(config, i, shared, role.leader, last, variant)
         elif role.has_followers:
             layer.self_attn = leader_cls(config, i, shared)
-        else:
-            continue
-        layer.self_attn.to(device=old.o_proj.weight.device, dtype=old.o_proj.weight.dtype)
 
 
 class _UniAttnMixin:
     """What every UniAttn causal LM shares: eager attention only (followers reuse the leader's
-    probability map), the model_type check."""
+    probability map, which transformers' sdpa and flash kernels do not return)."""
 
     _supports_sdpa = False
     _supports_flash_attn = False
     _supports_flash_attn_2 = False
     _supports_flex_attn = False
     _supports_flash_attn_3 = False
-
-
-def _attention_base(module, names):
-    for n in names:
-        if hasattr(module, n):
-            return getattr(module, n)
-    raise ImportError(f"transformers {transformers.__version__}: none of {names} in {module}")
 
 
 _LLAMA = _make_attention_classes(modeling_llama.LlamaAttention, modeling_llama.apply_rotary_pos_emb)
