@@ -18,7 +18,7 @@ int main(int argc, char** argv) {
     auto st = dtype == "f32" ? at::kFloat : dtype == "f16" ? at::kHalf : at::kBFloat16;
     uniattn::convert_gguf(in, out, st);
     std::printf("wrote %s\n", out.c_str());
-  } catch (const uniattn::Error& e) {
+  } catch (const std::exception& e) {  // uniattn::Error, and LibTorch's or std's (bad_alloc)
     std::fprintf(stderr, "uniattn-convert: %s\n", e.what());
     return 1;
   }
