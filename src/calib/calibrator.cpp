@@ -109,6 +109,17 @@ double ratio(double num_sq, double den_sq) {
   return den_sq > 0 ? std::sqrt(num_sq / den_sq) : std::numeric_limits<double>::quiet_NaN();
 }
 
+// What W_c's output is fitted to at layer l, after run_layer captured into `s`
+// (docs/calibration.md): the residual stream after the attention sub-layer, h = x + attn, in
+// pre-norm layouts; with Gemma's sandwich norms, where h = x + post_attention_layernorm(attn +
+// W_c xn), the attention output before that norm (the reference implementation's Gemma-2
+// target, method.md section 4), recomputed from the captured xn with the same state (same
+// masks, rotary tables and leader q/k; W_c of l is zero while statistics are taken).
+at::Tensor wc_target(CausalLM& m, int64_t l, ForwardState& s) {
+  if (!m->config().sandwich_norms) return s.captured_attn_residual[l];
+  return m->layer(l)->self_attn->forward(s.captured_normed_input[l], s);
+}
+
 // The calibration run: models, batches, stored activations and the progress files.
 class Calibrator {
  public:
@@ -126,15 +137,18 @@ class Calibrator {
     return s;
   }
   // Runs unified layer l on batch i from stream `in`; installs the leader's q/k for a follower
-  // and keeps them when l leads followers. Returns the layer output (capture optional).
+  // and keeps them when l leads followers. Returns the layer output (capture optional). The
+  // store keys name the leader: SuperBlocks may interleave (Gemma-2: "2,4;3,5"), so several
+  // leaders' q/k can be open at once.
   at::Tensor run_unified(int64_t l, int64_t i, const at::Tensor& x, ForwardState& s) {
     const LayerRole& r = roles_[l];
     if (r.is_follower())
-      s.shared[r.leader] = SharedAttention{store_->get("q", i), store_->get("k", i), {}, {}, {}};
+      s.shared[r.leader] = SharedAttention{
+          store_->get(qk_key("q", r.leader), i), store_->get(qk_key("k", r.leader), i), {}, {}, {}};
     auto out = uni_->run_layer(l, x, s);
     if (r.has_followers()) {
-      store_->put("q", i, s.shared[l].q);
-      store_->put("k", i, s.shared[l].k);
+      store_->put(qk_key("q", l), i, s.shared[l].q);
+      store_->put(qk_key("k", l), i, s.shared[l].k);
     }
     return out;
   }
@@ -142,13 +156,20 @@ class Calibrator {
   at::Tensor run_base(int64_t l, int64_t i, const at::Tensor& x, ForwardState& s) {
     const LayerRole& r = base_roles_[l];
     if (r.is_follower())
-      s.shared[r.leader] = SharedAttention{store_->get("bq", i), store_->get("bk", i), {}, {}, {}};
+      s.shared[r.leader] = SharedAttention{store_->get(qk_key("bq", r.leader), i),
+                                           store_->get(qk_key("bk", r.leader), i),
+                                           {},
+                                           {},
+                                           {}};
     auto out = base_->run_layer(l, x, s);
     if (r.has_followers()) {
-      store_->put("bq", i, s.shared[l].q);
-      store_->put("bk", i, s.shared[l].k);
+      store_->put(qk_key("bq", l), i, s.shared[l].q);
+      store_->put(qk_key("bk", l), i, s.shared[l].k);
     }
     return out;
+  }
+  static std::string qk_key(const char* what, int64_t leader) {
+    return what + std::to_string(leader);
   }
   // The steps of run(), in order.
   void check_models(const std::vector<TokenizedExample>& calib) const;
@@ -222,8 +243,8 @@ void Calibrator::collect(int64_t l) {
     auto su = state(uni_, b);
     su->capture = true;
     run_unified(l, i, store_->get("uni", i), *su);  // W_c of l is still zero here
-    const auto& y = sb->captured_attn_residual[l];
-    auto d = (y - su->captured_attn_residual[l]).to(at::kDouble);
+    const auto y = wc_target(base_, l, *sb);
+    auto d = (y - wc_target(uni_, l, *su)).to(at::kDouble);
     auto x = with_bias_column(su->captured_normed_input[l].to(at::kDouble), bias_);
     Stats& st = b.part == Part::Fit ? fit_ : b.part == Part::Val ? val_ : held_;
     st.add(real_rows(x, b.valid), real_rows(d, b.valid), real_rows(y, b.valid));
@@ -321,9 +342,6 @@ void Calibrator::check_models(const std::vector<TokenizedExample>& calib) const 
   const auto& bc = base_->config();
   UNIATTN_CHECK(spec_.variant == Variant::UniAttn && spec_.enabled(),
                 "calibrate: the unified model must be a UniAttn model, got ", spec_.describe());
-  UNIATTN_CHECK(!uc.sandwich_norms, "calibrate: ", arch_name(uc.arch),
-                " puts W_c inside the post-attention norm, so the closed-form (linear) target "
-                "does not apply; only pre-norm LLaMA/Mistral layouts are supported");
   UNIATTN_CHECK(bc.num_layers == uc.num_layers && bc.hidden_size == uc.hidden_size &&
                     bc.vocab_size == uc.vocab_size,
                 "calibrate: base and unified models differ in shape");
@@ -448,8 +466,13 @@ void Calibrator::calibrate_layers(int64_t done) {
     }
     // q/k of a leader are dropped once its last follower is done.
     if (r.is_follower() && roles_[r.leader].last_follower == l) {
-      store_->erase("q");
-      store_->erase("k");
+      store_->erase(qk_key("q", r.leader));
+      store_->erase(qk_key("k", r.leader));
+    }
+    const LayerRole& br = base_roles_[l];
+    if (br.is_follower() && base_roles_[br.leader].last_follower == l) {
+      store_->erase(qk_key("bq", br.leader));
+      store_->erase(qk_key("bk", br.leader));
     }
     if (l >= done) save_progress(l + 1);
     tick(l, "layer-done", static_cast<int64_t>(batches_.size()));
