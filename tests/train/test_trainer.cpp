@@ -432,12 +432,16 @@ TEST(Train, TwoGlooProcessesMatchOneProcess) {
   expect_same_curve(read_metrics(dir / "two"), read_metrics(dir / "one"), 1e-5);
   EXPECT_LT(model_diff(dir / "one" / "final", dir / "two" / "final"), 1e-5);
   // With activation checkpointing, parameter gradients arrive inside the recomputing backward;
-  // the reducer's hooks must still see each one once per step.
+  // the reducer's hooks must still see each one once per step. Checkpoints by time here: the
+  // ranks agree on each one through the loss all-reduce (a save only one rank entered would
+  // hang in its barrier).
   two.push_back("training.activation_checkpointing=true");
+  two.push_back("checkpoint.every_minutes=1.0e-5");
   pids = spawn_two_ranks(cli_args(dir, "two-rc", two), free_port());
   for (auto p : pids) EXPECT_EQ(wait_exit(p), 0);
   expect_same_curve(read_metrics(dir / "two-rc"), read_metrics(dir / "one"), 1e-5);
   EXPECT_LT(model_diff(dir / "one" / "final", dir / "two-rc" / "final"), 1e-5);
+  EXPECT_TRUE(fs::exists(dir / "two-rc" / "checkpoints" / "step-00000006" / "optimizer-rank1.pt"));
 }
 
 // A rank that fails stops the others at once (they would otherwise wait in their next collective
