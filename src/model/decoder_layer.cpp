@@ -108,6 +108,9 @@ at::Tensor AttentionImpl::prefill_attention(const at::Tensor& xn, ForwardState& 
     if (s.cache) {
       k = s.cache->write_k(layer_, k);
       v = s.cache->write_v(layer_, v);
+    } else if (s.paged) {
+      k = s.paged->write_k(layer_, k);
+      v = s.paged->write_v(layer_, v);
     }
     at::Tensor out, probs, lse;
     if (reference) {
@@ -133,6 +136,7 @@ at::Tensor AttentionImpl::prefill_attention(const at::Tensor& xn, ForwardState& 
   }
   auto v = project(v_proj, xn, c.num_kv_heads);
   if (s.cache) v = s.cache->write_v(layer_, v);
+  if (s.paged) v = s.paged->write_v(layer_, v);
   // P_leader . V_f == Attention(Q_leader, K_leader, V_f): no q, k or RoPE here.
   if (reference) return apply_probs(lead.probs, v);
   // Callers that assemble the leader's state themselves (calibration) may carry no lse.

@@ -11,6 +11,21 @@
 
 namespace uniattn {
 
+class PagedKVCache;
+
+// The paged path (paged_forward, uniattn/model/paged_kv_cache.h): where each new token's K/V go in
+// the block pool and which slots each row's context is read from.
+struct PagedStep {
+  PagedKVCache* cache = nullptr;
+  at::Tensor write_rows;   // int64 [N]: the real tokens' rows in the flattened [B * T] input
+  at::Tensor write_slots;  // int64 [N]: their slots in the pool
+  at::Tensor read_slots;   // int64 [B, L]: row i's slots for keys 0..L-1 (masked past its length)
+  // Writes x [B, H, T, D] (the new tokens' K or V) into the layer's pool and returns the rows'
+  // contexts [B, H, L, D] gathered through their block tables.
+  at::Tensor write_k(int64_t layer, const at::Tensor& x) const;
+  at::Tensor write_v(int64_t layer, const at::Tensor& x) const;
+};
+
 // A leader's attention inputs, kept for its followers during one forward pass.
 struct SharedAttention {
   at::Tensor q;      // [B, Hq, T, D], after RoPE (and q-norm)
@@ -23,6 +38,7 @@ struct ForwardState {
   int64_t past = 0;    // tokens already in the cache
   int64_t tokens = 0;  // new tokens this pass
   KVCache* cache = nullptr;
+  const PagedStep* paged = nullptr;  // instead of `cache` on the paged path
   AttentionPath path = AttentionPath::Fused;
   // bool [B|1, 1, T, S], true where a query may attend a key; one for global, one for sliding
   // layers (undefined when the model has none of that kind).

@@ -1,0 +1,69 @@
+// Paged key/value cache (vLLM's PagedAttention layout, Kwon et al., SOSP 2023): the cache is a pool
+// of fixed-size blocks of `block_size` token slots; each sequence owns a block table (its list of
+// block ids), so sequences of any length share one pool and join or leave a batch at any step.
+// It knows UniAttn roles as KVCache does (LayerRole::keeps_k/keeps_v): leaders and ordinary layers
+// keep K and V blocks, Softmax/UniAttn followers V blocks only, CLA followers none.
+//
+// paged_forward() runs the model over a batch whose rows each have their own cached length (the
+// paged counterpart of CausalLM::forward with a KVCache). Its attention path is the ATen
+// reference: each layer scatters the new K/V into their slots and gathers every row's context
+// through its block table into a padded [B, H, L, D] view, masked by length (and window).
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "uniattn/model/causal_lm.h"
+
+namespace uniattn {
+
+class PagedKVCache {
+ public:
+  // Allocates, per layer that keeps K (V), a pool [num_blocks * block_size, num_kv_heads,
+  // head_dim] of `dtype` on `device`. Throws uniattn::Error when num_blocks or block_size < 1.
+  PagedKVCache(const ModelConfig& config, int64_t num_blocks, int64_t block_size,
+               at::ScalarType dtype, at::Device device);
+
+  int64_t num_blocks() const { return num_blocks_; }
+  int64_t block_size() const { return block_size_; }
+  bool has_k(int64_t layer) const { return k_[layer].defined(); }
+  bool has_v(int64_t layer) const { return v_[layer].defined(); }
+  // Slot-major pools [num_blocks * block_size, heads, head_dim]; undefined where the layer keeps
+  // none. Slot s of a sequence is block_table[s / block_size] * block_size + s % block_size.
+  const at::Tensor& k_pool(int64_t layer) const { return k_[layer]; }
+  const at::Tensor& v_pool(int64_t layer) const { return v_[layer]; }
+  // Bytes of one block summed over layers (K and V where kept).
+  int64_t bytes_per_block() const { return bytes_per_block_; }
+  // Bytes per block of `config`'s cache without allocating one (for sizing the pool).
+  static int64_t bytes_per_block(const ModelConfig& config, int64_t block_size,
+                                 at::ScalarType dtype);
+  // Rotary inverse frequencies of the model (global, local), on the pool's device.
+  const at::Tensor& inv_freq(bool sliding) const {
+    return sliding ? inv_freq_local_ : inv_freq_global_;
+  }
+
+ private:
+  int64_t num_blocks_, block_size_, bytes_per_block_ = 0;
+  std::vector<at::Tensor> k_, v_;
+  at::Tensor inv_freq_global_, inv_freq_local_;
+};
+
+// One step's batch (vLLM's AttentionMetadata): row i has `context_lens[i]` tokens already in the
+// cache and `query_lens[i]` >= 1 new tokens, the first query_lens[i] entries of its input row
+// (right padding after them). Its block table must cover context_lens[i] + query_lens[i] slots.
+struct PagedBatch {
+  std::vector<int64_t> context_lens;
+  std::vector<int64_t> query_lens;
+  std::vector<std::vector<int32_t>> block_tables;
+};
+
+// Runs `model` over input_ids [B, T] (int64; T >= max query_lens) with the paged cache: writes the
+// new tokens' K/V into their slots and attends over each row's context and new tokens (positions
+// context_lens[i] + j). Returns logits [B, T, vocab] (float32 for fp32 models, else the model
+// dtype), or [B, 1, vocab] at each row's last real token when last_only. Throws uniattn::Error
+// when the batch is inconsistent (sizes, a block table too short, a block id outside the pool).
+at::Tensor paged_forward(CausalLM& model, const at::Tensor& input_ids, PagedKVCache& cache,
+                         const PagedBatch& batch, bool last_only);
+
+}  // namespace uniattn

@@ -1,0 +1,93 @@
+// The serving engine: continuous batching over a paged KV cache (vLLM's design: a scheduler, a
+// block allocator with per-sequence block tables, and a model runner). Sequences join and leave
+// the running batch at token granularity; prompts are prefilled in chunks, each step running the
+// decode rows and up to `prefill_chunk` prompt tokens; a sequence is admitted only when blocks for
+// its next chunk are free, and when a running sequence needs a block and none is free the newest
+// sequence is preempted (its blocks freed) and later recomputed from its prompt and the tokens it
+// had produced. Token-level only: detokenisation and stop strings belong to the caller (who calls
+// abort() when a stop string appears).
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "uniattn/infer/sampling.h"
+#include "uniattn/model/causal_lm.h"
+
+namespace uniattn::serve {
+
+struct EngineOptions {
+  int64_t block_size = 16;  // token slots per KV block
+  int64_t num_blocks = 0;   // pool size; 0: from kv_memory_bytes
+  int64_t kv_memory_bytes = int64_t(1) << 30;
+  int64_t max_seqs = 16;       // running sequences at most
+  int64_t prefill_chunk = 64;  // prompt tokens prefilled per step (over all prefilling rows)
+  int64_t max_model_len = 0;   // prompt + output tokens; 0: the config's max_position_embeddings
+};
+
+struct EngineRequest {
+  std::vector<int32_t> prompt;  // token ids, non-empty
+  SamplingParams sampling;      // repetition_penalty counts prompt and output tokens
+  double frequency_penalty = 0, presence_penalty = 0;  // OpenAI: over output tokens only
+  int64_t max_tokens = 16;
+  std::vector<int32_t> stop_token_ids;  // end the sequence (the token is kept in its output)
+  int64_t logprobs = -1;                // >= 0: log-probability of each output token and its top-n
+  bool prompt_logprobs = false;         // log-probabilities of prompt tokens 1.. (echo)
+};
+
+struct TokenLogprob {
+  int32_t token = 0;
+  float logprob = 0;
+  std::vector<std::pair<int32_t, float>> top;  // the `logprobs` most likely, best first
+};
+
+enum class Finish { None, Length, Stop, Abort, Error };
+
+// What one step produced for one sequence.
+struct SeqOutput {
+  uint64_t id = 0;
+  std::vector<int32_t> tokens;                // new output tokens (0 or 1 per step)
+  std::vector<TokenLogprob> logprobs;         // one per new token when requested
+  std::vector<TokenLogprob> prompt_logprobs;  // once, for prompt tokens 1..n-1, when requested
+  int64_t prompt_tokens = 0;
+  Finish finish = Finish::None;
+  std::string error;  // Finish::Error
+};
+
+struct EngineStats {
+  int64_t waiting = 0, running = 0;
+  int64_t blocks_total = 0, blocks_free = 0;
+  int64_t preemptions = 0, steps = 0;
+};
+
+// Thread safety: add/abort/stats may be called from any thread; step() from one thread at a
+// time (run() is such a loop). Callbacks run on the stepping thread.
+class Engine {
+ public:
+  using Callback = std::function<void(const SeqOutput&)>;
+  // Throws uniattn::Error on invalid options (block_size/max_seqs/prefill_chunk < 1, a pool
+  // smaller than one sequence of max_model_len tokens).
+  Engine(CausalLM model, const EngineOptions& options);
+  ~Engine();
+  // Queues a sequence; returns its id. Throws uniattn::Error (before queueing) on an empty
+  // prompt, an id outside the vocabulary, prompt + max_tokens beyond max_model_len, or invalid
+  // sampling values.
+  uint64_t add(EngineRequest request, Callback on_output);
+  // Cancels a sequence (frees its blocks at the next step); its callback gets Finish::Abort.
+  void abort(uint64_t id);
+  // One scheduling step. Returns false when there was nothing to do.
+  bool step();
+  // Steps until stop(); sleeps while idle.
+  void run();
+  void stop();
+  EngineStats stats() const;
+  const EngineOptions& options() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace uniattn::serve

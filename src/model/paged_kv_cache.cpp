@@ -1,0 +1,160 @@
+#include "uniattn/model/paged_kv_cache.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+
+#include "decoder_layer.h"
+#include "forward_state.h"
+#include "layers.h"
+#include "uniattn/error.h"
+#include "uniattn/model/layer_role.h"
+
+namespace uniattn {
+
+PagedKVCache::PagedKVCache(const ModelConfig& c, int64_t num_blocks, int64_t block_size,
+                           at::ScalarType dtype, at::Device device)
+    : num_blocks_(num_blocks), block_size_(block_size), k_(c.num_layers), v_(c.num_layers) {
+  UNIATTN_CHECK(num_blocks > 0 && block_size > 0, "paged KV cache: num_blocks (", num_blocks,
+                ") and block_size (", block_size, ") must be positive");
+  auto opts = at::TensorOptions().dtype(dtype).device(device);
+  const int64_t slots = num_blocks * block_size;
+  for (const LayerRole& r : layer_roles(c)) {
+    if (r.keeps_k) k_[r.layer] = at::zeros({slots, c.num_kv_heads, c.head_dim}, opts);
+    if (r.keeps_v) v_[r.layer] = at::zeros({slots, c.num_kv_heads, c.head_dim}, opts);
+  }
+  bytes_per_block_ = bytes_per_block(c, block_size, dtype);
+  auto freq = at::TensorOptions().dtype(at::kFloat).device(device);
+  inv_freq_global_ = rope_inv_freq(c.rope, c.head_dim).to(freq);
+  inv_freq_local_ = rope_inv_freq(c.rope_local, c.head_dim).to(freq);
+}
+
+int64_t PagedKVCache::bytes_per_block(const ModelConfig& c, int64_t block_size,
+                                      at::ScalarType dtype) {
+  int64_t planes = 0;
+  for (const LayerRole& r : layer_roles(c)) planes += int64_t(r.keeps_k) + int64_t(r.keeps_v);
+  return planes * block_size * c.num_kv_heads * c.head_dim * at::elementSize(dtype);
+}
+
+namespace {
+
+at::Tensor write_and_gather(const at::Tensor& pool, const PagedStep& s, const at::Tensor& x,
+                            int64_t layer, const char* what) {
+  UNIATTN_CHECK(pool.defined(), "paged KV cache: layer ", layer, " keeps no ", what);
+  const int64_t b = x.size(0), h = x.size(1), t = x.size(2), d = x.size(3);
+  auto rows = x.transpose(1, 2).reshape({b * t, h, d}).index_select(0, s.write_rows);
+  pool.index_copy_(0, s.write_slots, rows.to(pool.scalar_type()));
+  const int64_t l = s.read_slots.size(1);
+  return pool.index_select(0, s.read_slots.reshape({-1})).view({b, l, h, d}).transpose(1, 2);
+}
+
+int64_t slot_of(const std::vector<int32_t>& table, int64_t pos, int64_t block_size,
+                int64_t num_blocks, size_t row) {
+  const auto blk = static_cast<size_t>(pos / block_size);
+  UNIATTN_CHECK(blk < table.size(), "paged batch: row ", row, "'s block table has ", table.size(),
+                " blocks; position ", pos, " needs ", blk + 1);
+  const int64_t id = table[blk];
+  UNIATTN_CHECK(id >= 0 && id < num_blocks, "paged batch: row ", row, " names block ", id,
+                " outside the pool of ", num_blocks);
+  return id * block_size + pos % block_size;
+}
+
+// The slots to write and read, and the positions [B, T] of the new tokens.
+PagedStep build_step(PagedKVCache& cache, const PagedBatch& pb, int64_t t, at::Device dev,
+                     at::Tensor& positions, int64_t& max_len) {
+  const size_t b = pb.query_lens.size();
+  UNIATTN_CHECK(pb.context_lens.size() == b && pb.block_tables.size() == b,
+                "paged batch: context_lens, query_lens and block_tables differ in length");
+  max_len = 1;
+  for (size_t i = 0; i < b; ++i) {
+    UNIATTN_CHECK(pb.query_lens[i] >= 1 && pb.query_lens[i] <= t && pb.context_lens[i] >= 0,
+                  "paged batch: row ", i, " has query_len ", pb.query_lens[i], " (input has ", t,
+                  " columns) and context_len ", pb.context_lens[i]);
+    max_len = std::max(max_len, pb.context_lens[i] + pb.query_lens[i]);
+  }
+  const int64_t bs = cache.block_size(), nb = cache.num_blocks();
+  std::vector<int64_t> wrows, wslots, read(b * max_len, 0), pos(b * t);
+  for (size_t i = 0; i < b; ++i) {
+    const int64_t ctx = pb.context_lens[i], len = ctx + pb.query_lens[i];
+    for (int64_t j = 0; j < t; ++j) pos[i * t + j] = ctx + j;
+    for (int64_t j = 0; j < pb.query_lens[i]; ++j) {
+      wrows.push_back(static_cast<int64_t>(i) * t + j);
+      wslots.push_back(slot_of(pb.block_tables[i], ctx + j, bs, nb, i));
+    }
+    for (int64_t j = 0; j < len; ++j)
+      read[i * max_len + j] = slot_of(pb.block_tables[i], j, bs, nb, i);
+  }
+  auto opts = at::TensorOptions().dtype(at::kLong);
+  const auto bi = static_cast<int64_t>(b);
+  positions = at::tensor(pos, opts).view({bi, t}).to(dev);
+  PagedStep s;
+  s.cache = &cache;
+  s.write_rows = at::tensor(wrows, opts).to(dev);
+  s.write_slots = at::tensor(wslots, opts).to(dev);
+  s.read_slots = at::tensor(read, opts).view({bi, max_len}).to(dev);
+  return s;
+}
+
+// bool [B, 1, T, L]: a real query (t < query_len) sees keys j <= its position (and within the
+// window); a padding query sees key 0 only, so its softmax row stays finite.
+at::Tensor paged_mask(const at::Tensor& positions, const PagedBatch& pb, int64_t max_len,
+                      int64_t window) {
+  const auto dev = positions.device();
+  auto opts = at::TensorOptions().dtype(at::kLong).device(dev);
+  const int64_t b = positions.size(0), t = positions.size(1);
+  auto q = positions.unsqueeze(2);                            // [B, T, 1]
+  auto kj = at::arange(max_len, opts).view({1, 1, max_len});  // [1, 1, L]
+  auto m = kj <= q;
+  if (window > 0) m = m & (kj > q - window);
+  auto qlen = at::tensor(pb.query_lens, at::TensorOptions().dtype(at::kLong)).to(dev);
+  auto pad = at::arange(t, opts).view({1, t}) >= qlen.view({b, 1});  // [B, T]
+  m = at::where(pad.unsqueeze(2), kj == 0, m);
+  return m.unsqueeze(1);
+}
+
+}  // namespace
+
+at::Tensor PagedStep::write_k(int64_t layer, const at::Tensor& x) const {
+  return write_and_gather(cache->k_pool(layer), *this, x, layer, "K");
+}
+
+at::Tensor PagedStep::write_v(int64_t layer, const at::Tensor& x) const {
+  return write_and_gather(cache->v_pool(layer), *this, x, layer, "V");
+}
+
+at::Tensor paged_forward(CausalLM& model, const at::Tensor& input_ids, PagedKVCache& cache,
+                         const PagedBatch& pb, bool last_only) {
+  auto& m = *model;
+  const auto& c = m.config();
+  UNIATTN_CHECK(input_ids.dim() == 2 && input_ids.size(0) == int64_t(pb.query_lens.size()),
+                "paged_forward: input_ids ", input_ids.sizes(), " do not match a batch of ",
+                pb.query_lens.size(), " rows");
+  const auto dev = input_ids.device();
+  at::Tensor positions;
+  int64_t max_len = 0;
+  const PagedStep step = build_step(cache, pb, input_ids.size(1), dev, positions, max_len);
+  auto s = m.begin(input_ids, nullptr, ForwardOptions{});
+  s->paged = &step;
+  s->unpadded = false;
+  s->causal_global = s->causal_sliding = false;
+  if (s->mask_global.defined()) {
+    s->mask_global = paged_mask(positions, pb, max_len, 0);
+    s->rope_global = rope_tables(cache.inv_freq(false), positions, m.dtype());
+  }
+  if (s->mask_sliding.defined()) {
+    s->mask_sliding = paged_mask(positions, pb, max_len, c.sliding_window);
+    s->rope_sliding = rope_tables(cache.inv_freq(true), positions, m.dtype());
+  }
+  auto x = m.embed(input_ids);
+  at::Tensor pending;
+  for (int64_t l = 0; l < c.num_layers; ++l)
+    std::tie(x, pending) = m.layer(l)->forward_deferred(x, pending, *s);
+  x = x + pending;
+  if (last_only) {
+    auto last = at::tensor(pb.query_lens, at::TensorOptions().dtype(at::kLong)).to(dev) - 1;
+    x = x.gather(1, last.view({-1, 1, 1}).expand({x.size(0), 1, x.size(2)}));
+  }
+  return m.logits(x, false);
+}
+
+}  // namespace uniattn

@@ -1,0 +1,416 @@
+// Engine: scheduler (admission, chunked prefill, preemption by recompute), block allocator and
+// model runner over uniattn::paged_forward.
+#include "uniattn/serve/engine.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+
+#include "uniattn/error.h"
+#include "uniattn/model/paged_kv_cache.h"
+
+namespace uniattn::serve {
+
+namespace {
+
+// Free-list allocator of KV blocks (vLLM's BlockAllocator without prefix sharing).
+class BlockAllocator {
+ public:
+  explicit BlockAllocator(int64_t n) {
+    for (int64_t i = n - 1; i >= 0; --i) free_.push_back(static_cast<int32_t>(i));
+  }
+  int64_t num_free() const { return static_cast<int64_t>(free_.size()); }
+  // Appends `n` blocks to `table`; false (nothing taken) when fewer are free.
+  bool allocate(int64_t n, std::vector<int32_t>& table) {
+    if (n > num_free()) return false;
+    for (int64_t i = 0; i < n; ++i) table.push_back(free_.back()), free_.pop_back();
+    return true;
+  }
+  void release(std::vector<int32_t>& table) {
+    free_.insert(free_.end(), table.rbegin(), table.rend());
+    table.clear();
+  }
+
+ private:
+  std::vector<int32_t> free_;
+};
+
+struct Sequence {
+  uint64_t id = 0;
+  EngineRequest req;
+  Engine::Callback cb;
+  std::vector<int32_t> output;
+  std::vector<int32_t> blocks;
+  int64_t computed = 0;  // tokens whose K/V are in the cache
+  at::Generator gen;
+  at::Tensor seen;                    // bool [1, V] when repetition_penalty != 1
+  std::map<int32_t, int64_t> counts;  // output token counts (frequency/presence penalties)
+  std::vector<TokenLogprob> prompt_lp;
+  bool prompt_lp_done = false;
+  bool done = false;  // finished; leaves `running` after the step
+  int64_t total() const { return static_cast<int64_t>(req.prompt.size() + output.size()); }
+  int32_t token(int64_t i) const {
+    const auto p = static_cast<int64_t>(req.prompt.size());
+    return i < p ? req.prompt[i] : output[i - p];
+  }
+};
+using SeqPtr = std::shared_ptr<Sequence>;
+
+// One row of a step: the sequence and how many tokens it feeds.
+struct Row {
+  SeqPtr seq;
+  int64_t n = 0;
+};
+
+int64_t blocks_for(int64_t tokens, int64_t bs) { return (tokens + bs - 1) / bs; }
+
+TokenLogprob logprob_of(const at::Tensor& logp_row, int32_t token, int64_t top_n) {
+  TokenLogprob out;
+  out.token = token;
+  out.logprob = logp_row[token].item<float>();
+  if (top_n > 0) {
+    auto [vals, idx] = at::topk(logp_row, top_n);
+    for (int64_t i = 0; i < top_n; ++i)
+      out.top.emplace_back(static_cast<int32_t>(idx[i].item<int64_t>()), vals[i].item<float>());
+  }
+  return out;
+}
+
+}  // namespace
+
+struct Engine::Impl {
+  CausalLM model{nullptr};
+  EngineOptions opt;
+  std::unique_ptr<PagedKVCache> cache;
+  std::unique_ptr<BlockAllocator> alloc;
+  int64_t vocab = 0;
+
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<SeqPtr> incoming;
+  std::vector<uint64_t> aborts;
+  uint64_t next_id = 1;
+  bool stopping = false;
+
+  // Owned by the stepping thread.
+  std::deque<SeqPtr> waiting;
+  std::vector<SeqPtr> running;
+  std::atomic<int64_t> n_waiting{0}, n_running{0}, n_free{0}, preemptions{0}, steps{0};
+
+  void finish(const SeqPtr& s, Finish f, std::string error = {}) {
+    alloc->release(s->blocks);
+    SeqOutput o;
+    o.id = s->id;
+    o.prompt_tokens = static_cast<int64_t>(s->req.prompt.size());
+    o.finish = f;
+    o.error = std::move(error);
+    s->cb(o);
+  }
+
+  void drain_incoming() {
+    std::vector<uint64_t> ab;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      for (auto& s : incoming) waiting.push_back(std::move(s));
+      incoming.clear();
+      ab.swap(aborts);
+    }
+    for (uint64_t id : ab) {
+      auto match = [&](const SeqPtr& s) { return s->id == id; };
+      if (auto it = std::find_if(waiting.begin(), waiting.end(), match); it != waiting.end()) {
+        finish(*it, Finish::Abort);
+        waiting.erase(it);
+      } else if (auto jt = std::find_if(running.begin(), running.end(), match);
+                 jt != running.end()) {
+        finish(*jt, Finish::Abort);
+        running.erase(jt);
+      }
+    }
+  }
+
+  // Frees the newest running sequence's blocks and puts it at the front of the queue; its K/V
+  // are recomputed from its prompt and output when it is admitted again.
+  void preempt_newest() {
+    SeqPtr s = running.back();
+    running.pop_back();
+    alloc->release(s->blocks);
+    s->computed = 0;
+    if (!s->prompt_lp_done) s->prompt_lp.clear();
+    waiting.push_front(s);
+    ++preemptions;
+  }
+
+  // Grows `s`'s block table to hold `tokens`; preempts newer sequences when blocks run out.
+  // False when `s` itself had to be preempted.
+  bool reserve(const SeqPtr& s, int64_t tokens) {
+    const int64_t need = blocks_for(tokens, opt.block_size) - int64_t(s->blocks.size());
+    while (!alloc->allocate(std::max<int64_t>(need, 0), s->blocks)) {
+      const bool self = running.back() == s;
+      preempt_newest();
+      if (self) return false;
+    }
+    return true;
+  }
+
+  // The rows of this step: every running sequence (decode: one token; prefill: a chunk of the
+  // prefill budget), then waiting sequences admitted while slots, budget and blocks allow.
+  std::vector<Row> schedule() {
+    std::vector<Row> rows;
+    int64_t budget = opt.prefill_chunk;
+    bool preempted = false;
+    for (size_t i = 0; i < running.size(); ++i) {
+      SeqPtr s = running[i];
+      int64_t n = s->total() - s->computed;
+      if (n > 1) n = std::max<int64_t>(std::min(n, budget), 0);
+      if (n == 0) continue;
+      const int64_t before = preemptions;
+      if (!reserve(s, s->computed + n)) {
+        preempted = true;
+        break;
+      }
+      preempted = preempted || preemptions != before;
+      if (n > 1 || s->computed < int64_t(s->req.prompt.size())) budget -= n;
+      rows.push_back({s, n});
+    }
+    // Rows of sequences preempted after they were scheduled above must go.
+    std::erase_if(rows, [&](const Row& r) {
+      return std::find(running.begin(), running.end(), r.seq) == running.end();
+    });
+    while (!preempted && !waiting.empty() && budget > 0 && int64_t(running.size()) < opt.max_seqs) {
+      SeqPtr s = waiting.front();
+      const int64_t n = std::min(s->total() - s->computed, budget);
+      const int64_t need = blocks_for(s->computed + n, opt.block_size) - int64_t(s->blocks.size());
+      if (!alloc->allocate(need, s->blocks)) break;
+      waiting.pop_front();
+      running.push_back(s);
+      budget -= n;
+      rows.push_back({s, n});
+    }
+    return rows;
+  }
+
+  at::Tensor run_rows(const std::vector<Row>& rows, bool last_only) {
+    PagedBatch pb;
+    int64_t t = 0;
+    for (const Row& r : rows) t = std::max(t, r.n);
+    std::vector<int64_t> ids(rows.size() * t, 0);
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const auto& s = *rows[i].seq;
+      for (int64_t j = 0; j < rows[i].n; ++j) ids[i * t + j] = s.token(s.computed + j);
+      pb.context_lens.push_back(s.computed);
+      pb.query_lens.push_back(rows[i].n);
+      pb.block_tables.push_back(s.blocks);
+    }
+    auto input = at::tensor(ids, at::TensorOptions().dtype(at::kLong))
+                     .view({int64_t(rows.size()), t})
+                     .to(model->device());
+    return paged_forward(model, input, *cache, pb, last_only).to(at::kFloat);
+  }
+
+  void record_prompt_logprobs(Sequence& s, const at::Tensor& logits_row, int64_t n) {
+    const int64_t plen = int64_t(s.req.prompt.size());
+    auto logp = at::log_softmax(logits_row.narrow(0, 0, n), -1).cpu();
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t next = s.computed + j + 1;
+      if (next < plen)
+        s.prompt_lp.push_back(logprob_of(logp[j], s.req.prompt[next], s.req.logprobs));
+    }
+  }
+
+  int32_t sample(Sequence& s, at::Tensor logits) {
+    logits = logits.unsqueeze(0).clone();
+    if (s.req.frequency_penalty != 0 || s.req.presence_penalty != 0) {
+      for (auto [tok, c] : s.counts)
+        logits[0][tok] -= s.req.frequency_penalty * double(c) + s.req.presence_penalty;
+    }
+    auto next = select_tokens(logits, s.req.sampling, s.seen, s.gen);
+    return static_cast<int32_t>(next.item<int64_t>());
+  }
+
+  // After a forward: advance each row; rows that caught up sample their next token.
+  void postprocess(const std::vector<Row>& rows, const at::Tensor& logits, bool full) {
+    for (size_t i = 0; i < rows.size(); ++i) {
+      Sequence& s = *rows[i].seq;
+      const int64_t n = rows[i].n;
+      if (full && s.req.prompt_logprobs && !s.prompt_lp_done)
+        record_prompt_logprobs(s, logits[i], n);
+      s.computed += n;
+      if (s.computed < s.total()) continue;
+      auto last = full ? logits[i][n - 1] : logits[i][0];
+      const int32_t tok = sample(s, last);
+      SeqOutput o;
+      o.id = s.id;
+      o.prompt_tokens = int64_t(s.req.prompt.size());
+      o.tokens = {tok};
+      if (s.req.logprobs >= 0)
+        o.logprobs.push_back(logprob_of(at::log_softmax(last, -1).cpu(), tok, s.req.logprobs));
+      if (s.req.prompt_logprobs && !s.prompt_lp_done) {
+        o.prompt_logprobs = std::move(s.prompt_lp);
+        s.prompt_lp_done = true;
+      }
+      s.output.push_back(tok);
+      ++s.counts[tok];
+      if (s.seen.defined()) s.seen[0][tok].fill_(true);
+      const auto& stops = s.req.stop_token_ids;
+      if (std::find(stops.begin(), stops.end(), tok) != stops.end())
+        o.finish = Finish::Stop;
+      else if (int64_t(s.output.size()) >= s.req.max_tokens || s.total() >= opt.max_model_len)
+        o.finish = Finish::Length;
+      if (o.finish != Finish::None) alloc->release(s.blocks), s.done = true;
+      s.cb(o);
+    }
+    std::erase_if(running, [](const SeqPtr& s) { return s->done; });
+  }
+
+  void run_group(const std::vector<Row>& rows) {
+    if (rows.empty()) return;
+    bool full = false;
+    for (const Row& r : rows) full = full || (r.seq->req.prompt_logprobs && !r.seq->prompt_lp_done);
+    try {
+      postprocess(rows, run_rows(rows, !full), full);
+    } catch (const std::exception& e) {
+      // An internal error fails the sequences of this group; the engine goes on.
+      for (const Row& r : rows) {
+        auto it = std::find(running.begin(), running.end(), r.seq);
+        if (it == running.end()) continue;
+        finish(r.seq, Finish::Error, e.what());
+        running.erase(it);
+      }
+    }
+  }
+
+  void publish() {
+    std::lock_guard<std::mutex> lock(mu);
+    n_waiting = int64_t(waiting.size() + incoming.size());
+    n_running = int64_t(running.size());
+    n_free = alloc->num_free();
+  }
+};
+
+Engine::Engine(CausalLM model, const EngineOptions& o) : impl_(std::make_unique<Impl>()) {
+  auto& m = *impl_;
+  m.model = std::move(model);
+  m.opt = o;
+  const auto& c = m.model->config();
+  UNIATTN_CHECK(o.block_size >= 1 && o.max_seqs >= 1 && o.prefill_chunk >= 1,
+                "engine: block_size, max_seqs and prefill_chunk must be >= 1");
+  if (m.opt.max_model_len <= 0) m.opt.max_model_len = c.max_position_embeddings;
+  const auto dt = m.model->dtype();
+  if (m.opt.num_blocks <= 0)
+    m.opt.num_blocks = o.kv_memory_bytes / PagedKVCache::bytes_per_block(c, o.block_size, dt);
+  UNIATTN_CHECK(m.opt.num_blocks * o.block_size >= m.opt.max_model_len, "engine: a KV pool of ",
+                m.opt.num_blocks, " blocks of ", o.block_size,
+                " tokens cannot hold one sequence of max_model_len ", m.opt.max_model_len,
+                " tokens");
+  c10::InferenceMode guard;
+  m.cache =
+      std::make_unique<PagedKVCache>(c, m.opt.num_blocks, o.block_size, dt, m.model->device());
+  m.alloc = std::make_unique<BlockAllocator>(m.opt.num_blocks);
+  m.vocab = c.vocab_size;
+  m.publish();
+}
+
+Engine::~Engine() { stop(); }
+
+const EngineOptions& Engine::options() const { return impl_->opt; }
+
+uint64_t Engine::add(EngineRequest r, Callback cb) {
+  auto& m = *impl_;
+  UNIATTN_CHECK(!r.prompt.empty(), "engine: empty prompt");
+  for (int32_t t : r.prompt)
+    UNIATTN_CHECK(t >= 0 && t < m.vocab, "engine: token id ", t, " outside the vocabulary of ",
+                  m.vocab);
+  UNIATTN_CHECK(r.max_tokens >= 1, "engine: max_tokens must be >= 1");
+  UNIATTN_CHECK(int64_t(r.prompt.size()) + r.max_tokens <= m.opt.max_model_len, "engine: prompt (",
+                r.prompt.size(), " tokens) + max_tokens (", r.max_tokens,
+                ") exceeds the context of ", m.opt.max_model_len);
+  r.sampling.validate();
+  auto s = std::make_shared<Sequence>();
+  {
+    c10::InferenceMode guard;
+    s->gen = make_generator(m.model->device(), r.sampling.seed);
+    if (r.sampling.repetition_penalty != 1.0) {
+      s->seen = at::zeros({1, m.vocab}, at::TensorOptions().dtype(at::kBool));
+      for (int32_t t : r.prompt) s->seen[0][t].fill_(true);
+      s->seen = s->seen.to(m.model->device());
+    }
+  }
+  s->req = std::move(r);
+  s->cb = std::move(cb);
+  {
+    std::lock_guard<std::mutex> lock(m.mu);
+    s->id = m.next_id++;
+    m.incoming.push_back(s);
+    ++m.n_waiting;
+  }
+  m.cv.notify_all();
+  return s->id;
+}
+
+void Engine::abort(uint64_t id) {
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    impl_->aborts.push_back(id);
+  }
+  impl_->cv.notify_all();
+}
+
+bool Engine::step() {
+  auto& m = *impl_;
+  c10::InferenceMode guard;
+  m.drain_incoming();
+  auto rows = m.schedule();
+  if (rows.empty()) {
+    m.publish();
+    return false;
+  }
+  std::vector<Row> decode, prefill;
+  for (auto& r : rows) (r.n == 1 && !r.seq->req.prompt_logprobs ? decode : prefill).push_back(r);
+  m.run_group(decode);
+  m.run_group(prefill);
+  ++m.steps;
+  m.publish();
+  return true;
+}
+
+void Engine::run() {
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(impl_->mu);
+      if (impl_->stopping) return;
+    }
+    if (step()) continue;
+    std::unique_lock<std::mutex> lock(impl_->mu);
+    impl_->cv.wait_for(lock, std::chrono::milliseconds(50), [&] {
+      return impl_->stopping || !impl_->incoming.empty() || !impl_->aborts.empty();
+    });
+  }
+}
+
+void Engine::stop() {
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    impl_->stopping = true;
+  }
+  impl_->cv.notify_all();
+}
+
+EngineStats Engine::stats() const {
+  const auto& m = *impl_;
+  EngineStats s;
+  s.waiting = m.n_waiting;
+  s.running = m.n_running;
+  s.blocks_total = m.opt.num_blocks;
+  s.blocks_free = m.n_free;
+  s.preemptions = m.preemptions;
+  s.steps = m.steps;
+  return s;
+}
+
+}  // namespace uniattn::serve
