@@ -7,7 +7,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 apt_pkgs=(build-essential cmake ninja-build ccache nlohmann-json3-dev libyaml-cpp-dev
-  libsentencepiece-dev libpcre2-dev libcli11-dev libeigen3-dev libgtest-dev libgmock-dev libgloo-dev python3-venv)
+  libsentencepiece-dev libpcre2-dev libcli11-dev libeigen3-dev libgtest-dev libgmock-dev libgloo-dev python3-venv
+  libcpp-httplib-dev)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
