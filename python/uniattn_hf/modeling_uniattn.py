@@ -349,6 +349,11 @@ class UniAttnGemma2ForCausalLM(_UniAttnMixin, Gemma2ForCausalLM):
         _unify(self, config, _GEMMA2)
 
 
+# save_pretrained of a loaded model then copies this file and writes auto_map again (transformers
+# 5 does so for remote classes anyway; 4.46 only for registered ones).
+for _cls in (UniAttnLlamaForCausalLM, UniAttnMistralForCausalLM, UniAttnGemma2ForCausalLM):
+    _cls.register_for_auto_class("AutoModelForCausalLM")
+
 if Gemma3ForCausalLM is not None:
     _GEMMA3 = _make_attention_classes(modeling_gemma3.Gemma3Attention,
                                       modeling_gemma3.apply_rotary_pos_emb)
@@ -359,6 +364,8 @@ if Gemma3ForCausalLM is not None:
         def __init__(self, config):
             super().__init__(config)
             _unify(self, config, _GEMMA3)
+
+    UniAttnGemma3ForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
 else:
 

@@ -35,6 +35,7 @@ PROMPT = "The leader computes P, and its followers reuse it"
 CHARS = (" abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,")
 EOS = "</s>"
 VARIANTS = ("softmax", "uniattn", "cla")
+HELPER = []  # the uniattn_hf_helper executable (--helper)
 
 
 def piece(c):
@@ -167,12 +168,16 @@ def hf_side(cases_file, out_file):
                                  max_new_tokens=NEW_TOKENS, eos_token_id=0, pad_token_id=0,
                                  return_dict_in_generate=True)
         results[key + ".generated"] = out.sequences[0, prompt.shape[1]:].contiguous()
+        resaved = None
+        if case["name"].endswith("-uniattn"):  # save_pretrained keeps it loadable (and ours)
+            resaved = f"{case['dir']}-resaved-{transformers.__version__}"
+            model.save_pretrained(resaved)
         widths = {i: cache_widths(out.past_key_values, i)
                   for i in follower_layers(model.config)}
         cla = model.config.uniattn["variant"] == "cla"
         bad = {i: w for i, w in widths.items() if w[0] != 0 or (cla and w[1] != 0)}
         report[key] = {"class": type(model).__name__, "follower_cache_widths": widths,
-                       "followers_keep_k": bool(bad)}
+                       "followers_keep_k": bool(bad), "resaved": resaved}
     save_file(results, out_file)
     print(json.dumps({"transformers": transformers.__version__, "torch": torch.__version__,
                       "cases": report}, default=str))
@@ -219,6 +224,7 @@ def prepare(args):
             ours[f"{name}.generated"] = torch.tensor(tok.encode(text).ids if text else [],
                                                      dtype=torch.long)
             cases.append({"name": name, "family": family, "dir": d, "inputs": in_file,
+                          "ids_file": os.path.join(args.work, f"{name}-logits-in.safetensors"),
                           "prompt_ids": prompt_ids, "text": text})
     return cases, ours
 
@@ -234,6 +240,26 @@ def environments(args):
         print(f"note: {tf446} absent (scripts/setup_tf446_venv.sh makes it): "
               "transformers 4.46 not checked")
     return envs
+
+
+def check_resaved(label, case, ours, resaved, msgs):
+    """transformers' save_pretrained of the loaded model: the copy carries the modeling files and
+    auto_map again, and libuniattn loads it and computes the same logits."""
+    from safetensors.torch import load_file
+    missing = [f for f in ("configuration_uniattn.py", "modeling_uniattn.py")
+               if not os.path.isfile(os.path.join(resaved, f))]
+    with open(os.path.join(resaved, "config.json")) as f:
+        if "auto_map" not in json.load(f):
+            missing.append("auto_map")
+    if missing:
+        return [f"{label} {case['name']}: save_pretrained's copy lacks {missing}"]
+    out = resaved + "-logits.safetensors"
+    run([HELPER[0], "logits", resaved, case["ids_file"], out])
+    diff = (load_file(out)["logits"].double() - ours[case["name"] + ".logits"].double()).abs().max()
+    msgs.append(f"save_pretrained copy: ours max|diff| {diff.item():.2e}")
+    if not diff.item() <= TOLERANCE:
+        return [f"{label} {case['name']}: our logits of save_pretrained's copy differ by {diff}"]
+    return []
 
 
 def compare_case(label, case, ours, theirs, info):
@@ -259,6 +285,8 @@ def compare_case(label, case, ours, theirs, info):
         fails.append(f"{label} {name}: generate() {gen} != uniattn-generate {mine} "
                      f"({case['text']!r})")
     msgs.append(f"follower cache widths (K, V) {info['follower_cache_widths']}")
+    if info.get("resaved"):
+        fails += check_resaved(label, case, ours, info["resaved"], msgs)
     if info["followers_keep_k"]:
         fails.append(f"{label} {name}: follower layers keep K/V in transformers' cache: "
                      f"{info['follower_cache_widths']}")
@@ -291,6 +319,7 @@ def main():
     import torch
     from safetensors.torch import load_file
     torch.set_num_threads(2)
+    HELPER.append(args.helper)
     if os.path.isdir(args.work):
         shutil.rmtree(args.work)
     os.makedirs(args.work)
