@@ -127,7 +127,7 @@ void record_config(const Run& run, const StartPoint& start) {
   } else {
     const bool had = fs::exists(yaml);
     const std::string before = had ? read_text_file(yaml) : std::string();
-    if (before == now) return;
+    if (before == now && start.changes.empty()) return;
     auto all = had ? key_changes(flatten_config_yaml(before), flatten_config_yaml(now))
                    : std::vector<std::string>{"config.yaml: (absent) -> written"};
     entry["changes"] = start.changes;  // result-changing, allowed

@@ -587,6 +587,17 @@ TEST(Train, AllowChangedConfigContinuesAndRecordsTheChange) {
   ASSERT_EQ(h.size(), 3u);
   EXPECT_TRUE(h[2]["changes"].empty());
   EXPECT_EQ(h[2]["config_changes"], nlohmann::json({"checkpoint.keep_last: 2 -> 3"}));
+
+  // Other data under the same path: the config text is unchanged, the change is still recorded.
+  const auto same = tiny_config(dir, "run", {"stages[1].lr=2.0e-3", "checkpoint.keep_last=3"});
+  write_tokens(dir / "train.jsonl", 16, 99);
+  const auto r3 = train(same, allow);
+  ASSERT_EQ(r3.config_changes.size(), 1u);
+  EXPECT_EQ(r3.config_changes[0].rfind("data.train (contents): ", 0), 0u) << r3.config_changes[0];
+  h = read_jsonl(out / "config_history.jsonl");
+  ASSERT_EQ(h.size(), 4u);
+  EXPECT_EQ(h[3]["changes"], nlohmann::json(r3.config_changes));
+  EXPECT_TRUE(h[3]["config_changes"].empty());
 }
 
 // checkpoint.every_minutes (30 by default) checkpoints mid-stage without a step cadence, so a run
