@@ -12,6 +12,7 @@
 #include "cli_util.h"
 #include "model_args.h"
 #include "uniattn/calib/calibrate.h"
+#include "uniattn/data/chat_records.h"
 #include "uniattn/error.h"
 #include "uniattn/eval/eval.h"
 #include "uniattn/eval/response_loss.h"
@@ -46,6 +47,26 @@ void print_row(const uniattn::McTaskResult& r) {
               static_cast<long long>(r.n), r.acc, r.acc_stderr, r.acc_norm, r.acc_norm_stderr);
 }
 
+// Held-out records (alpaca/tulu) or conversations (chat), the first `limit` (0: all), tokenised
+// without a length limit; also the number of records read.
+std::pair<std::vector<uniattn::TokenizedExample>, int64_t> heldout_examples(
+    const std::string& file, const std::string& tmpl, int64_t limit, const uniattn::Tokenizer& tok,
+    const std::filesystem::path& model_path) {
+  const int64_t whole = std::numeric_limits<int64_t>::max();
+  if (tmpl == "chat") {
+    auto conv = uniattn::load_conversations(file);
+    if (limit > 0 && static_cast<int64_t>(conv.size()) > limit) conv.resize(limit);
+    return {uniattn::tokenize_conversations(conv, uniattn::chat_template_for_data(model_path), tok,
+                                            whole, nullptr, file),
+            static_cast<int64_t>(conv.size())};
+  }
+  const auto pt = uniattn::PromptTemplate::by_name(tmpl);
+  auto records = uniattn::load_records(file, &pt);
+  if (limit > 0 && static_cast<int64_t>(records.size()) > limit) records.resize(limit);
+  return {uniattn::tokenize_records(records, pt, uniattn::text_encoder(tok), whole),
+          static_cast<int64_t>(records.size())};
+}
+
 int run(int argc, char** argv) {
   CLI::App app{"Evaluate a (UniAttn) model: multiple-choice accuracy and held-out loss"};
   std::string model_path, variant = "none", superblocks, tasks, data_dir = "data/eval", heldout,
@@ -62,8 +83,10 @@ int run(int argc, char** argv) {
                  "mmlu_<subject>, *_5shot variants; name:split picks a split");
   app.add_option("--data-dir", data_dir, "Directory written by scripts/prepare_eval_data.py");
   app.add_option("--heldout", heldout, "Instruction JSON/JSONL file for response loss");
-  app.add_option("--template", tmpl, "Prompt template of --heldout: alpaca|tulu")
-      ->check(CLI::IsMember({"alpaca", "tulu"}));
+  app.add_option("--template", tmpl,
+                 "Prompt template of --heldout: alpaca|tulu, or chat ('messages' records "
+                 "rendered with the model's chat template, loss on the assistant turns)")
+      ->check(CLI::IsMember({"alpaca", "tulu", "chat"}));
   app.add_option("--limit", limit, "First N questions (or held-out records) per task; 0 = all")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--batch", batch, "Sequences per forward pass (--tasks)")
@@ -127,12 +150,8 @@ int run(int argc, char** argv) {
   }
 
   if (!heldout.empty()) {
-    const auto pt = uniattn::PromptTemplate::by_name(tmpl);
-    auto records = uniattn::load_records(heldout, &pt);
-    if (limit > 0 && static_cast<int64_t>(records.size()) > limit) records.resize(limit);
     // Tokenised whole: response_loss applies the one truncation rule and counts what it cuts.
-    const auto ex = uniattn::tokenize_records(records, pt, uniattn::text_encoder(*tok),
-                                              std::numeric_limits<int64_t>::max());
+    const auto [ex, nrecords] = heldout_examples(heldout, tmpl, limit, *tok, path);
     uniattn::ResponseLossOptions lo;
     lo.max_len = max_len > 0 ? max_len : uniattn::kDefaultResponseLossMaxLen;
     lo.batch_tokens = batch_tokens;
@@ -148,7 +167,7 @@ int run(int argc, char** argv) {
     res["heldout"] = {{"file", heldout},
                       {"template", tmpl},
                       {"max_len", lo.max_len},
-                      {"records", static_cast<int64_t>(records.size())},
+                      {"records", nrecords},
                       {"examples", lr.examples},
                       {"truncated", lr.truncated},
                       {"cut_target_tokens", lr.cut_target_tokens},

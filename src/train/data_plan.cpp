@@ -11,6 +11,7 @@
 
 #include "internal.h"
 #include "uniattn/calib/calibrate.h"
+#include "uniattn/data/chat_records.h"
 #include "uniattn/error.h"
 #include "uniattn/io/file_io.h"
 #include "uniattn/model/checkpoint.h"
@@ -94,6 +95,27 @@ std::vector<Sequence> pack(const std::vector<Sequence>& in, int64_t max_len) {
   return out;
 }
 
+// `messages` records rendered with the chat template of the tokenizer's model, loss on the
+// assistant turns (data/chat_records.h); response_only_loss false scores every token.
+std::vector<Sequence> load_chat_sequences(const std::string& path, const TrainConfig& c,
+                                          int64_t vocab_size, const std::string& model_path) {
+  const std::string tok_path = c.data.tokenizer.empty() ? model_path : c.data.tokenizer;
+  const auto tok = load_tokenizer(tok_path);
+  UNIATTN_CHECK(tok->vocab_size() <= vocab_size, path, ": the tokenizer has ", tok->vocab_size(),
+                " tokens but the model only ", vocab_size);
+  TokenizeStats stats;
+  auto seqs = tokenize_conversations(load_conversations(path), chat_template_for_data(tok_path),
+                                     *tok, c.data.max_length, &stats, path);
+  UNIATTN_CHECK(!seqs.empty(), path, ": no conversation has an assistant token left (",
+                stats.records, " records, max_length ", c.data.max_length, ")");
+  if (!c.data.response_only_loss)
+    for (auto& s : seqs) {
+      std::fill(s.loss_mask.begin(), s.loss_mask.end(), 1);
+      s.loss_mask[0] = 0;
+    }
+  return seqs;
+}
+
 }  // namespace
 
 std::vector<Sequence> load_sequences(const TrainConfig& c, bool eval, int64_t vocab_size,
@@ -102,6 +124,8 @@ std::vector<Sequence> load_sequences(const TrainConfig& c, bool eval, int64_t vo
   std::vector<Sequence> seqs;
   if (c.data.format == "tokens") {
     seqs = load_token_file(path, vocab_size, c.data.max_length);
+  } else if (c.data.template_ == "chat") {
+    seqs = load_chat_sequences(path, c, vocab_size, model_path);
   } else {
     const auto& t = c.data.template_;
     PromptTemplate tmpl = (t == "alpaca" || t == "tulu")
