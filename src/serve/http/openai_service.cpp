@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "uniattn/error.h"
+#include "uniattn/io/json_depth.h"
 #include "uniattn/infer/generate.h"
 
 namespace uniattn::serve {
@@ -101,9 +102,14 @@ std::variant<Job, ApiError> OpenAIService::prepare(const std::string& body,
                                                    Endpoint endpoint) const {
   json j;
   try {
+    // Copies and dumps of a parsed value recurse per level: a body of nested brackets would
+    // overflow the stack (fuzz/fuzz_serve_request.cpp).
+    check_json_depth(body, "request body");
     j = json::parse(body);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // also out_of_range 406: a number beyond double
     return ApiError{400, std::string("malformed JSON: ") + e.what(), ""};
+  } catch (const Error& e) {
+    return ApiError{400, e.what(), ""};
   }
   auto parsed = parse_completion_request(j, endpoint);
   if (auto* e = std::get_if<ApiError>(&parsed)) return *e;
