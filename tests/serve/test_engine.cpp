@@ -1,7 +1,7 @@
 // The continuous-batching engine on SmolLM2 (CPU, fp32): greedy output with any interleaving of
 // arrivals, chunked prefill and preemption equals uniattn::generate (itself checked against
-// transformers in tests/infer/test_generate.cpp) for the same prompt, for variants none and
-// uniattn; blocks are all returned; prompt log-probabilities equal a full forward pass's.
+// transformers in tests/infer/test_generate.cpp) for the same prompt, for variants none,
+// uniattn and cla; blocks are all returned; prompt log-probabilities equal a full forward pass's.
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
@@ -45,6 +45,7 @@ class EngineTest : public ::testing::TestWithParam<const char*> {
     if (it == models().end()) {
       LoadOptions lo;
       if (variant == "uniattn") lo.uniattn = UniAttnSpec::parse(Variant::UniAttn, "4,15,30", 30);
+      if (variant == "cla") lo.uniattn = UniAttnSpec::parse(Variant::Cla, "4,15,30", 30);
       it = models().emplace(variant, load_model(gguf, lo)).first;
     }
     model_ = it->second;
@@ -136,7 +137,7 @@ TEST_P(EngineTest, PreemptionRecomputesTheSameTokens) {
   EXPECT_EQ(e.stats().blocks_free, o.num_blocks);
 }
 
-INSTANTIATE_TEST_SUITE_P(Variants, EngineTest, ::testing::Values("none", "uniattn"));
+INSTANTIATE_TEST_SUITE_P(Variants, EngineTest, ::testing::Values("none", "uniattn", "cla"));
 
 class EngineSmol : public EngineTest {};
 
