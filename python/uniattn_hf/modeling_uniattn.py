@@ -20,7 +20,8 @@
 # (transformers 4.4x's HybridCache/StaticCache) get their follower K buffers released on first
 # use.
 #
-# Attention runs eagerly (the probability map is shared); sdpa / flash attention are not offered.
+# Attention runs eagerly (the probability map is shared); sdpa / flash attention are not offered,
+# nor gradient checkpointing (a follower needs its leader's state from the same forward pass).
 import torch
 import transformers
 from torch import nn
@@ -312,6 +313,9 @@ class _UniAttnMixin:
     probability map, which transformers' sdpa and flash kernels do not return)."""
 
     _supports_sdpa = False
+    # A follower reads what its leader left during the same forward pass; recomputing one layer
+    # alone in backward (gradient checkpointing) would find nothing there.
+    supports_gradient_checkpointing = False
     _supports_flash_attn = False
     _supports_flash_attn_2 = False
     _supports_flex_attn = False
