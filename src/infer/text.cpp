@@ -34,6 +34,56 @@ size_t complete_utf8_prefix(std::string_view s) {
   return n;  // only continuation bytes at the end: malformed, pass them on
 }
 
+namespace {
+
+// Length of the well-formed UTF-8 character at s[i], or of its maximal ill-formed subpart (at least
+// 1) with *valid false: the Unicode Standard's table 3-7 and its "maximal subpart" practice, which
+// Rust's String::from_utf8_lossy (and so `tokenizers`' decoders) follow.
+size_t utf8_unit(std::string_view s, size_t i, bool* valid) {
+  const auto c = static_cast<unsigned char>(s[i]);
+  *valid = true;
+  if (c < 0x80) return 1;
+  size_t need = 0;
+  unsigned char lo = 0x80, hi = 0xBF;  // range of the second byte
+  if (c >= 0xC2 && c <= 0xDF) {
+    need = 2;
+  } else if (c >= 0xE0 && c <= 0xEF) {
+    need = 3;
+    if (c == 0xE0) lo = 0xA0;
+    if (c == 0xED) hi = 0x9F;
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    need = 4;
+    if (c == 0xF0) lo = 0x90;
+    if (c == 0xF4) hi = 0x8F;
+  }
+  size_t len = 1;
+  for (; need > 0 && len < need && i + len < s.size(); ++len) {
+    const auto b = static_cast<unsigned char>(s[i + len]);
+    if (b < (len == 1 ? lo : 0x80) || b > (len == 1 ? hi : 0xBF)) break;
+  }
+  *valid = need > 0 && len == need;
+  return len;
+}
+
+// `s` with each ill-formed UTF-8 subpart replaced by U+FFFD, as transformers' decode() gives text
+// whose byte-level tokens do not form whole characters.
+std::string utf8_lossy(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size();) {
+    bool valid = false;
+    const size_t n = utf8_unit(s, i, &valid);
+    if (valid)
+      out.append(s.substr(i, n));
+    else
+      out += "\xEF\xBF\xBD";
+    i += n;
+  }
+  return out;
+}
+
+}  // namespace
+
 TextStream::TextStream(const Tokenizer& tokenizer, std::vector<std::string> stop_strings)
     : tok_(tokenizer), stops_(std::move(stop_strings)) {
   std::erase_if(stops_, [](const std::string& s) { return s.empty(); });
@@ -48,7 +98,8 @@ std::string TextStream::push(int32_t id) {
   if (text.size() > emitted_) {
     const size_t complete = complete_utf8_prefix(text);
     if (complete > emitted_) {
-      piece = text.substr(emitted_, complete - emitted_);
+      // Bytes that cannot become a character become U+FFFD, as in transformers' decode().
+      piece = utf8_lossy(std::string_view(text).substr(emitted_, complete - emitted_));
       emitted_ = complete;
     }
   }
@@ -93,7 +144,7 @@ std::string TextStream::flush() {
   std::span<const int32_t> window(ids_.data() + window_, ids_.size() - window_);
   const std::string text = tok_.decode(window, true);
   std::string out = held_;
-  if (text.size() > emitted_) out += text.substr(emitted_);
+  if (text.size() > emitted_) out += utf8_lossy(std::string_view(text).substr(emitted_));
   emitted_ = text.size();
   held_.clear();
   return out;

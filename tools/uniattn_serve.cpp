@@ -1,0 +1,222 @@
+// uniattn-serve: an OpenAI-compatible HTTP server (cpp-httplib) over the continuous-batching
+// engine (uniattn/serve/engine.h). Routes /v1/completions, /v1/chat/completions, /v1/models,
+// /health and /metrics to the OpenAIService (src/serve/http/); prints "listening on PORT" on
+// stdout once bound. SIGTERM/SIGINT: new requests get 503, running ones finish, then it exits.
+#include <httplib.h>
+#include <signal.h>
+
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <thread>
+
+#include "cli_util.h"
+#include "model_args.h"
+#include "serve/http/openai_service.h"
+#include "uniattn/config/generation_config.h"
+#include "uniattn/error.h"
+#include "uniattn/infer/generate.h"
+#include "uniattn/model/checkpoint.h"
+
+namespace {
+
+using uniattn::serve::Endpoint;
+using uniattn::serve::OpenAIService;
+
+struct Args {
+  std::string model_path, variant = "none", superblocks, device = "cpu", dtype = "f32";
+  std::string host = "127.0.0.1", served_name;
+  int port = 8000;
+  double kv_memory_gb = 1.0;
+  int64_t max_seqs = 16, block_size = 16, prefill_chunk = 64, max_model_len = 0, threads = 64;
+};
+
+void add_options(CLI::App& app, Args& a) {
+  app.add_option("--model", a.model_path, "HF model directory or .gguf file (default: the demo)");
+  app.add_option("--uniattn", a.variant, "Unify the model: none|softmax|uniattn|cla")
+      ->check(CLI::IsMember({"none", "softmax", "uniattn", "cla"}));
+  app.add_option("--superblocks", a.superblocks, "SuperBlocks as SIZE,BEGIN,END or groups");
+  app.add_option("--device", a.device, "cpu, cuda or cuda:N");
+  app.add_option("--dtype", a.dtype, "f32 or bf16");
+  app.add_option("--host", a.host, "Address to listen on (default 127.0.0.1)");
+  app.add_option("--port", a.port, "Port (0: any free port; the one taken is printed)");
+  app.add_option("--served-model-name", a.served_name, "Name in /v1/models (default: file name)");
+  app.add_option("--kv-memory-gb", a.kv_memory_gb, "KV cache pool size in GiB (default 1)");
+  app.add_option("--max-seqs", a.max_seqs, "Sequences in the running batch at most (16)");
+  app.add_option("--block-size", a.block_size, "Tokens per KV block (16)");
+  app.add_option("--prefill-chunk", a.prefill_chunk, "Prompt tokens prefilled per step (64)");
+  app.add_option("--max-model-len", a.max_model_len, "Context length (default: the config's)");
+  app.add_option("--http-threads", a.threads, "HTTP worker threads (64)");
+}
+
+// End tokens as uniattn-generate uses them: the checkpoint's (generation_config.json, config.json,
+// GGUF eos/eot/eom) and the tokenizer's eos; for chat, the template's end-of-turn too.
+uniattn::serve::ServiceOptions service_options(const Args& a, const std::filesystem::path& path,
+                                               const uniattn::CausalLM& model,
+                                               const uniattn::Tokenizer& tok,
+                                               const uniattn::ChatTemplate* tmpl,
+                                               int64_t max_model_len) {
+  uniattn::serve::ServiceOptions o;
+  o.model_name = a.served_name.empty() ? path.filename().string() : a.served_name;
+  o.max_model_len = max_model_len;
+  auto add = [](std::vector<int32_t>& v, int64_t id) {
+    if (std::find(v.begin(), v.end(), int32_t(id)) == v.end()) v.push_back(int32_t(id));
+  };
+  for (int64_t id : uniattn::GenerationConfig::load(path).eos_token_ids) add(o.end_tokens, id);
+  for (int64_t id : model->config().eos_token_ids) add(o.end_tokens, id);
+  if (tok.eos_id()) add(o.end_tokens, *tok.eos_id());
+  try {
+    for (int32_t id : uniattn::format_chat(tok, tmpl, "x").stop_tokens) add(o.chat_end_tokens, id);
+  } catch (const std::exception&) {
+  }
+  return o;
+}
+
+void json_reply(httplib::Response& res, int status, const std::string& body) {
+  res.status = status;
+  res.set_content(body, "application/json");
+}
+
+void completion_route(httplib::Server& svr, const char* path, Endpoint ep, OpenAIService& service,
+                      const std::atomic<bool>& draining) {
+  svr.Post(path, [&service, &draining, ep](const httplib::Request& req, httplib::Response& res) {
+    if (draining) {
+      service.count_request(503);
+      return json_reply(res, 503,
+                        uniattn::serve::error_body({503, "server is shutting down", ""}).dump());
+    }
+    auto prepared = service.prepare(req.body, ep);
+    if (auto* e = std::get_if<uniattn::serve::ApiError>(&prepared)) {
+      service.count_request(e->status);
+      return json_reply(res, e->status, uniattn::serve::error_body(*e).dump());
+    }
+    auto job =
+        std::make_shared<uniattn::serve::Job>(std::move(std::get<uniattn::serve::Job>(prepared)));
+    if (!job->req.stream) {
+      auto [status, body] = service.run(*job, nullptr);
+      service.count_request(status);
+      return json_reply(res, status, body);
+    }
+    res.set_chunked_content_provider(
+        "text/event-stream", [&service, job](size_t, httplib::DataSink& sink) {
+          auto write = [&](const std::string& s) {
+            return sink.is_writable() && sink.write(s.data(), s.size());
+          };
+          auto [status, body] = service.run(*job, write);
+          if (status >= 500) write("data: " + body + "\n\n");
+          service.count_request(status);
+          sink.done();
+          return true;
+        });
+  });
+}
+
+void add_routes(httplib::Server& svr, OpenAIService& service, const std::atomic<bool>& draining) {
+  completion_route(svr, "/v1/completions", Endpoint::Completions, service, draining);
+  completion_route(svr, "/v1/chat/completions", Endpoint::ChatCompletions, service, draining);
+  svr.Get("/v1/models", [&](const httplib::Request&, httplib::Response& res) {
+    json_reply(res, 200, service.models().dump());
+  });
+  svr.Get("/health", [&](const httplib::Request&, httplib::Response& res) {
+    json_reply(res, draining ? 503 : 200, draining ? "{\"status\":\"draining\"}" : "{}");
+  });
+  svr.Get("/metrics", [&](const httplib::Request&, httplib::Response& res) {
+    res.set_content(service.metrics(), "text/plain; version=0.0.4");
+  });
+  svr.set_exception_handler([&](const httplib::Request&, httplib::Response& res,
+                                std::exception_ptr ep) {
+    std::string what = "unknown";
+    try {
+      std::rethrow_exception(ep);
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+    }
+    service.count_request(500);
+    json_reply(
+        res, 500,
+        uniattn::serve::error_body({500, "internal error: " + what, "", "internal_error"}).dump());
+  });
+}
+
+// Waits for SIGTERM/SIGINT (blocked in every thread, taken here with sigwait), stops admitting,
+// lets the engine finish what it runs (at most `grace`), then stops the server.
+std::thread drain_on_signal(httplib::Server& svr, uniattn::serve::Engine& engine,
+                            const OpenAIService& service, std::atomic<bool>& draining,
+                            sigset_t set) {
+  return std::thread([&svr, &engine, &service, &draining, set] {
+    int sig = 0;
+    sigwait(&set, &sig);
+    std::fprintf(stderr, "uniattn-serve: signal %d, draining\n", sig);
+    draining = true;
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (std::chrono::steady_clock::now() < until) {
+      const auto s = engine.stats();
+      if (s.waiting == 0 && s.running == 0 && service.active() == 0) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    svr.stop();
+  });
+}
+
+int run(int argc, char** argv) {
+  CLI::App app{"OpenAI-compatible server with continuous batching over a paged KV cache"};
+  Args a;
+  add_options(app, a);
+  CLI11_PARSE(app, argc, argv);
+  // Before any thread starts (LibTorch's included), so that only the drainer takes them.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  signal(SIGPIPE, SIG_IGN);  // a client gone mid-stream must not kill the server
+  const std::filesystem::path path = a.model_path.empty() ? uniattn::cli::default_model_path()
+                                                          : std::filesystem::path(a.model_path);
+  auto lo = uniattn::cli::load_options(a.dtype, a.device, a.variant, a.superblocks, path);
+  auto model = uniattn::load_model(path, lo);
+  auto tok = uniattn::cli::load_tokenizer_noted(path, "serve");
+  const auto tmpl = uniattn::ChatTemplate::load(path);
+
+  uniattn::serve::EngineOptions eo;
+  eo.kv_memory_bytes = static_cast<int64_t>(a.kv_memory_gb * double(int64_t(1) << 30));
+  eo.max_seqs = a.max_seqs;
+  eo.block_size = a.block_size;
+  eo.prefill_chunk = a.prefill_chunk;
+  eo.max_model_len = a.max_model_len;
+  uniattn::serve::Engine engine(model, eo);
+  OpenAIService service(engine, *tok, tmpl ? &*tmpl : nullptr,
+                        service_options(a, path, model, *tok, tmpl ? &*tmpl : nullptr,
+                                        engine.options().max_model_len));
+
+  httplib::Server svr;
+  const size_t threads = static_cast<size_t>(std::max<int64_t>(a.threads, 4));
+  svr.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  std::atomic<bool> draining{false};
+  add_routes(svr, service, draining);
+  const int port =
+      a.port == 0 ? svr.bind_to_any_port(a.host) : (svr.bind_to_port(a.host, a.port) ? a.port : -1);
+  if (port < 0) uniattn::fail("cannot listen on ", a.host, ":", a.port);
+  std::thread engine_thread([&] { engine.run(); });
+  std::thread drainer = drain_on_signal(svr, engine, service, draining, set);
+  std::fprintf(stderr, "uniattn-serve: %s, %lld KV blocks of %lld tokens, max_model_len %lld\n",
+               service.models()["data"][0]["id"].get<std::string>().c_str(),
+               static_cast<long long>(engine.stats().blocks_total),
+               static_cast<long long>(a.block_size),
+               static_cast<long long>(engine.options().max_model_len));
+  std::printf("listening on %d\n", port);
+  std::fflush(stdout);
+  svr.listen_after_bind();
+  engine.stop();
+  engine_thread.join();
+  drainer.detach();  // still in sigwait when the server stopped for another reason
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  return uniattn::cli::guarded_main("uniattn-serve", run, argc, argv);
+}
