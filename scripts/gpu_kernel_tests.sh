@@ -18,7 +18,7 @@
 # If pkg-config finds no libpcre2-8 and .dev/kern-pcre2 (headers + a linker script pointing at the
 # system's libpcre2-8.so.0) is present, that folder is used.
 set -u -o pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 BUILD=${1:-build-gpu}
 OUT=${OUT:-$BUILD/gpu-out}
 mkdir -p "$OUT"
@@ -28,7 +28,12 @@ ALL_STEPS="configure build kernel_paths fallback_tests gpu_tests fused_ops_tests
   ptx80_build ptx80_gpu_tests ptx80_fused_ops_tests ptx80_fallbacks_tests"
 STEPS=${STEPS:-$ALL_STEPS}
 
-want() { [[ " $(echo $STEPS) configure build " == *" $1 "* ]]; }
+# configure and build always run; any ptx80_* step needs the compute_80 rebuild (ptx80_build).
+want() {
+  local steps=" ${STEPS//$'\n'/ } configure build "
+  [[ $steps == *" ptx80_"* ]] && steps+="ptx80_build "
+  [[ $steps == *" $1 "* ]]
+}
 step() {  # step NAME command...: runs when selected, records the exit code
   local name=$1; shift
   want "$name" || return 0
@@ -66,10 +71,11 @@ TORCH_PREFIX=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
 : >"$OUT/archs.txt"
 # -U: a directory left with the compute_80 build below goes back to the default architectures
 # (or TORCH_CUDA_ARCH_LIST's; UNIATTN_CMAKE_ARGS may name others).
+# shellcheck disable=SC2086  # UNIATTN_CMAKE_ARGS: several words
 step configure cmake -S . -B "$BUILD" -G Ninja -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" \
   -DUNIATTN_CUDA=ON -DUNIATTN_PYTHON="$(command -v python3)" -DCMAKE_BUILD_TYPE=Release \
   -UCMAKE_CUDA_ARCHITECTURES ${UNIATTN_CMAKE_ARGS:-}
-# shellcheck disable=SC2086
+# shellcheck disable=SC2046,SC2086  # one --target per word of TARGETS
 step build cmake --build "$BUILD" -j"$(nproc)" $(printf -- '--target %s ' $TARGETS)
 
 T=$BUILD/tests
