@@ -22,17 +22,19 @@ each compiled shape. The JSON is rewritten after every case.
 """
 import argparse
 import gc
-import json
 import math
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_common  # noqa: E402
+from bench_common import Results, git_commit  # noqa: E402
 
 MODELS = {
     # LLaMA-3.1-8B dimensions, as uniattn-bench's llama8b.
@@ -242,45 +244,6 @@ def measure_ceilings(device, gemm_dtype, copy_bytes, gemm_n, warmup, iters):
 
 # ---- results ----------------------------------------------------------------------------------
 
-def git_commit():
-    env = os.environ.get("UNIATTN_COMMIT")
-    if env:
-        return env
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True, cwd=os.path.dirname(os.path.abspath(__file__))
-                              ).stdout.strip() or "unknown"
-    except Exception:
-        return "unknown"
-
-
-class Results:
-    def __init__(self, out, doc):
-        self.out, self.doc = out, doc
-        self.flush()
-
-    def add(self, case, variant, metric, value, unit, note=None, stats=None):
-        row = {"case": case, "variant": variant, "metric": metric, "value": value, "unit": unit}
-        if note:
-            row["note"] = note
-        if stats:
-            row.update({k: stats[k] for k in ("n", "stdev", "min", "max")})
-        self.doc["rows"].append(row)
-        spread = f" +- {stats['stdev']:.4f} (n={stats['n']})" if stats else ""
-        print(f"{case:36s} {variant:14s} {metric:20s} {value:14.4f} {unit}{spread}"
-              + (f"  # {note}" if note else ""), flush=True)
-
-    def flush(self):
-        d = os.path.dirname(self.out)
-        if d:
-            os.makedirs(d, exist_ok=True)
-        tmp = self.out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.doc, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, self.out)
-
-
 def parse_case(spec):
     """'prefill:B:S' or 'decode:B:S' -> (kind, B, S), as uniattn-bench's parse_bench_case."""
     parts = spec.split(":")
@@ -395,15 +358,7 @@ def free(device):
 
 
 def guarded(res, case, variant, device, fn):
-    try:
-        return fn()
-    except torch.OutOfMemoryError as e:
-        res.add(case, variant, "oom", -1, "", str(e).splitlines()[0][:200])
-    except Exception as e:  # record and go on: one failing shape must not lose the rest
-        res.add(case, variant, "error", -1, "", f"{type(e).__name__}: {str(e)[:400]}")
-    finally:
-        free(device)
-    return None
+    return bench_common.guarded(res, case, variant, fn, lambda: free(device), 400)
 
 
 def run_case(res, model, args, device, fp, name, variant, spec):

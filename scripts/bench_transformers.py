@@ -12,14 +12,16 @@ after every case.
 """
 import argparse
 import gc
-import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_common  # noqa: E402
+from bench_common import Results, git_commit  # noqa: E402
 
 HBM_BYTES_PER_S = 3.0e12
 GEMM_FLOPS_PER_S = 800e12
@@ -42,43 +44,6 @@ PREFILL = {"llama8b": [1024, 4096, 16384], "smollm2": [512, 2048]}
 PREFILL_QUICK = {"llama8b": [1024], "smollm2": [512]}
 DECODE = [(1, 512), (8, 16384), (32, 4096)]
 DECODE_QUICK = [(1, 512), (8, 2048)]
-
-
-def git_commit():
-    env = os.environ.get("UNIATTN_COMMIT")
-    if env:
-        return env
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip() or "unknown"
-    except Exception:
-        return "unknown"
-
-
-class Results:
-    def __init__(self, out, command):
-        self.out = out
-        self.doc = {"gpu": torch.cuda.get_device_name(), "commit": git_commit(),
-                    "command": command, "rows": []}
-        self.flush()
-
-    def add(self, case, variant, metric, value, unit, note=None):
-        row = {"case": case, "variant": variant, "metric": metric, "value": value, "unit": unit}
-        if note:
-            row["note"] = note
-        self.doc["rows"].append(row)
-        print(f"{case:36s} {variant:20s} {metric:20s} {value:14.4f} {unit}"
-              + (f"  # {note}" if note else ""), flush=True)
-
-    def flush(self):
-        d = os.path.dirname(self.out)
-        if d:
-            os.makedirs(d, exist_ok=True)
-        tmp = self.out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.doc, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, self.out)
 
 
 def free():
@@ -190,15 +155,7 @@ def run_decode(model, cfg, batch, seq, warmup, iters, fp):
 
 
 def guarded(res, case, variant, fn):
-    try:
-        return fn()
-    except torch.OutOfMemoryError as e:
-        res.add(case, variant, "oom", -1, "", str(e).splitlines()[0][:200])
-    except Exception as e:  # record and go on: one failing shape must not lose the rest
-        res.add(case, variant, "error", -1, "", f"{type(e).__name__}: {str(e)[:300]}")
-    finally:
-        free()
-    return None
+    return bench_common.guarded(res, case, variant, fn, free, 300)
 
 
 def bench_model(res, name, args):
@@ -255,7 +212,9 @@ def main():
     if not torch.cuda.is_available():
         sys.exit("bench_transformers.py: needs a CUDA GPU")
     torch.manual_seed(0)
-    res = Results(args.out, " ".join([os.path.basename(sys.executable)] + sys.argv))
+    doc = {"gpu": torch.cuda.get_device_name(), "commit": git_commit(),
+           "command": " ".join([os.path.basename(sys.executable)] + sys.argv), "rows": []}
+    res = Results(args.out, doc, variant_width=20)
     names = ["smollm2", "llama8b"] if args.model == "all" else [args.model]
     for name in names:
         try:
