@@ -7,7 +7,8 @@
 //   splits, writes O and turns p_row into probabilities.
 // Follower (SIMT, 4 warps, up to 8 heads; TPK = D/8 threads per key, each owning a 16-byte slice of
 //   the head dimension): partial O = p . V per chunk, then follower_combine_kernel sums the splits.
-// Lengths are read on the device and clamped to [0, S]; nothing past len_b is read.
+// Lengths are read on the device and clamped to [0, S]; nothing past len_b is read, and p_row is
+// written over [0, len_b) only (its entries past len_b are left as they were).
 #include <cfloat>
 #include <cstdlib>
 
@@ -201,11 +202,17 @@ __global__ void __launch_bounds__(32) decode_leader_kernel(const DecodeArgs a) {
 // Grid (query head, batch, position chunk of kCombineChunk): merges the splits (every CTA
 // recomputes the row's lse from the few split statistics; chunk 0 also writes O) and normalises
 // its chunk of p_row with 16-byte accesses. Many CTAs: the p_row pass is bandwidth-bound, and one
-// CTA per row left it latency-bound (about 1 ms at B=8, S=32K).
+// CTA per row left it latency-bound (about 1 ms at B=8, S=32K). The grid spans the capacity S (a
+// captured graph must not depend on the lengths), but only positions [0, len) are read and
+// written: a chunk at or past len returns at once, and p_row past len stays as it was (the
+// followers read [0, len) only).
 constexpr int kCombineChunk = 1024;
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) leader_combine_kernel(const DecodeArgs a) {
   const int h = blockIdx.x, b = blockIdx.y;
+  const int len = min(max(a.seqlens[b], 0), a.S);
+  const int j_begin = blockIdx.z * kCombineChunk;
+  if (blockIdx.z > 0 && j_begin >= len) return;  // an unfilled chunk: nothing to normalise
   const int64_t bh = static_cast<int64_t>(b) * a.Hq + h;
   const float* ws_o = a.ws + bh * a.splits * D;
   const float* ml = a.ws + static_cast<int64_t>(a.B) * a.Hq * a.splits * D + bh * a.splits * 2;
@@ -229,25 +236,26 @@ __global__ void __launch_bounds__(kThreads) leader_combine_kernel(const DecodeAr
     }
   }
   if (!a.p_row) return;  // plain attention: no probability row to normalise
-  const int len = min(max(a.seqlens[b], 0), a.S);
   const int win_lo =
       a.window > 0 ? static_cast<int>(max(static_cast<int64_t>(0), len - a.window)) : 0;
   const float lse = L > 0.f ? Mu + __logf(L) : INFINITY;
   float* prow = a.p_row + bh * a.S;
-  const int j_begin = blockIdx.z * kCombineChunk;
-  const int j_end = min(j_begin + kCombineChunk, a.S);
-  auto prob = [&](int j, float raw) { return (j >= win_lo && j < len) ? __expf(raw - lse) : 0.f; };
+  // Filled positions only; [0, win_lo) was never written by the leader kernel and becomes 0.
+  const int j_end = min(j_begin + kCombineChunk, len);
+  auto prob = [&](int j, float raw) { return j >= win_lo ? __expf(raw - lse) : 0.f; };
   if ((a.S & 3) == 0 && (reinterpret_cast<uintptr_t>(a.p_row) & 15) == 0) {  // 16-byte rows
 #pragma unroll
     for (int it = 0; it < kCombineChunk / (4 * kThreads); ++it) {
       const int j = j_begin + (it * kThreads + threadIdx.x) * 4;
-      if (j < j_end) {
+      if (j + 3 < j_end) {
         float4 x = *reinterpret_cast<const float4*>(prow + j);
         x.x = prob(j, x.x);
         x.y = prob(j + 1, x.y);
         x.z = prob(j + 2, x.z);
         x.w = prob(j + 3, x.w);
         *reinterpret_cast<float4*>(prow + j) = x;
+      } else {
+        for (int t = j; t < j_end; ++t) prow[t] = prob(t, prow[t]);  // the last 1-3 positions
       }
     }
   } else {

@@ -48,10 +48,13 @@ at::Tensor prefill_follower(const at::Tensor& q_leader, const at::Tensor& k_lead
 // [0, len_b) are valid and the query sits at position len_b - 1 (the window counts from there).
 // Lengths stay on the device (no host sync), so the calls can be captured in a CUDA graph and
 // replayed with new lengths. Lengths are clamped to [0, S_max]; a row with length 0 gives O = 0.
-// Returns O [B,Hq,1,D] and p_row [B,Hq,S_max] fp32: the normalised probabilities, zero past len_b
-// and outside the window. fp32 because the followers multiply it directly: it is Hq*4 bytes per
-// position against Hkv*D*2 bytes of V (6% at Hq/Hkv = 4, D = 128), and bf16 probabilities would add
-// a 0.4% relative error per element to every follower of the group.
+// Returns O [B,Hq,1,D] and p_row [B,Hq,S_max] fp32: over keys [0, len_b) the normalised
+// probabilities (zero outside the window); entries from len_b on are unspecified (the CUDA kernel
+// neither reads nor writes them, so a step costs the filled length, not the capacity; the fallback
+// writes zeros there). decode_follower reads [0, len_b) only.
+// fp32 because the followers multiply it directly: it is Hq*4 bytes per position against
+// Hkv*D*2 bytes of V (6% at Hq/Hkv = 4, D = 128), and bf16 probabilities would add a 0.4%
+// relative error per element to every follower of the group.
 std::tuple<at::Tensor, at::Tensor> decode_leader(const at::Tensor& q, const at::Tensor& k_cache,
                                                  const at::Tensor& v_cache,
                                                  const at::Tensor& cache_seqlens,
@@ -63,12 +66,14 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache,
                             const at::Tensor& v_cache, const at::Tensor& cache_seqlens,
                             const AttnParams& p);
 
-// O [B,Hq,1,D] = p_row . V_cache over keys [0, len_b); reads only V (once per KV head).
+// O [B,Hq,1,D] = p_row . V_cache over keys [0, len_b); reads only V (once per KV head) and
+// neither p_row nor V past len_b.
 at::Tensor decode_follower(const at::Tensor& p_row, const at::Tensor& v_cache,
                            const at::Tensor& cache_seqlens, int64_t num_q_heads);
 
 // Preallocated-output variants for CUDA graphs / static buffers: `out` [B,Hq,1,D] in q's (v's)
-// dtype and `p_row` [B,Hq,S_max] fp32, both contiguous on the inputs' device.
+// dtype and `p_row` [B,Hq,S_max] fp32, both contiguous on the inputs' device. The kernel leaves
+// p_row's entries from len_b on as they were.
 void decode_leader_out(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                        const at::Tensor& cache_seqlens, const AttnParams& p, at::Tensor& out,
                        at::Tensor& p_row);

@@ -62,6 +62,10 @@ std::vector<at::Tensor> run_op(KernelOp op) {
       auto kc = at::randn({2, 2, 300, 128}, bf16()), vc = at::randn_like(kc);
       auto lens = at::tensor(std::vector<int32_t>{300, 17}, at::kInt).to(kGpu);
       auto [o, prow] = uk::decode_leader(q, kc, vc, lens, p);
+      // p_row past len_b is unspecified (the kernel leaves it, the fallback writes 0).
+      auto in_len = at::arange(300, lens.options().dtype(at::kLong)).reshape({1, 1, 300}) <
+                    lens.to(at::kLong).reshape({2, 1, 1});
+      prow = at::where(in_len, prow, at::zeros({}, prow.options()));
       return {o, prow, uk::decode_attention(q, kc, vc, lens, p)};
     }
     case KernelOp::DecodeFollower: {

@@ -1,8 +1,8 @@
 // CUDA kernels of kernels/shared_softmax.h against an fp32 reference (the ATen fallback on upcast
-// inputs, itself checked against fp64 loops in tests/attention/test_attention_reference.cpp), judged by
-// the FlashAttention rule: the kernel's max abs error (bf16/fp16 in) must be at most twice that of
-// the same-dtype ATen computation (matmul + softmax in bf16/fp16) plus a tiny epsilon.
-// UNIATTN_KERNEL_TEST_QUICK=1 keeps only small shapes (for compute-sanitizer).
+// inputs, itself checked against fp64 loops in tests/attention/test_attention_reference.cpp),
+// judged by the FlashAttention rule: the kernel's max abs error (bf16/fp16 in) must be at most
+// twice that of the same-dtype ATen computation (matmul + softmax in bf16/fp16) plus a tiny
+// epsilon. UNIATTN_KERNEL_TEST_QUICK=1 keeps only small shapes (for compute-sanitizer).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAGraph.h>
@@ -32,6 +32,14 @@ bool quick() {
     if (!at::cuda::is_available()) GTEST_SKIP() << "no CUDA device";            \
     if (!uk::cuda_kernels_available()) GTEST_SKIP() << "built without kernels"; \
   } while (0)
+
+// p_row [B,Hq,S] with its entries from len_b on (unspecified: the kernel leaves them as they
+// were) set to 0, so rows from different calls and from the fallback compare.
+at::Tensor filled(const at::Tensor& prow, const at::Tensor& lens) {
+  auto kpos = at::arange(prow.size(2), prow.options().dtype(at::kLong)).reshape({1, 1, -1});
+  auto in_len = kpos < lens.to(prow.device(), at::kLong).reshape({-1, 1, 1});
+  return at::where(in_len, prow, at::zeros({}, prow.options()));
+}
 
 double max_err(const at::Tensor& a, const at::Tensor& ref) {
   auto d = (a.to(at::kFloat) - ref.to(at::kFloat)).abs();
@@ -175,6 +183,10 @@ std::vector<DCase> decode_cases() {
       {1, 16, 8, 17, 128, {17}, 30.f, 4, bf},
       {2, 24, 2, 1000, 128, {1000, 17}, 0.f, 0, bf},  // 12 query heads per KV head: 2 sub-groups
       {1, 32, 8, 32768, 128, {30000}, 0.f, 0, bf},
+      // Filled length far below the capacity, 16-byte p_row rows (S % 4 == 0): whole chunks of
+      // the combine pass past len, lengths ending inside a chunk and inside a 4-float group.
+      {3, 8, 2, 8192, 128, {100, 1027, 3}, 0.f, 64, bf},
+      {2, 32, 8, 16384, 128, {513, 4096}, 0.f, 0, bf},
   };
 }
 
@@ -224,18 +236,31 @@ TEST_P(DecodeKernel, LeaderAndFollowerMeetErrorRule) {
                            std::to_string(c.D) + (c.softcap > 0 ? "_cap" : "") +
                            (c.window > 0 ? "_win" : "");
   check_rule(name + " leader_O", max_err(o, ref_o), max_err(low.out, ref_o), 1e-5);
-  check_rule(name + " p_row", max_err(prow, ref_p),
+  check_rule(name + " p_row", max_err(filled(prow, lens), ref_p),
              max_err(low.probs.reshape({c.B, c.Hq, c.Smax}), ref_p), 1e-6);
   check_rule(name + " follower_O", max_err(of, ref_of), max_err(low_f, ref_of), 1e-5);
-  // Probabilities are exactly zero outside [len - window, len).
+  // Probabilities are exactly zero in [0, len) outside the window [len - window, len).
+  auto in_len3 = in_len.reshape({c.B, 1, c.Smax}).expand_as(prow);
   auto outside = allowed.logical_not().reshape({c.B, 1, c.Smax}).expand_as(prow);
-  EXPECT_EQ(prow.masked_select(outside).abs().sum().item<float>(), 0.f);
+  EXPECT_EQ(prow.masked_select(outside.logical_and(in_len3)).abs().sum().item<float>(), 0.f);
   // Without a probability row the same kernel gives the same O, bit for bit.
   auto plain = uk::decode_attention(q, kc, vc, lens, p);
   EXPECT_TRUE(at::equal(plain, o)) << name << " decode_attention != decode_leader O";
+  // Only the filled length of p_row is written and read: into a NaN-poisoned buffer the leader
+  // writes the same [0, len) and leaves the rest NaN, and the follower reading it gives the same
+  // O bit for bit.
+  auto poisoned = at::full_like(prow, NAN);
+  auto o2 = at::empty_like(o), of2 = at::empty_like(of);
+  uk::decode_leader_out(q, kc, vc, lens, p, o2, poisoned);
+  uk::decode_follower_out(poisoned, v2, lens, c.Hq, of2);
+  EXPECT_TRUE(at::equal(o2, o)) << name;
+  EXPECT_TRUE(at::equal(of2, of)) << name << " follower read p_row past len";
+  EXPECT_TRUE(at::equal(filled(poisoned, lens), filled(prow, lens))) << name;
+  EXPECT_TRUE(poisoned.masked_select(in_len3.logical_not()).isnan().all().item<bool>())
+      << name << " leader wrote p_row past len";
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, DecodeKernel, ::testing::Range<size_t>(0, 7));
+INSTANTIATE_TEST_SUITE_P(Shapes, DecodeKernel, ::testing::Range<size_t>(0, 9));
 
 // Decode must replay from a CUDA graph with new device-side lengths and no recapture.
 TEST(DecodeGraph, ReplayFollowsDeviceLengths) {
@@ -268,7 +293,7 @@ TEST(DecodeGraph, ReplayFollowsDeviceLengths) {
       auto [eo, ep] = uk::decode_leader(q, kc, vc, lens, p);
       auto ef = uk::decode_follower(ep, v2, lens, Hq);
       EXPECT_TRUE(at::equal(out, eo));
-      EXPECT_TRUE(at::equal(prow, ep));
+      EXPECT_TRUE(at::equal(filled(prow, lens), filled(ep, lens)));
       EXPECT_TRUE(at::equal(fout, ef));
     }
   }
