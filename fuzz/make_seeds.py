@@ -81,6 +81,21 @@ def records():
         {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}).encode())
 
 
+def chat_records():
+    # First byte: bit 0 .jsonl name, bit 1 Gemma's template (else ChatML), bits 2-7 max_len.
+    conv = {"messages": [{"role": "system", "content": "Be brief."},
+                         {"role": "user", "content": "Hi"},
+                         {"role": "assistant", "content": "Hello <|im_end|> \u00e9"},
+                         {"role": "user", "content": "More?"},
+                         {"role": "assistant", "content": "No."}]}
+    plain = {"messages": [{"role": "user", "content": "2+2?"},
+                          {"role": "assistant", "content": "4"}]}
+    put("chat_records", "array", bytes([0xFC]) + json.dumps([conv, plain]).encode())
+    put("chat_records", "jsonl_gemma", bytes([0xFF]) + "\n".join(
+        json.dumps(c) for c in (conv, plain)).encode())
+    put("chat_records", "truncated", bytes([0x10]) + json.dumps([conv]).encode())
+
+
 def mc_data():
     qs = [{"id": "q1", "question": "2+2?", "choices": ["3", "4", "5"], "answer": 1},
           {"id": 7, "question": "Color of the sky?", "choices": ["blue", "green"], "answer": 0,
@@ -184,6 +199,7 @@ def main():
     train_yaml(td)
     model_config(td)
     records()
+    chat_records()
     mc_data()
     safetensors(td)
     gguf(td)

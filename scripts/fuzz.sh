@@ -39,6 +39,7 @@ if [[ ${#targets[@]} -eq 0 ]]; then
   for f in fuzz/fuzz_*.cpp; do n=$(basename "$f" .cpp); targets+=("${n#fuzz_}"); done
 fi
 mkdir -p "$build/logs" "$build/findings"
+rm -f "$build/logs/failed"  # left by an interrupted run, it would mark targets as findings
 
 # Every finding aborts; leaks count as findings. A 10 s input is a hang, 2 GiB an OOM.
 export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1}
@@ -79,7 +80,11 @@ for t in "${targets[@]}"; do
   printf '%-20s %10s %8s %8s  %s\n' "$t" "${execs:--}" "${cov:--}" "${ft:--}" "$result"
 done
 rm -f "$build/logs/failed"
-echo "fuzzing took ${took}s (${#targets[@]} targets, ${secs}s each, $jobs at a time)"
+if [[ $replay -eq 1 ]]; then
+  echo "replay took ${took}s (${#targets[@]} targets' corpora, $jobs at a time)"
+else
+  echo "fuzzing took ${took}s (${#targets[@]} targets, ${secs}s each, $jobs at a time)"
+fi
 if [[ $status -ne 0 ]]; then
   echo "findings: $build/findings/ (reproduce: $build/fuzz_<target> <file>)" >&2
 fi
