@@ -184,7 +184,22 @@ def test_bad_inputs(s):
              ({"prompt": "x", "n": 0}, "n"),
              ({"prompt": "word " * 300}, "prompt"),
              ({"prompt": "x", "max_tokens": 1000}, "max_tokens"),
-             ({"max_tokens": 3}, "prompt")]
+             ({"max_tokens": 3}, "prompt"),
+             # out-of-range sampling values
+             ({"prompt": "x", "temperature": 2.5}, "temperature"),
+             ({"prompt": "x", "top_k": -2}, "top_k"),
+             ({"prompt": "x", "frequency_penalty": 3}, "frequency_penalty"),
+             ({"prompt": "x", "presence_penalty": -2.5}, "presence_penalty"),
+             ({"prompt": "x", "repetition_penalty": 0}, "repetition_penalty"),
+             ({"prompt": "x", "logprobs": 21}, "logprobs"),
+             ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
+             ({"prompt": "x", "seed": -1}, "seed"),
+             # wrongly typed fields
+             ({"prompt": "x", "max_tokens": 1.5}, "max_tokens"),
+             ({"prompt": "x", "stream": "yes"}, "stream"),
+             ({"prompt": "x", "stop": 5}, "stop"),
+             ({"prompt": 42}, "prompt"),
+             ({"prompt": [50000000]}, "prompt")]
     for body, field in cases:
         status, r = s.post("/v1/completions", body)
         check(status == 400 and r["error"]["param"] == field, f"{field}: {status} {r}")
@@ -192,6 +207,17 @@ def test_bad_inputs(s):
     check(status == 404 and r["error"]["param"] == "model", "unknown model -> 404")
     status, r = s.post("/v1/chat/completions", {"messages": "hi"})
     check(status == 400 and r["error"]["param"] == "messages", "bad messages -> 400")
+    status, r = s.post("/v1/chat/completions",
+                       {"messages": [{"role": "user", "content": "hi"}], "echo": True})
+    check(status == 400 and r["error"]["param"] == "echo", f"chat echo -> 400 {r}")
+    status, text = s.request("POST", "/v1/completions", raw="[1, 2]")
+    check(status == 400 and "error" in json.loads(text), "a JSON array body -> 400")
+    # The bad requests left nothing behind: the server still answers and holds no blocks.
+    status, _ = s.request("GET", "/health")
+    m = s.metrics()
+    check(status == 200 and m["uniattn_kv_blocks_used"] == 0, "server fine after bad inputs")
+    check(m['uniattn_requests_total{outcome="client_error"}'] >= len(cases) + 1,
+          "bad requests counted as client errors in /metrics")
 
 
 def test_disconnect_frees_blocks(s):
@@ -244,15 +270,24 @@ def test_sigterm_drains(s):
 
     def slow():
         result["r"] = s.post("/v1/completions",
-                             {"prompt": PROMPTS[2], "max_tokens": 24, "ignore_eos": True})
+                             {"prompt": PROMPTS[2], "max_tokens": 96, "ignore_eos": True})
 
     t = threading.Thread(target=slow)
     t.start()
-    time.sleep(0.5)
+    deadline = time.time() + 30  # until the request runs
+    while time.time() < deadline and s.metrics()["uniattn_num_requests_running"] == 0:
+        time.sleep(0.05)
     s.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    try:
+        late, _ = s.post("/v1/completions", {"prompt": "x", "max_tokens": 2})
+    except (ConnectionError, OSError):
+        late = "refused"
+    check(late == 503 or (late == "refused" and "r" in result),
+          f"a request after SIGTERM is refused while draining: {late}")
     t.join(120)
     status, r = result.get("r", (0, {}))
-    check(status == 200 and r["usage"]["completion_tokens"] == 24, "request finishes on SIGTERM")
+    check(status == 200 and r["usage"]["completion_tokens"] == 96, "request finishes on SIGTERM")
     check(s.proc.wait(60) == 0, "server exits 0 after SIGTERM")
 
 
