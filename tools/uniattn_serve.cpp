@@ -12,8 +12,10 @@
 #include <cstdio>
 #include <thread>
 
+#include "bench.h"
 #include "cli_util.h"
 #include "model_args.h"
+#include "serve/http/id_tokenizer.h"
 #include "serve/http/openai_service.h"
 #include "uniattn/config/generation_config.h"
 #include "uniattn/error.h"
@@ -27,7 +29,7 @@ using uniattn::serve::OpenAIService;
 
 struct Args {
   std::string model_path, variant = "none", superblocks, device = "cpu", dtype = "f32";
-  std::string host = "127.0.0.1", served_name;
+  std::string host = "127.0.0.1", served_name, random_weights;
   int port = 8000;
   double kv_memory_gb = 1.0;
   int64_t max_seqs = 16, block_size = 16, prefill_chunk = 64, max_model_len = 0, threads = 64;
@@ -49,6 +51,28 @@ void add_options(CLI::App& app, Args& a) {
   app.add_option("--prefill-chunk", a.prefill_chunk, "Prompt tokens prefilled per step (64)");
   app.add_option("--max-model-len", a.max_model_len, "Context length (default: the config's)");
   app.add_option("--http-threads", a.threads, "HTTP worker threads (64)");
+  app.add_option("--random-weights", a.random_weights,
+                 "Serve a model of uniattn-bench's shape NAME (llama8b | smollm2) with random "
+                 "N(0, 0.02) weights and token-id text, for load tests; --superblocks defaults "
+                 "to uniattn-bench's layout")
+      ->check(CLI::IsMember({"llama8b", "smollm2"}))
+      ->excludes("--model");
+}
+
+// The model of uniattn-bench's `name` shape with random weights (seeded, so every run serves the
+// same model), unified as uniattn-bench unifies it unless --superblocks says otherwise.
+uniattn::CausalLM random_model(const Args& a) {
+  uniattn::ModelConfig c = uniattn::bench_model(a.random_weights, true).config;
+  const auto variant = uniattn::parse_variant(a.variant);
+  c.uniattn = a.superblocks.empty()
+                  ? uniattn::bench_spec(variant, c.num_layers)
+                  : uniattn::UniAttnSpec::parse(variant, a.superblocks, c.num_layers);
+  UNIATTN_CHECK(a.dtype == "f32" || a.dtype == "bf16", "--dtype: expected f32 or bf16, got '",
+                a.dtype, "'");
+  at::manual_seed(0);
+  return uniattn::CausalLM(c, at::TensorOptions()
+                                  .dtype(a.dtype == "bf16" ? at::kBFloat16 : at::kFloat)
+                                  .device(uniattn::cli::parse_device(a.device)));
 }
 
 // End tokens as uniattn-generate uses them: the checkpoint's (generation_config.json, config.json,
@@ -173,12 +197,23 @@ int run(int argc, char** argv) {
   sigaddset(&set, SIGINT);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   signal(SIGPIPE, SIG_IGN);  // a client gone mid-stream must not kill the server
-  const std::filesystem::path path = a.model_path.empty() ? uniattn::cli::default_model_path()
-                                                          : std::filesystem::path(a.model_path);
-  auto lo = uniattn::cli::load_options(a.dtype, a.device, a.variant, a.superblocks, path);
-  auto model = uniattn::load_model(path, lo);
-  auto tok = uniattn::cli::load_tokenizer_noted(path, "serve");
-  const auto tmpl = uniattn::ChatTemplate::load(path);
+  const bool random = !a.random_weights.empty();
+  const std::filesystem::path path = random ? std::filesystem::path(a.random_weights)
+                                     : a.model_path.empty() ? uniattn::cli::default_model_path()
+                                                            : std::filesystem::path(a.model_path);
+  uniattn::CausalLM model{nullptr};
+  std::unique_ptr<uniattn::Tokenizer> tok;
+  std::optional<uniattn::ChatTemplate> tmpl;
+  if (random) {
+    model = random_model(a);
+    tok = std::make_unique<uniattn::serve::IdTokenizer>(
+        static_cast<int32_t>(model->config().vocab_size));
+  } else {
+    model = uniattn::load_model(
+        path, uniattn::cli::load_options(a.dtype, a.device, a.variant, a.superblocks, path));
+    tok = uniattn::cli::load_tokenizer_noted(path, "serve");
+    tmpl = uniattn::ChatTemplate::load(path);
+  }
 
   uniattn::serve::EngineOptions eo;
   eo.kv_memory_bytes = static_cast<int64_t>(a.kv_memory_gb * double(int64_t(1) << 30));
@@ -187,9 +222,14 @@ int run(int argc, char** argv) {
   eo.prefill_chunk = a.prefill_chunk;
   eo.max_model_len = a.max_model_len;
   uniattn::serve::Engine engine(model, eo);
-  OpenAIService service(engine, *tok, tmpl ? &*tmpl : nullptr,
-                        service_options(a, path, model, *tok, tmpl ? &*tmpl : nullptr,
-                                        engine.options().max_model_len));
+  auto so = random ? uniattn::serve::ServiceOptions{}
+                   : service_options(a, path, model, *tok, tmpl ? &*tmpl : nullptr,
+                                     engine.options().max_model_len);
+  if (random) {
+    so.model_name = a.served_name.empty() ? a.random_weights : a.served_name;
+    so.max_model_len = engine.options().max_model_len;
+  }
+  OpenAIService service(engine, *tok, tmpl ? &*tmpl : nullptr, std::move(so));
 
   httplib::Server svr;
   const size_t threads = static_cast<size_t>(std::max<int64_t>(a.threads, 4));
