@@ -6,13 +6,20 @@
 //   window 4096, the 27B query scale of Gemma-2 and Gemma-3, Gemma-3 without a sliding window);
 // - keys transformers' config classes default when config.json lacks them;
 // - uniattn-convert's config.json carries the same model for transformers, also through the
-//   legacy rope_theta / rope_scaling keys alone.
+//   legacy rope_theta / rope_scaling keys alone;
+// - the reported cases themselves (tests/model/data: a LLaMA-3.1-style GGUF with rope_freqs.weight,
+//   Gemma-2 GGUF / config.json without the soft-capping keys), scored as uniattn-eval --items does
+//   against the per-choice log-likelihoods transformers gave (their expected.json).
+#include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "model/layers.h"
 #include "model_test_util.h"
+#include "uniattn/data/mc_data.h"
+#include "uniattn/eval/eval.h"
 #include "uniattn/io/gguf.h"
 #include "uniattn/model/checkpoint.h"
 
@@ -267,6 +274,128 @@ TEST(GgufImport, RopeFreqsThatAreNotLlama3AreRefused) {
     io.write(reinterpret_cast<const char*>(weird.data()), weird.size() * sizeof(float));
   }
   test::expect_error([&] { load_config(dst); }, "rope_freqs.weight is not LLaMA-3 rope scaling");
+}
+
+// ---- the reported cases, with transformers' values (tests/model/data/<case>/expected.json) ----
+
+fs::path reported(const std::string& name) {
+  return test::source_dir() / "tests" / "model" / "data" / name;
+}
+
+// Per-choice log-likelihoods of the case's data/bugtask.jsonl, as uniattn-eval --items computes
+// them.
+std::vector<std::vector<double>> bugtask_logprobs(const fs::path& model_path,
+                                                  const fs::path& case_path) {
+  auto model = load_model(model_path);
+  model->eval();
+  auto tok = load_tokenizer(model_path);
+  at::NoGradGuard ng;
+  const auto r =
+      evaluate_mc(model, *tok, load_mc_jsonl(case_path / "data" / "bugtask.jsonl"), "bugtask");
+  std::vector<std::vector<double>> out;
+  for (const auto& item : r.items) out.push_back(item.logprob);
+  return out;
+}
+
+// Agreement within 1e-2 (the reports' criterion; fp32 sums of ~10 log-softmax values on both
+// sides differ by ~1e-5, while each fault moves these values by 0.7 to 1,600 nats).
+void expect_logprobs(const fs::path& model_path, const fs::path& case_path, const json& want,
+                     const std::string& what) {
+  const auto got = bugtask_logprobs(model_path, case_path);
+  ASSERT_EQ(got.size(), want.size()) << what;
+  double worst = 0;
+  for (size_t q = 0; q < got.size(); ++q) {
+    const auto w = want[q].get<std::vector<double>>();
+    ASSERT_EQ(got[q].size(), w.size()) << what << " question " << q;
+    for (size_t c = 0; c < w.size(); ++c) worst = std::max(worst, std::abs(got[q][c] - w[c]));
+  }
+  std::printf("%s: max |logprob - transformers| = %.3g\n", what.c_str(), worst);
+  EXPECT_LT(worst, 1e-2) << what;
+}
+
+// The values with and without the fix differ: the test can fail.
+double max_difference(const json& a, const json& b) {
+  double d = 0;
+  for (size_t q = 0; q < a.size(); ++q)
+    for (size_t c = 0; c < a[q].size(); ++c)
+      d = std::max(d, std::abs(a[q][c].get<double>() - b[q][c].get<double>()));
+  return d;
+}
+
+// llama31_like.gguf stores LLaMA-3.1 rope scaling as rope_freqs.weight; llama_no_rope_freqs.gguf
+// is the same model without it (default rope).
+TEST(ReportedCases, Llama31RopeFreqsGguf) {
+  const auto dir = reported("llama31_rope_freqs_gguf");
+  const auto want = read_json(dir / "expected.json");
+  ASSERT_GT(max_difference(want["hf_llama3_rope"], want["hf_default_rope"]), 0.5);
+  expect_logprobs(dir / "llama31_like.gguf", dir, want["hf_llama3_rope"], "llama31_like.gguf");
+  expect_logprobs(dir / "llama_no_rope_freqs.gguf", dir, want["hf_default_rope"],
+                  "llama_no_rope_freqs.gguf");
+  // uniattn-convert writes the matching rope_scaling, and the directory scores the same.
+  const auto out = test::scratch_dir() / "llama31_like";
+  convert_gguf(dir / "llama31_like.gguf", out, at::kFloat);
+  const auto cfg = read_json(out / "config.json");
+  ASSERT_TRUE(cfg["rope_scaling"].is_object()) << cfg.dump();
+  EXPECT_EQ(cfg["rope_scaling"]["rope_type"], "llama3");
+  EXPECT_EQ(cfg["rope_parameters"]["rope_type"], "llama3");
+  expect_logprobs(out, dir, want["hf_llama3_rope"], "llama31_like converted");
+}
+
+// Gemma-2 without the soft-capping keys (GGUF and config.json) runs with transformers' and
+// llama.cpp's 50 / 30, as the GGUF that has the keys does.
+TEST(ReportedCases, Gemma2SoftcapDefaults) {
+  const auto dir = reported("gemma2_softcap_defaults");
+  const auto want = read_json(dir / "expected.json");
+  ASSERT_GT(max_difference(want["hf_softcap_50_30"], want["hf_no_softcap"]), 100.0);
+  for (const char* input :
+       {"gemma2_no_softcap_keys.gguf", "gemma2_with_softcap_keys.gguf", "hf_no_softcap_keys"})
+    expect_logprobs(dir / input, dir, want["hf_softcap_50_30"], input);
+  // uniattn-convert writes the defaults, not null (which would turn capping off).
+  const auto out = test::scratch_dir() / "gemma2_no_softcap_keys";
+  convert_gguf(dir / "gemma2_no_softcap_keys.gguf", out, at::kFloat);
+  const auto cfg = read_json(out / "config.json");
+  EXPECT_EQ(cfg["attn_logit_softcapping"], 50.0) << cfg.dump();
+  EXPECT_EQ(cfg["final_logit_softcapping"], 30.0) << cfg.dump();
+  expect_logprobs(out, dir, want["hf_softcap_50_30"], "gemma2_no_softcap_keys converted");
+}
+
+// A copy of `src` whose UINT32 metadata value `key` is `value` (the value follows the key's
+// length-prefixed name and its type tag, GGUF_TYPE_UINT32 = 4).
+fs::path with_u32(const fs::path& src, const std::string& key, uint32_t value,
+                  const fs::path& dst) {
+  std::string bytes = read_text_file(src);
+  // The key as GGUF stores it: uint64 length, then the bytes (so head_count is not found inside
+  // head_count_kv).
+  std::string stored(8, '\0');
+  const uint64_t len = key.size();
+  std::memcpy(stored.data(), &len, 8);
+  const auto found = bytes.find(stored + key);
+  if (found == std::string::npos) {
+    ADD_FAILURE() << key << " not in " << src;
+    return src;
+  }
+  const auto at = found + 8;
+  uint32_t type = 0;
+  std::memcpy(&type, bytes.data() + at + key.size(), 4);
+  EXPECT_EQ(type, 4u) << key;
+  std::memcpy(bytes.data() + at + key.size() + 4, &value, 4);
+  std::ofstream(dst, std::ios::binary) << bytes;
+  return dst;
+}
+
+// The kind of the reported huge_num_layers.config.json (a count read from a file sizing tables
+// before it is checked), in GGUF metadata: block_count and head_count are checked first.
+TEST(ReportedCases, CountsFromGgufMetadataAreCheckedBeforeUse) {
+  const auto src = reported("gemma2_softcap_defaults") / "gemma2_no_softcap_keys.gguf";
+  const auto d = test::scratch_dir();
+  for (uint32_t n : {0u, 1025u, 0xFFFFFFFFu}) {
+    const auto bad = with_u32(src, "gemma2.block_count", n, d / "bad.gguf");
+    test::expect_error([&] { load_config(bad); },
+                       "block_count must be in [1, 1024], got " + std::to_string(n));
+  }
+  const auto bad = with_u32(src, "gemma2.attention.head_count", 0, d / "heads.gguf");
+  test::expect_error([&] { load_config(bad); }, "attention.head_count must be positive");
+  EXPECT_EQ(load_config(with_u32(src, "gemma2.block_count", 4, d / "ok.gguf")).num_layers, 4);
 }
 
 }  // namespace
