@@ -54,7 +54,9 @@ void add_common(CLI::App& app, Common& c) {
   app.add_option("--data", c.data, "records (.json array or .jsonl)")->required();
   app.add_option("--template", c.tmpl, "prompt template: alpaca | tulu")->capture_default_str();
   app.add_option("--max-len", c.max_len, "tokens per example")->capture_default_str();
-  app.add_option("--device", c.device, "cpu | cuda | cuda:N")->capture_default_str();
+  app.add_option("--device", c.device, "cpu | cuda | cuda:N")
+      ->capture_default_str()
+      ->check(cli::device_check);
   app.add_option("--dtype", c.dtype, "compute dtype: f32 | bf16")->capture_default_str();
   app.add_option("--out", c.out, "JSON result file")->required();
 }

@@ -78,7 +78,9 @@ void add_options(CLI::App& app, Args& a) {
   app.add_option("--heldout", a.heldout, "held-out records after the calibration ones");
   app.add_option("--max-len", a.max_len, "tokens per example (and reference padding length)")
       ->capture_default_str();
-  app.add_option("--device", a.device, "cpu | cuda | cuda:N")->capture_default_str();
+  app.add_option("--device", a.device, "cpu | cuda | cuda:N")
+      ->capture_default_str()
+      ->check(uniattn::cli::device_check);
   app.add_option("--dtype", a.dtype, "compute dtype: f32 | bf16")->capture_default_str();
   app.add_option("--save-dtype", a.save_dtype, "stored dtype: bf16 | f32")->capture_default_str();
   app.add_option("--batch-tokens", a.batch_tokens, "padded tokens per batch")

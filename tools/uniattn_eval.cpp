@@ -98,7 +98,7 @@ int run(int argc, char** argv) {
                  "model maximum); --heldout: examples are cut to their first max-len tokens "
                  "(0 = 1024, the calibration and training default)")
       ->check(CLI::NonNegativeNumber);
-  app.add_option("--device", device, "cpu | cuda | cuda:N");
+  app.add_option("--device", device, "cpu | cuda | cuda:N")->check(uniattn::cli::device_check);
   app.add_option("--dtype", dtype, "f32|bf16")->check(CLI::IsMember({"f32", "bf16"}));
   app.add_option("--out", out, "Results JSON file")->required();
   app.add_flag("--items", items, "Store per-question log-likelihoods in the JSON");

@@ -69,12 +69,14 @@ void add_options(CLI::App& app, Args& a) {
   app.add_option("--repetition-penalty", a.repetition_penalty, "1 = off");
   app.add_option("--seed", a.seed, "Sampling seed");
   app.add_option("--stop", a.stops, "Stop at this text or special token (repeatable)");
-  app.add_option("--device", a.device, "cpu | cuda | cuda:N");
+  app.add_option("--device", a.device, "cpu | cuda | cuda:N")->check(uniattn::cli::device_check);
   app.add_option("--dtype", a.dtype, "f32|bf16")->check(CLI::IsMember({"f32", "bf16"}));
   app.add_flag("--bench", a.bench, "Print TTFT, decode tokens/s and KV bytes/token to stderr");
   app.add_flag("--ignore-eos", a.ignore_eos,
                "Do not stop at the checkpoint's end tokens (fixed-length benchmarks)");
-  app.add_flag("--verbose", a.verbose, "Print the generation settings in use to stderr");
+  app.add_flag("--verbose", a.verbose,
+               "Print the generation settings in use, and which path (CUDA kernel or ATen) each "
+               "operation takes on --device, to stderr");
 }
 
 // The checkpoint's generation settings with the flags given on the command line in their place.

@@ -14,22 +14,43 @@
 
 namespace uniattn::cli {
 
-at::Device parse_device(const std::string& text) {
-  const bool cuda = text == "cuda" || text.rfind("cuda:", 0) == 0;
-  UNIATTN_CHECK(text == "cpu" || cuda, "--device: unknown device '", text,
-                "' (cpu, cuda or cuda:N)");
-  if (!cuda) return at::Device(at::kCPU);
-  int64_t index = 0;
-  if (text != "cuda") {
-    const std::string n = text.substr(5);
-    UNIATTN_CHECK(
-        !n.empty() && n.size() <= 3 && n.find_first_not_of("0123456789") == std::string::npos,
-        "--device: '", text, "' is not cuda:N with N a GPU index");
-    index = std::stoll(n);
-  }
+namespace {
+
+// "cpu" -> -1, "cuda" -> 0, "cuda:N" -> N; nullopt for anything else.
+std::optional<int64_t> device_index(const std::string& text) {
+  if (text == "cpu") return -1;
+  if (text == "cuda") return 0;
+  if (text.rfind("cuda:", 0) != 0) return std::nullopt;
+  const std::string n = text.substr(5);
+  if (n.empty() || n.size() > 3 || n.find_first_not_of("0123456789") != std::string::npos)
+    return std::nullopt;
+  return std::stoll(n);
+}
+
+}  // namespace
+
+std::string device_check(const std::string& text) {
+  const auto index = device_index(text);
+  if (!index) return "unknown device '" + text + "' (cpu, cuda or cuda:N with N a GPU index)";
+  if (*index < 0) return "";
   const int64_t count = torch::cuda::device_count();
-  UNIATTN_CHECK(index < count, "--device ", text, ": this machine has ", count, " CUDA device",
-                count == 1 ? "" : "s");
+  if (count == 0) {
+    return "'" + text +
+           "' names a GPU, but no CUDA device is available here (no GPU or driver visible, or "
+           "LibTorch without CUDA); --device cpu runs on the CPU";
+  }
+  if (*index >= count) {
+    return "'" + text + "' names a GPU this machine does not have (it has " +
+           std::to_string(count) + ": cuda:0 to cuda:" + std::to_string(count - 1) + ")";
+  }
+  return "";
+}
+
+at::Device parse_device(const std::string& text) {
+  const std::string why = device_check(text);
+  UNIATTN_CHECK(why.empty(), "--device: ", why);
+  const int64_t index = *device_index(text);
+  if (index < 0) return at::Device(at::kCPU);
   at::accelerator::setDeviceIndex(static_cast<c10::DeviceIndex>(index));
   return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(index));
 }

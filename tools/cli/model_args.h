@@ -11,8 +11,14 @@ namespace uniattn::cli {
 
 // A device as every tool's --device takes it: "cpu", "cuda" (GPU 0) or "cuda:N". A CUDA device
 // becomes the current one, so the streams and CUDA graphs the tools create are on it. Throws
-// uniattn::Error naming --device for other words and for a GPU this machine does not have.
+// uniattn::Error "--device: <device_check's reason>" for other words, for any GPU on a machine
+// without CUDA (or a CPU-only LibTorch) and for a GPU index this machine does not have.
 at::Device parse_device(const std::string& text);
+
+// Why `text` is not a device parse_device accepts here, or "" when it is; touches no GPU state
+// beyond counting the devices. Tools pass it to CLI11 (app.add_option("--device", ...)
+// ->check(cli::device_check)), so a bad --device fails before any data or model is read.
+std::string device_check(const std::string& text);
 
 // LoadOptions from command-line words, as every tool takes them: dtype "f32" | "bf16", device
 // as parse_device takes it, variant "none" | "softmax" | "uniattn" | "cla" with SuperBlocks
