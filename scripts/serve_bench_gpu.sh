@@ -26,7 +26,7 @@
 #     --prompt-tokens 16 --output-tokens 8 --long-prompt-tokens 64 --long-output-tokens 4 \
 #     --static-case decode:2:32" scripts/serve_bench_gpu.sh /tmp/sb).
 set -u -o pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 OUT=${1:-${OUT:?give OUT as the first argument or in the environment}}
 BUILD=${BUILD:-build-bench}
 BUDGET_S=${BUDGET_S:-500}
@@ -38,10 +38,9 @@ start=$(date +%s)
 left() { echo $(( BUDGET_S - ($(date +%s) - start) )); }
 
 # The image lacks cpp-httplib and PCRE2's development files: use the carried ones.
-for dep in "cpp-httplib kern-httplib" "libpcre2-8 kern-pcre2"; do
-  set -- $dep
-  if ! pkg-config --exists "$1" && [ -d ".dev/$2/pc" ]; then
-    export PKG_CONFIG_PATH=$PWD/.dev/$2/pc${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
+for dep in cpp-httplib:kern-httplib libpcre2-8:kern-pcre2; do
+  if ! pkg-config --exists "${dep%%:*}" && [ -d ".dev/${dep#*:}/pc" ]; then
+    export PKG_CONFIG_PATH=$PWD/.dev/${dep#*:}/pc${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
   fi
 done
 if [ -d .dev/kern-httplib/lib ]; then

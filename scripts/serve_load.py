@@ -28,6 +28,7 @@ import argparse
 import http.client
 import json
 import random
+import socket
 import statistics
 import sys
 import threading
@@ -139,9 +140,10 @@ class Request:
                 self.conn.close()
 
     def cancel(self):
+        # shutdown() wakes a thread blocked in recv on this socket; close() alone may not.
         try:
             if self.conn is not None and self.conn.sock is not None:
-                self.conn.sock.close()
+                self.conn.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
 
