@@ -7,7 +7,9 @@
 //  * the settings equal those transformers' generate() runs with;
 //  * uniattn-generate stops there and applies the defaults unless a flag says otherwise;
 //  * save_model / convert_gguf write generation_config.json and tokenizer_config.json that
-//    transformers loads with the source's values (the fixture script's --verify mode).
+//    transformers loads with the source's values (the fixture script's --verify mode);
+//  * the reported case (tests/infer/data/two_end_tokens: [256, 257] in generation_config.json, or
+//    as config.json's eos_token_id list) stops where transformers does (its expected.json).
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
@@ -156,6 +158,24 @@ TEST(EndTokensCli, StopsAtEveryEndToken) {
   EXPECT_NE(r.err.find("generated tokens 20\n"), std::string::npos) << r.err;
 }
 
+// --stop: a text ends the sequence before it (transformers' greedy text "ok" cut at "k"); a
+// special token given as text stops by id.
+TEST(EndTokensCli, StopStrings) {
+  if (!fs::exists(generate_exe())) GTEST_SKIP() << generate_exe() << " not built";
+  const json e = expected();
+  const auto text = e["gemma_end_of_turn"]["text"].get<std::string>();
+  ASSERT_EQ(text, "ok");
+  auto r = run_cli(model_arg("gemma_end_of_turn") + " --prompt Hi --bench --stop k");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(r.out, text.substr(0, text.find('k')) + "\n");
+  EXPECT_NE(r.err.find("generated tokens 2\n"), std::string::npos) << r.err;
+  // With end tokens ignored, only the --stop token ends it.
+  r = run_cli(model_arg("llama_generation_config") +
+              " --prompt Hi --bench --max-new-tokens 20 --ignore-eos --stop '<|eot_id|>'");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.err.find("generated tokens 1\n"), std::string::npos) << r.err;
+}
+
 // The settings line (--verbose): the checkpoint's defaults, each flag given replacing one.
 TEST(EndTokensCli, SamplingDefaultsUnlessFlagsSayOtherwise) {
   if (!fs::exists(generate_exe())) GTEST_SKIP() << generate_exe() << " not built";
@@ -197,6 +217,38 @@ TEST(EndTokensCli, SamplingDefaultsUnlessFlagsSayOtherwise) {
   EXPECT_EQ(r.rc, 1);
   EXPECT_NE(r.err.find("generation_config.json: 'top_p' must lie in [0, 1]"), std::string::npos)
       << r.err;
+}
+
+// --- the reported case, with transformers' values ---------------------------------------------
+
+fs::path two_end_tokens() { return test::source_dir() / "tests/infer/data/two_end_tokens"; }
+
+TEST(EndTokensReportedCase, StopsAtTheSecondEndToken) {
+  const json e = json::parse(read_text_file(two_end_tokens() / "expected.json"));
+  for (const std::string name : {"a_generation_config", "b_config_list"}) {
+    SCOPED_TRACE(name);
+    const auto path = two_end_tokens() / name;
+    const json& want = e[name];
+    GenerateOptions o;
+    apply_generation_config(GenerationConfig::load(path), o);
+    EXPECT_EQ(o.eos_tokens, ids32(want["generation_config_eos"]));
+    auto model = load_model(path);
+    auto tok = load_tokenizer(path);
+    o.max_new_tokens = 20;
+    const auto r = generate(model, tok.get(), {tok->encode("Hi", tok->adds_bos(), true)}, o);
+    EXPECT_EQ(r.tokens[0], ids32(want["new_tokens"]));
+    EXPECT_EQ(r.texts[0], want["text"].get<std::string>());
+    EXPECT_EQ(r.finish[0], FinishReason::StopToken);
+    if (!fs::exists(generate_exe())) continue;
+    // The report's command line.
+    const auto cli =
+        run_cli("--model '" + path.string() + "' --prompt Hi --max-new-tokens 20 --bench");
+    ASSERT_EQ(cli.rc, 0) << cli.err;
+    EXPECT_EQ(cli.out, want["text"].get<std::string>() + "\n");
+    EXPECT_NE(cli.err.find("generated tokens " + std::to_string(want["n_new"].get<int>()) + "\n"),
+              std::string::npos)
+        << cli.err;
+  }
 }
 
 // --- saved checkpoints ----------------------------------------------------------------------
