@@ -35,7 +35,7 @@ work=$(cd "$work" && pwd)
 tokdir=$model
 if [ -f "$model" ]; then
   tokdir=$work/hf-tokenizer
-  [ -f "$tokdir/tokenizer.json" ] || "$bin/uniattn-convert" --model "$model" --out "$tokdir" >/dev/null
+  [ -f "$tokdir/tokenizer.json" ] || "$bin/uniattn-convert" "$model" "$tokdir" >/dev/null
 fi
 items=$work/data/local_mc.jsonl
 head -n "$n" "$task_file" > "$items"

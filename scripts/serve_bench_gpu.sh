@@ -18,8 +18,10 @@
 # (the build takes minutes; its time comes out of the budget).
 # Environment: BUDGET_S (default 500: the whole script), BUILD (default build-bench, as
 # scripts/bench_h200.sh), JOBS, PYTHON (python3: the one with torch, for CMake's LibTorch),
-# VARIANTS (none,uniattn,cla), KV_GB (KV pool per server, default 90 of the H200's 140 GiB:
-# 15 GiB of weights plus the gathers and attention maps of 16K-token contexts), CONCURRENCY
+# VARIANTS (none,uniattn,cla), KV_GB (KV pool per server, default 48 GiB: `none` then holds 23
+# sequences of 16K+64 tokens, whose prefill fits the budget; 90 fills the H200's 140 GiB next to
+# 15 GiB of weights and the gathers and attention maps of 16K-token contexts, but its 16K phase
+# needs a longer budget, e.g. BUDGET_S=540 VARIANTS=none,uniattn CONCURRENCY=32), CONCURRENCY
 # (32,8,1,128, in priority order), LONG_OUT (output tokens of the 16K phase, default 64),
 # PREFILL_CHUNK (2048), RUN_EXTRA (more serve_bench_run.py arguments; e.g. for a CPU dry run:
 #   BUILD=build KV_GB=0.05 RUN_EXTRA="--model smollm2 --device cpu --dtype f32 \
@@ -78,7 +80,7 @@ bench=$BUILD/uniattn-bench
 # ---- measurements ----------------------------------------------------------------------------
 run_args=(--serve "$BUILD/uniattn-serve" --bench "$bench" --out "$OUT" --gpu "${gpu:-none}"
   --budget-s $(( $(left) - 15 )) --variants "${VARIANTS:-none,uniattn,cla}"
-  --kv-gb "${KV_GB:-90}" --concurrency "${CONCURRENCY:-32,8,1,128}"
+  --kv-gb "${KV_GB:-48}" --concurrency "${CONCURRENCY:-32,8,1,128}"
   --long-output-tokens "${LONG_OUT:-64}" --prefill-chunk "${PREFILL_CHUNK:-2048}")
 # shellcheck disable=SC2086
 "$PYTHON" scripts/serve_bench_run.py "${run_args[@]}" ${RUN_EXTRA:-} 2>&1 | tee "$OUT/bench.log"
