@@ -48,6 +48,10 @@ def main():
         doc = collect(a)
         json.dump(doc, open(a.json, "w"), indent=1)
     text = render(doc, a.json)
+    # Keep the section scripts/render_tradeoff.py maintains between its markers.
+    old = open(a.md).read() if os.path.exists(a.md) else ""
+    if "<!-- tradeoff:begin" in old:
+        text += "\n" + old[old.index("<!-- tradeoff:begin"):]
     open(a.md, "w").write(text)
     print(text)
 
