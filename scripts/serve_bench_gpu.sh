@@ -15,7 +15,8 @@
 # Needs, besides the tree: .dev/kern-httplib (scripts/gpu_prepare_httplib.sh; the image has no
 # cpp-httplib) and .dev/kern-pcre2 (scripts/gpu_prepare_pcre2.sh) when it builds. It builds
 # $BUILD/uniattn-serve and $BUILD/uniattn-bench (CUDA, Release) unless both are there already
-# (the build takes minutes; its time comes out of the budget).
+# (the build takes minutes; its time comes out of the budget). BUILD_ONLY=1: build, then stop (a
+# first call on a fresh machine; the measurements then get a whole call of their own).
 # Environment: BUDGET_S (default 500: the whole script), BUILD (default build-bench, as
 # scripts/bench_h200.sh), JOBS, PYTHON (python3: the one with torch, for CMake's LibTorch),
 # VARIANTS (none,uniattn,cla), KV_GB (KV pool per server, default 48 GiB: `none` then holds 23
@@ -59,6 +60,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv
 
 # ---- build (only what is missing) ------------------------------------------------------------
 build_rc=0
+reserve=120  # seconds of the budget kept for the measurements
+[ -z "${BUILD_ONLY:-}" ] || reserve=5
 if [ ! -x "$BUILD/uniattn-serve" ] || [ ! -x "$BUILD/uniattn-bench" ]; then
   t0=$(date +%s)
   {
@@ -67,13 +70,15 @@ if [ ! -x "$BUILD/uniattn-serve" ] || [ ! -x "$BUILD/uniattn-bench" ]; then
         -DUNIATTN_TESTS=OFF -DUNIATTN_PYTHON="$(command -v "$PYTHON")" \
         -DCMAKE_PREFIX_PATH="$("$PYTHON" -c 'import torch;print(torch.utils.cmake_prefix_path)')"
     fi &&
-      timeout $(( $(left) - 120 )) cmake --build "$BUILD" -j"$JOBS" --target uniattn-serve uniattn-bench
+      timeout $(( $(left) - reserve )) \
+        cmake --build "$BUILD" -j"$JOBS" --target uniattn-serve uniattn-bench
   } >"$OUT/build.log" 2>&1
   build_rc=$?
   echo "build: exit $build_rc after $(( $(date +%s) - t0 )) s"
   [ "$build_rc" = 0 ] || { grep -E "error|Error" -A3 "$OUT/build.log" | head -40; }
 fi
 [ -x "$BUILD/uniattn-serve" ] || { echo "no $BUILD/uniattn-serve"; exit 1; }
+if [ -n "${BUILD_ONLY:-}" ]; then echo "BUILD_ONLY: built in $(( $(date +%s) - start )) s"; exit "$build_rc"; fi
 bench=$BUILD/uniattn-bench
 [ -x "$bench" ] || bench=
 
