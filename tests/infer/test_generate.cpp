@@ -8,11 +8,12 @@
 #include <cstdlib>
 #include <fstream>
 #include <memory>
+#include <nlohmann/json.hpp>
 
 #include "model/model_test_util.h"
-#include "uniattn/model/checkpoint.h"
 #include "uniattn/error.h"
 #include "uniattn/infer/generate.h"
+#include "uniattn/model/checkpoint.h"
 
 namespace uniattn {
 namespace {
@@ -217,42 +218,46 @@ TEST_F(SmolGenerate, TextStreamEmitsOnlyCompleteCharacters) {
   EXPECT_EQ(cut, "Café 日本");
 }
 
-// Byte-level tokens that do not form whole characters: each maximal ill-formed subpart becomes one
-// U+FFFD, as transformers' decode() (Rust's from_utf8_lossy) gives it. Expected values: the
-// practice of the Unicode Standard, section 3.9 ("U+FFFD Substitution of Maximal Subparts").
-TEST_F(SmolGenerate, TextStreamReplacesIllFormedBytes) {
-  // GPT-2's byte -> printable character map: the byte-level token of each single byte.
-  auto byte_token = [&](unsigned char b) {
-    char32_t cp = b;
-    const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
-    if (!printable) {
-      cp = 256;
-      for (unsigned x = 0; x < b; ++x)
-        if (!((x >= '!' && x <= '~') || (x >= 0xA1 && x <= 0xAC) || x >= 0xAE)) ++cp;
-    }
-    std::string s;
-    if (cp < 0x80) {
-      s += static_cast<char>(cp);
-    } else {
-      s += static_cast<char>(0xC0 | (cp >> 6));
-      s += static_cast<char>(0x80 | (cp & 0x3F));
-    }
-    auto id = tok_->find_token(s);
-    EXPECT_TRUE(id.has_value()) << "byte " << int(b);
-    return id.value_or(0);
-  };
-  auto stream = [&](const std::string& bytes) {
+// Byte-level tokens that do not form whole characters: the streamed text equals transformers'
+// decode() of the same ids (tests/fixtures/make_generate_fixtures.py, utf8_lossy.json), where each
+// maximal ill-formed subpart becomes one U+FFFD (Rust's String::from_utf8_lossy; the Unicode
+// Standard, section 3.9): the standard's example, cuts, surrogates, overlong and out-of-range
+// sequences, stray bytes, and 60 seeded random mixes of them with whole characters.
+TEST_F(SmolGenerate, TextStreamReplacesIllFormedBytesAsTransformersDecodes) {
+  const auto rows =
+      nlohmann::json::parse(read_text_file(test::data_dir() / "generate" / "utf8_lossy.json"));
+  ASSERT_GE(rows.size(), 60u);
+  int with_replacement = 0;
+  for (const auto& row : rows) {
+    const auto ids = row["ids"].get<std::vector<int32_t>>();
+    const auto want = row["text"].get<std::string>();
+    SCOPED_TRACE("bytes " + row["bytes"].get<std::string>());
+    // One id at a time, as generation streams them.
     TextStream ts(*tok_);
     std::string out;
-    for (unsigned char b : bytes) out += ts.push(byte_token(b));
-    return out + ts.flush();
-  };
-  // The standard's example, with F1 (not in SmolLM2's vocabulary) replaced by a cut F0 9F 9A.
-  EXPECT_EQ(stream("\x61\xF0\x9F\x9A\xE1\x80\xC2\x62\x80\x63\x80\xBF\x64"),
-            "a\uFFFD\uFFFD\uFFFDb\uFFFDc\uFFFD\uFFFDd");
-  EXPECT_EQ(stream("a\xE2\x82"), "a\uFFFD");                  // cut at the end
-  EXPECT_EQ(stream("\xED\xA0\x80x"), "\uFFFD\uFFFD\uFFFDx");  // a surrogate is ill-formed
-  EXPECT_EQ(stream("w\xC4 Pair"), "w\uFFFD Pair");
+    for (int32_t id : ids) out += ts.push(id);
+    EXPECT_EQ(out + ts.flush(), want);
+    with_replacement += want.find("\xEF\xBF\xBD") != std::string::npos;
+  }
+  EXPECT_GT(with_replacement, 50);  // the cases do exercise the replacement
+}
+
+// The LLaMA-2-style directory of a reported case (tests/io/tokenizer/data/llama2_style_dir: a
+// tokenizer.json with byte fallback next to tokenizer.model) loads and generates what
+// transformers does; its first two new tokens are byte tokens that form no character, which
+// transformers' ByteFallback decoder turns into one U+FFFD each.
+TEST(Llama2StyleDir, GeneratesAsTransformers) {
+  const auto dir = test::source_dir() / "tests/io/tokenizer/data/llama2_style_dir";
+  const auto want = nlohmann::json::parse(read_text_file(dir / "generate_expected.json"));
+  auto model = load_model(dir / "llama2_style");
+  auto tok = load_tokenizer(dir / "llama2_style");
+  const auto prompt = tok->encode(want["prompt"].get<std::string>(), tok->adds_bos(), true);
+  EXPECT_EQ(prompt, want["prompt_ids"].get<std::vector<int32_t>>());
+  GenerateOptions o;
+  o.max_new_tokens = want["max_new_tokens"].get<int64_t>();
+  const auto r = generate(model, tok.get(), {prompt}, o);
+  EXPECT_EQ(r.tokens[0], want["new_tokens"].get<std::vector<int32_t>>());
+  EXPECT_EQ(r.texts[0], want["text"].get<std::string>());
 }
 
 TEST(Utf8, CompletePrefix) {
