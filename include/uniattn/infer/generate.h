@@ -147,20 +147,26 @@ class TextStream {
 // byte counts as a whole character, so malformed output is never held back forever).
 size_t complete_utf8_prefix(std::string_view s);
 
-// A single-turn chat prompt in the model's template (ChatML, LLaMA-3, Gemma or Mistral [INST],
-// chosen by the special tokens the vocabulary has) plus the end-of-turn ids to stop at.
+// A single-turn chat prompt plus the end-of-turn ids to stop at. The text is the model's own chat
+// template rendered (the overload with a ChatTemplate below) or, only when the model has no chat
+// template, a built-in format chosen by the special tokens the vocabulary has (ChatML, LLaMA-3,
+// Gemma or Mistral [INST]).
 struct ChatPrompt {
   std::string text;  // encode with add_bos = false, parse_special = true
   std::vector<int32_t> stop_tokens;
 };
-// Throws uniattn::Error when the vocabulary matches no known template.
+// The built-in format alone, for models without a chat template (the tools call the overload
+// below, which uses the model's template when there is one). Throws uniattn::Error when the
+// vocabulary matches no built-in format.
 ChatPrompt format_chat(const Tokenizer& tokenizer, std::string_view user_message);
 class ChatTemplate;
 // The model's own chat template (ChatTemplate::load, uniattn/io/chat_template.h) rendered for one
 // user turn with add_generation_prompt, as transformers' apply_chat_template does; stop_tokens
-// are the built-in format's end-of-turn id. A null template falls back to the built-in format
-// above (said once on stderr). Throws uniattn::Error when rendering fails (ChatTemplate::render),
-// or without a template as the overload above.
+// are the end-of-turn id of the built-in format the vocabulary matches (empty if none; the
+// checkpoint's end tokens stop generation anyway, GenerateOptions::eos_tokens). Only a null
+// template (the model has none) falls back to the built-in format above (said once on stderr).
+// Throws uniattn::Error when rendering fails (ChatTemplate::render), or without a template as the
+// overload above.
 ChatPrompt format_chat(const Tokenizer& tokenizer, const ChatTemplate* chat_template,
                        std::string_view user_message);
 
