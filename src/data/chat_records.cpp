@@ -7,6 +7,7 @@
 #include <string_view>
 #include <utility>
 
+#include "tokenized.h"
 #include "uniattn/error.h"
 #include "uniattn/io/file_io.h"
 #include "uniattn/io/json_depth.h"
@@ -157,11 +158,7 @@ TokenizedExample tokenize_conversation(const ojson& messages, const ChatTemplate
   ex.loss_mask = span_mask(tok, ex.ids, full, spans);
   const auto first = std::find(ex.loss_mask.begin(), ex.loss_mask.end(), uint8_t{1});
   ex.prompt_tokens = first - ex.loss_mask.begin();
-  if (static_cast<int64_t>(ex.ids.size()) > max_len) {
-    ex.ids.resize(max_len);
-    ex.loss_mask.resize(max_len);
-    ex.truncated = true;
-  }
+  truncate_example(ex, max_len);
   return ex;
 }
 
@@ -179,13 +176,7 @@ std::vector<TokenizedExample> tokenize_conversations(const std::vector<ojson>& c
     } catch (const Error& e) {
       fail(origin, ": record ", i, ": ", e.what());
     }
-    if (ex.truncated) ++st.truncated;
-    if (ex.target_tokens() == 0) {
-      ++st.dropped_no_target;
-      continue;
-    }
-    ++st.kept;
-    out.push_back(std::move(ex));
+    keep_if_targeted(out, std::move(ex), st);
   }
   if (stats) *stats = st;
   return out;

@@ -3,11 +3,12 @@
 #include <algorithm>
 #include <set>
 
+#include "tokenized.h"
 #include "uniattn/data/records.h"
-#include "uniattn/io/jsonl.h"
-#include "uniattn/io/json_depth.h"
 #include "uniattn/error.h"
 #include "uniattn/io/file_io.h"
+#include "uniattn/io/json_depth.h"
+#include "uniattn/io/jsonl.h"
 
 namespace uniattn {
 namespace {
@@ -198,11 +199,7 @@ TokenizedExample tokenize_example(const Record& r, const PromptTemplate& tmpl,
   ex.ids.push_back(*enc.eos);
   ex.loss_mask.assign(ex.ids.size(), 0);
   std::fill(ex.loss_mask.begin() + ex.prompt_tokens, ex.loss_mask.end(), uint8_t{1});
-  if (static_cast<int64_t>(ex.ids.size()) > max_len) {
-    ex.ids.resize(max_len);
-    ex.loss_mask.resize(max_len);
-    ex.truncated = true;
-  }
+  truncate_example(ex, max_len);
   return ex;
 }
 
@@ -214,13 +211,7 @@ std::vector<TokenizedExample> tokenize_records(const std::vector<Record>& record
   for (const auto& r : records) {
     ++st.records;
     auto ex = tokenize_example(r, tmpl, enc, max_len);
-    if (ex.truncated) ++st.truncated;
-    if (ex.target_tokens() == 0) {
-      ++st.dropped_no_target;
-      continue;
-    }
-    ++st.kept;
-    out.push_back(std::move(ex));
+    keep_if_targeted(out, std::move(ex), st);
   }
   if (stats) *stats = st;
   return out;
