@@ -29,7 +29,7 @@ std::string shell_word(const std::string& a) {
 int run(int argc, char** argv) {
   CLI::App app{"Benchmark prefill (TTFT) and decode speed of UniAttn variants"};
   std::string model = "all", variants = "none,uniattn,cla", out = "bench/results/bench.json";
-  std::string device = "cuda", cases;
+  std::string device = "cuda", cases, superblocks;
   int prefill_iters = 5, prefill_warmup = 1;
   bool quick = false, unfused_baseline = false;
   int iters = 20, warmup = 3, repeats = 5;
@@ -39,7 +39,7 @@ int run(int argc, char** argv) {
       ->check(CLI::IsMember({"smollm2", "llama8b", "all"}));
   app.add_option("--variants", variants, "comma list of none, softmax, uniattn, cla");
   app.add_option("--out", out, "JSON results file (rewritten after every case)");
-  app.add_option("--device", device, "cuda | cuda:N | cpu");
+  app.add_option("--device", device, "cuda | cuda:N | cpu")->check(uniattn::cli::device_check);
   app.add_option("--iters", iters, "timed decode steps per case")->check(CLI::PositiveNumber);
   app.add_option("--warmup", warmup, "untimed decode steps per case")
       ->check(CLI::NonNegativeNumber);
@@ -56,6 +56,9 @@ int run(int argc, char** argv) {
                "also time `none` with the fused RMSNorm/RoPE/activation kernels off");
   app.add_option("--cases", cases,
                  "comma list replacing each model's shapes: prefill:B:S or decode:B:S");
+  app.add_option("--superblocks", superblocks,
+                 "SuperBlocks of the unified variants, e.g. 24-27;28-31 (default: groups of 4 "
+                 "over the second half)");
   app.add_option("--prefill-iters", prefill_iters, "timed prefills per case")
       ->check(CLI::PositiveNumber);
   app.add_option("--prefill-warmup", prefill_warmup, "untimed prefills per case")
@@ -86,6 +89,7 @@ int run(int argc, char** argv) {
   if (!ceilings.empty()) opt.ceilings = uniattn::given_ceilings(ceilings[0], ceilings[1]);
   opt.out = out;
   opt.unfused_baseline = unfused_baseline;
+  opt.superblocks = superblocks;
   for (int i = 0; i < argc; ++i) opt.command += (i ? " " : "") + shell_word(argv[i]);
   std::printf("%-36s %-8s %-20s %14s %s\n", "case", "variant", "metric", "value", "unit");
   opt.on_row = [](const uniattn::BenchRow& r) {

@@ -132,8 +132,9 @@ BenchModel bench_model(const std::string& name, bool quick) {
   return m;
 }
 
-UniAttnSpec bench_spec(Variant variant, int64_t num_layers) {
+UniAttnSpec bench_spec(Variant variant, int64_t num_layers, const std::string& superblocks) {
   if (variant == Variant::None) return {};
+  if (!superblocks.empty()) return UniAttnSpec::parse(variant, superblocks, num_layers);
   UNIATTN_CHECK(num_layers >= 4, "a UniAttn benchmark needs at least 4 layers, got ", num_layers);
   return UniAttnSpec::from_range(variant, 4, num_layers / 2, num_layers, num_layers);
 }

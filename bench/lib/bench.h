@@ -53,8 +53,10 @@ struct BenchModel {
 BenchModel bench_model(const std::string& name, bool quick);
 
 // The SuperBlock layout benchmarked for a model of `num_layers`: groups of 4 over the second half
-// of the layers (for 32 layers: from_range(v, 4, 16, 32)). Variant None gives an empty spec.
-UniAttnSpec bench_spec(Variant variant, int64_t num_layers);
+// of the layers (for 32 layers: from_range(v, 4, 16, 32)), or `superblocks` when given (any form
+// UniAttnSpec::parse takes, e.g. "24-27;28-31"). Variant None gives an empty spec. Throws
+// uniattn::Error for a spec that does not fit `num_layers`.
+UniAttnSpec bench_spec(Variant variant, int64_t num_layers, const std::string& superblocks = "");
 
 // Bytes and parameter counts the rooflines are computed from.
 struct ModelFootprint {
@@ -104,6 +106,9 @@ struct BenchOptions {
   // Also run `none` with the small fused CUDA ops (RMSNorm, RoPE, gated activation) switched off,
   // as variant "none_unfused": what the fusion buys, measured in the same run.
   bool unfused_baseline = false;
+  // SuperBlocks of every variant but None ("" = bench_spec's default layout); recorded in the JSON
+  // through `command`.
+  std::string superblocks;
   std::filesystem::path out;  // JSON written after every case; empty: none
   std::string command;        // recorded in the JSON
   std::string commit;         // recorded in the JSON; empty: $UNIATTN_COMMIT, else git rev-parse

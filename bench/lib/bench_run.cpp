@@ -116,11 +116,12 @@ CausalLM build_model(const BenchModel& m, Variant variant, const BenchOptions& o
     LoadOptions lo;
     lo.dtype = opt.dtype;
     lo.device = opt.device;
-    if (variant != Variant::None) lo.uniattn = bench_spec(variant, m.config.num_layers);
+    if (variant != Variant::None)
+      lo.uniattn = bench_spec(variant, m.config.num_layers, opt.superblocks);
     return load_model(m.weights, lo);
   }
   ModelConfig c = m.config;
-  c.uniattn = bench_spec(variant, c.num_layers);
+  c.uniattn = bench_spec(variant, c.num_layers, opt.superblocks);
   return CausalLM(c, at::TensorOptions().dtype(opt.dtype).device(opt.device));
 }
 
