@@ -290,6 +290,13 @@ TEST(Bench, ModelsAndCases) {
   EXPECT_EQ(spec.num_followers(), 12);  // 4 groups of 4 in layers 16..31
   for (int64_t i = 0; i < 32; ++i) EXPECT_EQ(spec.is_follower(i), follower(i, 4, 16, 32)) << i;
   EXPECT_FALSE(bench_spec(Variant::None, 32).enabled());
+  // A given layout replaces the default one for the unified variants only.
+  const auto given = bench_spec(Variant::UniAttn, 32, "24-27;28-31");
+  EXPECT_EQ(given.num_followers(), 6);
+  for (int64_t i = 0; i < 32; ++i)
+    EXPECT_EQ(given.is_follower(i), i != 24 && i >= 24 && i != 28) << i;
+  EXPECT_FALSE(bench_spec(Variant::None, 32, "24-27").enabled());
+  EXPECT_THROW(bench_spec(Variant::UniAttn, 30, "28-31"), Error);
 
   BenchOptions empty;
   empty.device = at::kCPU;
