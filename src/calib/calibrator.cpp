@@ -24,25 +24,7 @@
 namespace uniattn {
 using namespace calib;
 
-namespace {
-
-using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t) {
-  return std::chrono::duration<double>(Clock::now() - t).count();
-}
-
-// Rows of [B, T, d] where `valid` [B, T] is true -> [N, d].
-at::Tensor real_rows(const at::Tensor& t, const at::Tensor& valid) {
-  return t.reshape({-1, t.size(-1)}).index({valid.reshape({-1})});
-}
-
-// X with a column of ones when W_c has a bias (the bias is then the last row of W).
-at::Tensor with_bias_column(const at::Tensor& x, bool bias) {
-  return bias ? at::cat({x, at::ones({x.size(0), 1}, x.options())}, 1) : x;
-}
-
-// Sum of next-token NLL over target tokens, and their count, from final hidden states.
-std::pair<double, int64_t> loss_sums(CausalLM& m, const at::Tensor& hidden, const Batch& b) {
+std::pair<double, int64_t> calib::loss_sums(CausalLM& m, const at::Tensor& hidden, const Batch& b) {
   if (hidden.size(1) < 2) return {0.0, 0};
   const int64_t t = hidden.size(1);
   auto sel = b.loss_mask.narrow(1, 1, t - 1);
@@ -56,6 +38,15 @@ std::pair<double, int64_t> loss_sums(CausalLM& m, const at::Tensor& hidden, cons
                .item<double>();
   }
   return {sum, h.size(0)};
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// X with a column of ones when W_c has a bias (the bias is then the last row of W).
+at::Tensor with_bias_column(const at::Tensor& x, bool bias) {
+  return bias ? at::cat({x, at::ones({x.size(0), 1}, x.options())}, 1) : x;
 }
 
 uint64_t fnv1a(uint64_t h, const void* p, size_t n) {

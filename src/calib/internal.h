@@ -1,14 +1,16 @@
-// Internals of the W_c calibration shared by its source files: batches, the activation store,
-// the per-follower statistics.
+// Internals of the W_c calibration shared by its source files (and the SuperBlock search):
+// batches, the activation store, the per-follower statistics, row selection and loss sums.
 #pragma once
 #include <ATen/ATen.h>
 
+#include <chrono>
 #include <filesystem>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "uniattn/calib/calibrate.h"
+#include "uniattn/model/causal_lm.h"
 
 namespace uniattn::calib {
 
@@ -65,5 +67,19 @@ struct Stats {
   void add(const Stats& o);
   bool empty() const { return tokens == 0; }
 };
+
+// Seconds elapsed since t.
+inline double since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+// Rows of t [B, T, d] where `valid` [B, T] is true -> [N, d].
+inline at::Tensor real_rows(const at::Tensor& t, const at::Tensor& valid) {
+  return t.reshape({-1, t.size(-1)}).index({valid.reshape({-1})});
+}
+
+// Sum of next-token NLL (nats) over b's target tokens from m's final hidden states [B, T, d], and
+// the count of those tokens; logits are computed 1024 rows at a time to bound memory.
+std::pair<double, int64_t> loss_sums(CausalLM& m, const at::Tensor& hidden, const Batch& b);
 
 }  // namespace uniattn::calib

@@ -27,30 +27,6 @@ using namespace calib;
 namespace {
 
 using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t) {
-  return std::chrono::duration<double>(Clock::now() - t).count();
-}
-
-at::Tensor real_rows(const at::Tensor& t, const at::Tensor& valid) {
-  return t.reshape({-1, t.size(-1)}).index({valid.reshape({-1})});
-}
-
-// Sum of next-token NLL over the batch's target tokens from final hidden states, and their count.
-std::pair<double, int64_t> loss_sums(CausalLM& m, const at::Tensor& hidden, const Batch& b) {
-  const int64_t t = hidden.size(1);
-  if (t < 2) return {0.0, 0};
-  auto sel = b.loss_mask.narrow(1, 1, t - 1);
-  auto h = real_rows(hidden.narrow(1, 0, t - 1), sel);
-  auto target = b.ids.narrow(1, 1, t - 1).index({sel});
-  double sum = 0.0;
-  for (int64_t i = 0; i < h.size(0); i += 1024) {
-    const int64_t n = std::min<int64_t>(1024, h.size(0) - i);
-    auto logits = m->logits(h.narrow(0, i, n).unsqueeze(0), false).squeeze(0).to(at::kFloat);
-    sum += at::cross_entropy_loss(logits, target.narrow(0, i, n), {}, at::Reduction::Sum)
-               .item<double>();
-  }
-  return {sum, h.size(0)};
-}
 
 // A unified model with `spec` sharing every weight but W_c with `base`.
 CausalLM make_unified(CausalLM& base, const UniAttnSpec& spec) {
