@@ -173,8 +173,10 @@ at::Tensor AttentionImpl::decode_attention(const at::Tensor& xn, ForwardState& s
   }
   const SharedAttention& lead = s.shared[role_.leader];
   if (role_.reuse == Reuse::KeyValue) {
+    // A CLA follower's probabilities are read by nobody: the kernel without the P row (no P
+    // writes, no normalisation pass), O bit for bit the same.
     auto q = rope_and_norm(project(q_proj, xn, c.num_heads), q_norm_, s).contiguous();
-    return std::get<0>(kernels::decode_leader(q, lead.k, lead.v, s.cache_seqlens, p));
+    return kernels::decode_attention(q, lead.k, lead.v, s.cache_seqlens, p);
   }
   const auto& vbuf = s.cache->write_v_at(layer_, project(v_proj, xn, c.num_kv_heads), pos);
   // Reads only this layer's V: P_row . V.
