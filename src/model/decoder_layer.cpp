@@ -16,7 +16,18 @@ AttentionImpl::AttentionImpl(std::shared_ptr<const ModelConfig> cp, int64_t laye
 
   auto lin = [&](int64_t in, int64_t out, bool bias) { return Proj(in, out, bias, opts); };
   const int64_t q_out = c.num_heads * c.head_dim, kv_out = c.num_kv_heads * c.head_dim;
-  if (role_.owns_q && role_.owns_k && role_.owns_v && !c.attention_bias) {
+  Proj wc_block{nullptr};
+  if (role_.owns_wc && role_.owns_v && !role_.owns_q && !role_.owns_k && !c.attention_bias) {
+    // W_c's input is the layer's normalised input xn, the same tensor v_proj reads (method.md
+    // section 3, every family: Gemma's sandwich norm acts on the sum after W_c, not on its
+    // input), so the two weights are row blocks of one allocation. Initialised block by block
+    // in the order of the unfused layer (v_proj, o_proj, then w_c), so seeded models do not change.
+    auto vw = v_wc_.allocate(c.hidden_size, {kv_out, c.hidden_size}, opts, /*init=*/false);
+    at::NoGradGuard ng;
+    vw[0]->weight.normal_(0.0, 0.02);
+    v_proj = register_module("v_proj", vw[0]);
+    wc_block = vw[1];
+  } else if (role_.owns_q && role_.owns_k && role_.owns_v && !c.attention_bias) {
     // q, k and v as row blocks of one weight: one GEMM in decode (FusedProjections).
     auto qkv = qkv_.allocate(c.hidden_size, {q_out, kv_out, kv_out}, opts);
     q_proj = register_module("q_proj", qkv[0]);
@@ -32,9 +43,11 @@ AttentionImpl::AttentionImpl(std::shared_ptr<const ModelConfig> cp, int64_t laye
   }
   o_proj = register_module("o_proj", lin(q_out, c.hidden_size, c.attention_bias));
   if (role_.owns_wc) {
-    w_c = register_module("w_c", lin(c.hidden_size, c.hidden_size, c.attention_bias));
-    // Zero compensation until calibrated or trained: the layer starts as plain Softmax sharing.
     at::NoGradGuard ng;
+    if (wc_block) wc_block->weight.normal_(0.0, 0.02);  // the draw Proj's constructor makes
+    w_c = register_module(
+        "w_c", wc_block ? wc_block : lin(c.hidden_size, c.hidden_size, c.attention_bias));
+    // Zero compensation until calibrated or trained: the layer starts as plain Softmax sharing.
     w_c->weight.zero_();
     if (w_c->bias.defined()) w_c->bias.zero_();
   }
@@ -69,11 +82,33 @@ at::Tensor AttentionImpl::rope_and_norm(at::Tensor x, const at::Tensor& norm_wei
   return apply_rotary(x, cos, sin);
 }
 
+at::Tensor AttentionImpl::follower_v(const at::Tensor& xn, const at::Tensor& v_lin) const {
+  if (!v_lin.defined()) return project(v_proj, xn, cfg_->num_kv_heads);
+  const int64_t b = xn.size(0), t = xn.size(1);
+  return v_lin.view({b, t, cfg_->num_kv_heads, cfg_->head_dim}).transpose(1, 2);
+}
+
 at::Tensor AttentionImpl::forward(const at::Tensor& xn, ForwardState& s) {
   const auto& c = *cfg_;
   const int64_t b = xn.size(0), t = xn.size(1);
-  auto out = s.decode() ? decode_attention(xn, s) : prefill_attention(xn, s);
-  auto a = o_proj->forward(out.transpose(1, 2).reshape({b, t, c.num_heads * c.head_dim}));
+  // A UniAttn follower's V and W_c xn from one GEMM where FusedProjections applies (no grad,
+  // few rows); training and long prefills run them apart, as below.
+  at::Tensor v_lin, wc_out;
+  if (w_c) {
+    if (auto y = v_wc_.forward(xn, {v_proj, w_c}); !y.empty()) {
+      v_lin = y[0];
+      wc_out = y[1];
+    }
+  }
+  auto out = s.decode() ? decode_attention(xn, v_lin, s) : prefill_attention(xn, v_lin, s);
+  auto attn = out.transpose(1, 2).reshape({b, t, c.num_heads * c.head_dim});
+  if (wc_out.defined()) {
+    // W_c xn + o_proj(out) as one GEMM with beta = 1 (no bias: fusion needs none).
+    return at::addmm(wc_out.reshape({b * t, c.hidden_size}), attn.reshape({b * t, attn.size(2)}),
+                     o_proj->weight.t())
+        .view({b, t, c.hidden_size});
+  }
+  auto a = o_proj->forward(attn);
   if (w_c) {
     // o_proj(out) + W_c xn as one GEMM with beta = 1 (no separate add kernel).
     const int64_t hidden = c.hidden_size;
@@ -90,7 +125,8 @@ kernels::AttnParams AttentionImpl::kernel_params() const {
           sliding_ ? c.sliding_window : 0};
 }
 
-at::Tensor AttentionImpl::prefill_attention(const at::Tensor& xn, ForwardState& s) {
+at::Tensor AttentionImpl::prefill_attention(const at::Tensor& xn, const at::Tensor& v_lin,
+                                            ForwardState& s) {
   const auto& c = *cfg_;
   const AttnMath math{c.attention_scale(), c.attn_logit_softcap};
   const at::Tensor& mask = sliding_ ? s.mask_sliding : s.mask_global;
@@ -134,7 +170,7 @@ at::Tensor AttentionImpl::prefill_attention(const at::Tensor& xn, ForwardState& 
           kernels::prefill_leader(q.contiguous(), lead.k.contiguous(), lead.v.contiguous(), p));
     return fused_attention(q, lead.k, lead.v, mask, causal, math);
   }
-  auto v = project(v_proj, xn, c.num_kv_heads);
+  auto v = follower_v(xn, v_lin);
   if (s.cache) v = s.cache->write_v(layer_, v);
   if (s.paged) v = s.paged->write_v(layer_, v);
   // P_leader . V_f == Attention(Q_leader, K_leader, V_f): no q, k or RoPE here.
@@ -146,7 +182,8 @@ at::Tensor AttentionImpl::prefill_attention(const at::Tensor& xn, ForwardState& 
   return fused_attention(lead.q, lead.k, v, mask, causal, math);
 }
 
-at::Tensor AttentionImpl::decode_attention(const at::Tensor& xn, ForwardState& s) {
+at::Tensor AttentionImpl::decode_attention(const at::Tensor& xn, const at::Tensor& v_lin,
+                                           ForwardState& s) {
   const auto& c = *cfg_;
   const auto p = kernel_params();
   const auto& pos = s.decode_position;
@@ -178,7 +215,7 @@ at::Tensor AttentionImpl::decode_attention(const at::Tensor& xn, ForwardState& s
     auto q = rope_and_norm(project(q_proj, xn, c.num_heads), q_norm_, s).contiguous();
     return kernels::decode_attention(q, lead.k, lead.v, s.cache_seqlens, p);
   }
-  const auto& vbuf = s.cache->write_v_at(layer_, project(v_proj, xn, c.num_kv_heads), pos);
+  const auto& vbuf = s.cache->write_v_at(layer_, follower_v(xn, v_lin), pos);
   // Reads only this layer's V: P_row . V.
   return kernels::decode_follower(lead.probs, vbuf, s.cache_seqlens, c.num_heads);
 }

@@ -32,9 +32,13 @@ class AttentionImpl : public torch::nn::Module {
   Proj q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr}, w_c{nullptr};
 
  private:
-  at::Tensor prefill_attention(const at::Tensor& xn, ForwardState& s);
+  // v_lin: a Softmax/UniAttn follower's v_proj(xn) [B, T, kv_out] when forward() has already
+  // computed it (together with W_c xn); undefined otherwise.
+  at::Tensor prefill_attention(const at::Tensor& xn, const at::Tensor& v_lin, ForwardState& s);
   // Graph-safe single-token step over the whole cache buffers with device-side lengths.
-  at::Tensor decode_attention(const at::Tensor& xn, ForwardState& s);
+  at::Tensor decode_attention(const at::Tensor& xn, const at::Tensor& v_lin, ForwardState& s);
+  // A follower's V heads [B, Hkv, T, D]: from v_lin when given, else its own projection.
+  at::Tensor follower_v(const at::Tensor& xn, const at::Tensor& v_lin) const;
   kernels::AttnParams kernel_params() const;
   at::Tensor project(const Proj& proj, const at::Tensor& xn, int64_t heads) const;
   // q [B,Hq,T,D], k and v [B,Hkv,T,D] (before RoPE); one GEMM where qkv_ applies.
@@ -47,6 +51,9 @@ class AttentionImpl : public torch::nn::Module {
   bool sliding_;
   at::Tensor q_norm_, k_norm_;  // Gemma-3
   FusedProjections qkv_;        // q/k/v weights of leaders and ordinary layers
+  // v_proj and w_c of a UniAttn follower: both read xn, so small inference batches run them as
+  // one GEMM with the weight [W_v; W_c] (rows of one allocation, the parameters stay separate).
+  FusedProjections v_wc_;
 };
 TORCH_MODULE(Attention);
 

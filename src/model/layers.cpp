@@ -182,10 +182,11 @@ ProjImpl::ProjImpl(int64_t in, int64_t out, bool with_bias, const at::TensorOpti
 ProjImpl::ProjImpl(at::Tensor w) { weight = register_parameter("weight", std::move(w)); }
 
 std::vector<Proj> FusedProjections::allocate(int64_t in, const std::vector<int64_t>& outs,
-                                             const at::TensorOptions& o) {
+                                             const at::TensorOptions& o, bool init) {
   int64_t total = 0;
   for (int64_t n : outs) total += n;
-  auto block = at::empty({total, in}, o).normal_(0.0, 0.02);
+  auto block = at::empty({total, in}, o);
+  if (init) block.normal_(0.0, 0.02);
   outs_ = outs;
   std::vector<Proj> projs;
   int64_t off = 0;

@@ -85,10 +85,10 @@ TORCH_MODULE(Proj);
 // fused GEMM is no longer used.
 class FusedProjections {
  public:
-  // Allocates [sum(outs), in] with `options`, initialised N(0, 0.02), and returns one Proj per
-  // block.
+  // Allocates [sum(outs), in] with `options`, initialised N(0, 0.02) (left uninitialised with
+  // init = false: the caller fills each block), and returns one Proj per block.
   std::vector<Proj> allocate(int64_t in, const std::vector<int64_t>& outs,
-                             const at::TensorOptions& options);
+                             const at::TensorOptions& options, bool init = true);
   // x [..., in] -> one output per block ([..., out_i], views into one GEMM's result) when no
   // gradient is needed, x has at most kMaxRows rows and every Proj still points into the
   // allocation; otherwise an empty vector (the caller runs the projections one by one).
