@@ -53,6 +53,8 @@ int main(int argc, char** argv) {
     auto cfg = uniattn::TrainConfig::load(config, overrides);
     // The library keeps paths as paths; the word "default" is the tools' convention.
     cfg.model.path = uniattn::cli::resolve_model_path(cfg.model.path).string();
+    if (cfg.distill && cfg.distill->teacher != "base")
+      cfg.distill->teacher = uniattn::cli::resolve_model_path(cfg.distill->teacher).string();
     if (check) {
       std::cout << cfg.to_yaml();
       return 0;

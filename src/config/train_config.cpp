@@ -245,6 +245,7 @@ TrainStageConfig read_stage(const YAML::Node& node, size_t i, const std::string&
   if (s.warmup_ratio >= 1) fail(origin, ": ", p, ".warmup_ratio must be < 1");
   r.positive("min_lr_ratio", s.min_lr_ratio, true);
   if (s.min_lr_ratio > 1) fail(origin, ": ", p, ".min_lr_ratio must be <= 1");
+  r.read("distill", s.distill);
   for (const auto& pat : s.params)
     if ((pat == "wc") && variant != "uniattn")
       fail(origin, ": ", p, ".params: 'wc' needs model.variant uniattn (it is ", variant, ")");
@@ -345,6 +346,34 @@ TrainDebugConfig read_debug(const YAML::Node& node, const std::string& origin) {
   return d;
 }
 
+// distill: present (even empty) turns distillation on with the defaults.
+std::optional<TrainDistillConfig> read_distill(const YAML::Node& node, const std::string& origin) {
+  if (!node) return std::nullopt;
+  TrainDistillConfig d;
+  Reader r(node, "distill", origin);
+  r.read("teacher", d.teacher);
+  if (d.teacher.empty()) fail(origin, ": distill.teacher is empty (base, or a model path)");
+  r.read("weight", d.weight);
+  if (!(d.weight >= 0 && d.weight <= 1))
+    fail(origin, ": distill.weight is ", d.weight, "; it must lie in [0, 1]");
+  r.positive("temperature", d.temperature);
+  r.positive("follower_mse", d.follower_mse, true);
+  return d;
+}
+
+// Cross-section rules of distillation; `stages` is the (validated) stages list.
+void check_distill(const TrainConfig& c, const YAML::Node& stages, const std::string& origin) {
+  for (size_t i = 0; i < c.stages.size() && !c.distill; ++i)
+    if (stages[i]["distill"])
+      fail(origin, ": stages[", i, "].distill is set but there is no distill section");
+  if (c.distill && c.distill->follower_mse > 0 && c.model.variant == "none")
+    fail(origin, ": distill.follower_mse needs followers (model.variant is none)");
+  // The followers' attention outputs come from a layer-by-layer forward that does not recompute.
+  if (c.distill && c.distill->follower_mse > 0 && c.training.activation_checkpointing)
+    fail(origin,
+         ": distill.follower_mse cannot be combined with training.activation_checkpointing");
+}
+
 // Sections are read in a fixed order, each by its own Reader, so the first error reported is the
 // same one as always; the top-level Reader rejects unknown sections when it goes out of scope.
 TrainConfig from_node(const YAML::Node& root, const std::string& origin) {
@@ -360,6 +389,8 @@ TrainConfig from_node(const YAML::Node& root, const std::string& origin) {
   c.checkpoint = read_checkpoint(top.get("checkpoint"), origin);
   c.distributed = read_distributed(top.get("distributed"), origin);
   c.debug = read_debug(top.get("debug"), origin);
+  c.distill = read_distill(top.get("distill"), origin);
+  check_distill(c, top.get("stages"), origin);
   return c;
 }
 
@@ -427,7 +458,11 @@ std::string TrainConfig::to_yaml() const {
     if (s.steps > 0) e << YAML::Key << "steps" << YAML::Value << s.steps;
     e << YAML::Key << "lr" << YAML::Value << s.lr;
     e << YAML::Key << "warmup_ratio" << YAML::Value << s.warmup_ratio;
-    e << YAML::Key << "min_lr_ratio" << YAML::Value << s.min_lr_ratio << YAML::EndMap;
+    e << YAML::Key << "min_lr_ratio" << YAML::Value << s.min_lr_ratio;
+    // Only with a distill section, so that the YAML (and the fingerprint) of runs without one
+    // stay as they were.
+    if (distill) e << YAML::Key << "distill" << YAML::Value << s.distill;
+    e << YAML::EndMap;
   }
   e << YAML::EndSeq;
   e << YAML::Key << "optimizer" << YAML::Value << YAML::BeginMap;
@@ -460,6 +495,13 @@ std::string TrainConfig::to_yaml() const {
   e << YAML::Key << "bucket_mb" << YAML::Value << distributed.bucket_mb;
   e << YAML::Key << "zero1" << YAML::Value << distributed.zero1;
   e << YAML::Key << "timeout_s" << YAML::Value << distributed.timeout_s << YAML::EndMap;
+  if (distill) {
+    e << YAML::Key << "distill" << YAML::Value << YAML::BeginMap;
+    e << YAML::Key << "teacher" << YAML::Value << distill->teacher;
+    e << YAML::Key << "weight" << YAML::Value << distill->weight;
+    e << YAML::Key << "temperature" << YAML::Value << distill->temperature;
+    e << YAML::Key << "follower_mse" << YAML::Value << distill->follower_mse << YAML::EndMap;
+  }
   e << YAML::EndMap;
   return std::string(e.c_str()) + "\n";
 }

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "distill.h"
 #include "internal.h"
 #include "state.h"
 #include "uniattn/model/causal_lm.h"
@@ -49,14 +50,16 @@ struct Run {
   int32_t pad = 0;
   std::vector<Sequence> train_data, eval_data;
   std::vector<int64_t> stage_steps;  // the number of optimiser steps of each stage
+  std::unique_ptr<Teacher> teacher;  // with a distill section (distill.h); null otherwise
+  std::vector<int64_t> followers;    // the student's follower layers (distill.follower_mse)
   std::string fingerprint;           // run_fingerprint (fingerprint.h) as JSON text
   // When the last checkpoint was saved (or training started): checkpoint.every_minutes.
   std::chrono::steady_clock::time_point last_checkpoint = std::chrono::steady_clock::now();
 };
 
-// Creates output_dir, loads the model (W_c initialised per model.wc_init) and the data, resolves
-// every stage's parameter set and length, so that a bad glob fails before any training, and
-// fingerprints the run.
+// Creates output_dir, loads the model (W_c initialised per model.wc_init), the teacher (with a
+// distill section) and the data, resolves every stage's parameter set and length, so that a bad
+// glob fails before any training, and fingerprints the run.
 Run set_up_run(const TrainConfig& c, const TrainOptions& options, Comm& comm, at::Device device);
 
 // What one stage trains, and with what: its parameters, their ZeRO-1 owners, this rank's

@@ -23,8 +23,11 @@ constexpr std::array<const char*, 9> kOperational = {
     "training.log_every", "training.progress", "training.activation_checkpointing",
     "optimizer.fused",    "checkpoint.",       "distributed."};
 // Keys that name files: their contents are fingerprinted instead of the path.
-constexpr std::array<const char*, 5> kFileKeys = {"model.path", "model.wc_checkpoint", "data.train",
-                                                  "data.eval", "data.tokenizer"};
+// distill.teacher counts as a file key: "base" leaves it out (model.path's hash covers that
+// teacher), so a change between base and a path shows as a change of files.
+constexpr std::array<const char*, 6> kFileKeys = {"model.path",     "model.wc_checkpoint",
+                                                  "data.train",     "data.eval",
+                                                  "data.tokenizer", "distill.teacher"};
 // Evaluation settings (eval.every_steps, eval.batch_tokens) change when, not what, is measured.
 constexpr const char* kEvalSection = "eval.";
 
@@ -126,6 +129,8 @@ nlohmann::json run_fingerprint(const TrainConfig& c) {
   files["data.train"] = file_entry(c.data.train, true);
   if (!c.data.eval.empty()) files["data.eval"] = file_entry(c.data.eval, true);
   if (!c.data.tokenizer.empty()) files["data.tokenizer"] = file_entry(c.data.tokenizer, false);
+  if (c.distill && c.distill->teacher != "base")
+    files["distill.teacher"] = file_entry(c.distill->teacher, false);
   return {{"config", config}, {"files", files}};
 }
 

@@ -36,10 +36,22 @@ void progress_line(const StepMetrics& m, double eta, bool tty) {
   const double frac = static_cast<double>(m.stage_step) / std::max<int64_t>(1, m.stage_steps);
   std::string bar(static_cast<size_t>(frac * width), '#');
   bar.resize(width, '.');
-  std::fprintf(stderr, "%s[train] %s [%s] %lld/%lld loss %.4f lr %.2e %.0f tok/s ETA %s%s",
+  // With distillation the parts follow the total: "loss 2.1 (ce 2.4 kl 0.31)".
+  std::string parts;
+  char b[96];
+  if (m.ce && m.kl) {
+    std::snprintf(b, sizeof b, " (ce %.4f kl %.4f", *m.ce, *m.kl);
+    parts = b;
+    if (m.mse) {
+      std::snprintf(b, sizeof b, " mse %.3g", *m.mse);
+      parts += b;
+    }
+    parts += ")";
+  }
+  std::fprintf(stderr, "%s[train] %s [%s] %lld/%lld loss %.4f%s lr %.2e %.0f tok/s ETA %s%s",
                tty ? "\r\033[K" : "", m.stage.c_str(), bar.c_str(),
                static_cast<long long>(m.stage_step), static_cast<long long>(m.stage_steps), m.loss,
-               m.lr, m.tokens_per_s, fmt_time(eta).c_str(), tty ? "" : "\n");
+               parts.c_str(), m.lr, m.tokens_per_s, fmt_time(eta).c_str(), tty ? "" : "\n");
   std::fflush(stderr);
 }
 
@@ -56,6 +68,13 @@ nlohmann::json metrics_json(const StepMetrics& m) {
   j["loss"] = std::isfinite(m.loss) ? nlohmann::json(m.loss) : nlohmann::json();
   j["grad_norm"] = std::isfinite(m.grad_norm) ? nlohmann::json(m.grad_norm) : nlohmann::json();
   j["eval_loss"] = m.eval_loss ? nlohmann::json(*m.eval_loss) : nlohmann::json();
+  // Distillation's parts of the loss: only in stages that distil.
+  const auto opt = [](const std::optional<double>& v) {
+    return std::isfinite(*v) ? nlohmann::json(*v) : nlohmann::json();
+  };
+  if (m.ce) j["ce"] = opt(m.ce);
+  if (m.kl) j["kl"] = opt(m.kl);
+  if (m.mse) j["mse"] = opt(m.mse);
   return j;
 }
 

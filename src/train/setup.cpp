@@ -177,6 +177,10 @@ Run set_up_run(const TrainConfig& c, const TrainOptions& options, Comm& comm, at
   comm.barrier();
   run.model = build_model(c, device);
   run.vocab = run.model->config().vocab_size;
+  if (c.distill) {
+    run.teacher = std::make_unique<Teacher>(c, device, run.model);
+    run.followers = follower_layers(run.model);
+  }
   run.train_data = load_sequences(c, false, run.vocab, c.model.path);
   if (!c.data.eval.empty()) run.eval_data = load_sequences(c, true, run.vocab, c.model.path);
   run.pad = static_cast<int32_t>(run.model->config().pad_token_id.value_or(0));
@@ -202,10 +206,16 @@ StageTraining set_up_stage(Run& run, const TrainState& st,
   if (run.comm.world() > 1)
     stage.reducer = std::make_unique<GradReducer>(run.comm, stage.params,
                                                   run.c.distributed.bucket_mb * (1 << 20));
-  if (run.rank0 && st.stage_step == 0)
-    std::fprintf(stderr, "[train] stage %s: %zu tensors, %lld steps, lr %.2e, accumulation %lld\n",
+  if (run.rank0 && st.stage_step == 0) {
+    std::fprintf(stderr, "[train] stage %s: %zu tensors, %lld steps, lr %.2e, accumulation %lld",
                  sc.name.c_str(), stage.params.size(), static_cast<long long>(stage.total_steps),
                  sc.lr, static_cast<long long>(run.accum));
+    if (run.teacher && sc.distill)
+      std::fprintf(stderr, ", distilling from %s (weight %.3g, temperature %.3g)",
+                   run.c.distill->teacher.c_str(), run.c.distill->weight,
+                   run.c.distill->temperature);
+    std::fprintf(stderr, "\n");
+  }
   return stage;
 }
 

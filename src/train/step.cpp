@@ -61,26 +61,29 @@ BatchTokens count_tokens(const std::vector<Sequence>& data, const std::vector<in
   return t;
 }
 
-// The summed cross-entropy of the target tokens of a micro-batch.
-at::Tensor target_loss_sum(const at::Tensor& logits, const at::Tensor& ids, const at::Tensor& mask,
-                           int64_t vocab) {
-  const auto l = ids.size(1);
-  // Position i predicts ids[i + 1]; the last one predicts nothing (a dummy target with
-  // weight 0). Scoring all l positions keeps the logits contiguous, so the fp32 cast and
-  // its backward are single vectorised copies (narrowing first cost two strided copies,
-  // 1.8 ms per step on the LLaMA-8B slice, ncu-train-llama8b-slice-h100.json).
-  auto lg = logits.to(at::kFloat).reshape({-1, vocab});
-  auto tgt = at::roll(ids, {-1}, {1}).reshape({-1});
-  auto weight = at::constant_pad_nd(mask.narrow(1, 1, l - 1), {0, 1}).reshape({-1});
-  auto ce = at::cross_entropy_loss(lg, tgt, {}, at::Reduction::None);
-  return (ce * weight).sum();
+// A micro-batch's (or a rank's) summed loss and its parts (distill.h, LossTerms).
+struct LossParts {
+  double total = 0.0, ce = 0.0, kl = 0.0, mse = 0.0;
+  LossParts& operator+=(const LossParts& o) {
+    total += o.total, ce += o.ce, kl += o.kl, mse += o.mse;
+    return *this;
+  }
+};
+
+// Whether this stage distils, and whether it needs the followers' attention outputs.
+bool distilling(const Run& run, const StageTraining& stage) {
+  return run.teacher && stage.config.distill;
+}
+bool follower_mse_on(const Run& run, const StageTraining& stage) {
+  return distilling(run, stage) && run.c.distill->follower_mse > 0;
 }
 
 // Forward and backward of micro-batch `m` of this rank's share of `batch`; returns its summed
 // loss. `targets` are those of the whole global batch (known on every rank), so that the summed
-// gradients equal those of one process running the full batch.
-double micro_batch_backward(Run& run, StageTraining& stage, const std::vector<int64_t>& batch,
-                            int64_t m, int64_t targets, bool inject_nan) {
+// gradients equal those of one process running the full batch. With distillation the teacher
+// runs first, under no-grad and outside the student's autocast.
+LossParts micro_batch_backward(Run& run, StageTraining& stage, const std::vector<int64_t>& batch,
+                               int64_t m, int64_t targets, bool inject_nan) {
   const auto& c = run.c;
   const int64_t per_rank = c.training.global_batch / run.comm.world();
   const auto first = batch.begin() + run.comm.rank() * per_rank + m * c.training.micro_batch;
@@ -90,30 +93,45 @@ double micro_batch_backward(Run& run, StageTraining& stage, const std::vector<in
   ids = ids.to(run.device);
   mask = mask.to(run.device);
   if (stage.reducer) stage.reducer->arm(m == run.accum - 1);
-  at::Tensor loss;
-  double sum_value = 0.0;
+  const bool kd = distilling(run, stage), attn = follower_mse_on(run, stage);
+  ModelOutputs teacher;
+  if (kd) teacher = run.teacher->forward(ids, attn ? run.followers : std::vector<int64_t>{});
+  at::Tensor loss, parts;
   {
     AutocastScope ac(run.autocast, run.device);
-    ForwardOptions fo;
-    fo.recompute = c.training.activation_checkpointing;
-    auto sum = target_loss_sum(run.model->forward(ids, nullptr, fo), ids, mask, run.vocab);
+    ModelOutputs student;
+    if (attn) {
+      student = forward_with_attention(run.model, ids, run.followers);
+    } else {
+      ForwardOptions fo;
+      fo.recompute = c.training.activation_checkpointing;
+      student.logits = run.model->forward(ids, nullptr, fo);
+    }
+    const auto t =
+        micro_batch_loss(student, kd ? &teacher : nullptr, kd ? &*c.distill : nullptr, ids, mask);
+    auto sum = t.total;
     if (inject_nan) sum = sum * std::numeric_limits<double>::quiet_NaN();
     loss = sum / static_cast<double>(targets);
-    sum_value = sum.item<double>();
+    // One device-to-host copy for the four numbers.
+    parts = at::stack({sum.detach().to(at::kFloat), t.ce.to(at::kFloat), t.kl.to(at::kFloat),
+                       t.mse.to(at::kFloat)})
+                .to(at::kDouble)
+                .cpu();
   }
   loss.backward();
-  return sum_value;
+  const auto* p = parts.data_ptr<double>();
+  return {p[0], p[1], p[2], p[3]};
 }
 
 // Accumulates the step's gradients over this rank's micro-batches and sums them over ranks;
 // returns this rank's summed loss.
-double accumulate_gradients(Run& run, StageTraining& stage, const std::vector<int64_t>& batch,
-                            int64_t targets, bool inject_nan) {
+LossParts accumulate_gradients(Run& run, StageTraining& stage, const std::vector<int64_t>& batch,
+                               int64_t targets, bool inject_nan) {
   if (stage.reducer)
     stage.reducer->zero_grad();
   else
     for (auto& p : stage.params) p.mutable_grad().reset();
-  double local_sum = 0.0;
+  LossParts local_sum;
   for (int64_t m = 0; m < run.accum; ++m)
     local_sum += micro_batch_backward(run, stage, batch, m, targets, inject_nan);
   if (stage.reducer) stage.reducer->finish();
@@ -121,21 +139,24 @@ double accumulate_gradients(Run& run, StageTraining& stage, const std::vector<in
 }
 
 struct SyncedLoss {
-  double loss = 0.0;        // mean over the global batch's target tokens
+  LossParts loss;           // means over the global batch's target tokens
   bool stop = false;        // any rank's stop request stops all
   bool timed_save = false;  // any rank's checkpoint.every_minutes clock makes all checkpoint
 };
 
 // One all-reduce carries the loss, the stop request and the timed checkpoint (ranks' clocks
 // differ; the checkpoint is collective, so they must agree).
-SyncedLoss all_reduce_loss_and_flags(Run& run, double local_sum, bool want_stop, bool want_save,
-                                     int64_t targets) {
-  auto sync = at::tensor({local_sum, want_stop ? 1.0 : 0.0, want_save ? 1.0 : 0.0}, at::kDouble);
+SyncedLoss all_reduce_loss_and_flags(Run& run, const LossParts& local, bool want_stop,
+                                     bool want_save, int64_t targets) {
+  auto sync = at::tensor(
+      {local.total, local.ce, local.kl, local.mse, want_stop ? 1.0 : 0.0, want_save ? 1.0 : 0.0},
+      at::kDouble);
   if (run.device.is_cuda()) sync = sync.to(run.device);
   run.comm.allreduce_sum(sync);
   sync = sync.cpu();
-  return {sync[0].item<double>() / static_cast<double>(targets), sync[1].item<double>() > 0,
-          sync[2].item<double>() > 0};
+  const auto* v = sync.data_ptr<double>();
+  const auto n = static_cast<double>(targets);
+  return {{v[0] / n, v[1] / n, v[2] / n, v[3] / n}, v[4] > 0, v[5] > 0};
 }
 
 bool stop_requested(const Run& run, int64_t global_step) {
@@ -196,7 +217,7 @@ StepOutcome train_step(Run& run, StageTraining& stage, TrainState& st) {
   UNIATTN_CHECK(
       !(c.debug.fail_at_step == st.global_step + 1 && c.debug.fail_rank == run.comm.rank()),
       "debug.fail_at_step: injected failure at step ", st.global_step + 1);
-  const double local_sum = accumulate_gradients(run, stage, batch, tokens.targets, inject_nan);
+  const LossParts local_sum = accumulate_gradients(run, stage, batch, tokens.targets, inject_nan);
   const auto synced = all_reduce_loss_and_flags(run, local_sum, stop_requested(run, st.global_step),
                                                 checkpoint_time_due(run), tokens.targets);
   StepOutcome out;
@@ -207,7 +228,12 @@ StepOutcome train_step(Run& run, StageTraining& stage, TrainState& st) {
   mt.stage = sc.name;
   mt.stage_step = st.stage_step + 1;
   mt.stage_steps = stage.total_steps;
-  mt.loss = synced.loss;
+  mt.loss = synced.loss.total;
+  if (distilling(run, stage)) {
+    mt.ce = synced.loss.ce;
+    mt.kl = synced.loss.kl;
+    if (follower_mse_on(run, stage)) mt.mse = synced.loss.mse;
+  }
   mt.lr = lr;
   {
     // Every rank holds the full summed gradients, so the norm (and the clip) agree.

@@ -130,6 +130,62 @@ TEST(TrainConfig, RejectsBadValues) {
   EXPECT_NE(error_of(y, {"data=3"}).find("data must be a mapping"), std::string::npos);
 }
 
+// distill: absent = off; present = on in every stage with the defaults; stages[i].distill turns a
+// stage off; the values round-trip; runs without it keep the YAML they had.
+TEST(TrainConfig, DistillSectionParsesAndRoundTrips) {
+  EXPECT_FALSE(TrainConfig::parse(kMinimal).distill);
+  EXPECT_EQ(TrainConfig::parse(kMinimal).to_yaml().find("distill"), std::string::npos);
+  const auto d = TrainConfig::parse(std::string(kMinimal) + "distill: {}\n").distill;
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->teacher, "base");
+  EXPECT_DOUBLE_EQ(d->weight, 0.5);
+  EXPECT_DOUBLE_EQ(d->temperature, 1.0);
+  EXPECT_DOUBLE_EQ(d->follower_mse, 0.0);
+  const auto c = TrainConfig::parse(
+      kMinimal, "cfg.yaml",
+      {"distill.teacher=runs/ft/final", "distill.weight=0.25", "distill.temperature=2",
+       "distill.follower_mse=0.1", "stages[1].distill=false"});
+  ASSERT_TRUE(c.distill);
+  EXPECT_EQ(c.distill->teacher, "runs/ft/final");
+  EXPECT_DOUBLE_EQ(c.distill->weight, 0.25);
+  EXPECT_DOUBLE_EQ(c.distill->temperature, 2.0);
+  EXPECT_DOUBLE_EQ(c.distill->follower_mse, 0.1);
+  EXPECT_TRUE(c.stages[0].distill);
+  EXPECT_FALSE(c.stages[1].distill);
+  const auto r = TrainConfig::parse(c.to_yaml());
+  ASSERT_TRUE(r.distill);
+  EXPECT_EQ(r.distill->teacher, "runs/ft/final");
+  EXPECT_DOUBLE_EQ(r.distill->weight, 0.25);
+  EXPECT_FALSE(r.stages[1].distill);
+  EXPECT_EQ(r.to_yaml(), c.to_yaml());
+}
+
+TEST(TrainConfig, DistillRejectsBadKeysAndValuesByName) {
+  const std::string y = kMinimal;
+  const auto has = [&](const std::vector<std::string>& ov, const std::string& needle) {
+    SCOPED_TRACE(ov.front());
+    const auto e = error_of(y, ov);
+    EXPECT_NE(e.find(needle), std::string::npos) << "got: " << e;
+  };
+  has({"distill.weight=1.5"}, "distill.weight is 1.5; it must lie in [0, 1]");
+  has({"distill.weight=-0.1"}, "distill.weight is -0.1; it must lie in [0, 1]");
+  has({"distill.weight=.nan"}, "distill.weight");
+  has({"distill.weight=half"}, "distill.weight has an invalid value 'half'");
+  has({"distill.temperature=0"}, "distill.temperature must be > 0");
+  has({"distill.temperature=-2"}, "distill.temperature must be > 0");
+  has({"distill.follower_mse=-1"}, "distill.follower_mse must be >= 0");
+  has({"distill.teacher=''"}, "distill.teacher is empty");
+  has({"distill.wieght=0.5"}, "unknown key distill.wieght");
+  has({"distill=[1]"}, "distill must be a mapping");
+  has({"stages[0].distill=false"}, "stages[0].distill is set but there is no distill section");
+  has({"distill.weight=0.5", "stages[1].distill=maybe"}, "stages[1].distill has an invalid value");
+  has({"distill.follower_mse=1", "model.variant=none", "stages[0].params=all"},
+      "distill.follower_mse needs followers");
+  has({"distill.follower_mse=1", "training.activation_checkpointing=true"}, "distill.follower_mse");
+  // The error names the file.
+  EXPECT_EQ(error_of(y, {"distill.temperature=0"}).rfind("cfg.yaml: ", 0), 0u);
+}
+
 TEST(TrainConfig, OverridesApply) {
   const auto c = TrainConfig::parse(
       kMinimal, "x", {"stages[0].lr=3e-4", "output_dir=elsewhere", "distributed.zero1=false"});

@@ -49,6 +49,23 @@ struct TrainStageConfig {
   double lr = 0.0;
   double warmup_ratio = 0.03;
   double min_lr_ratio = 0.0;  // cosine decays to lr * min_lr_ratio
+  // With a distill section: whether this stage distils (false: cross-entropy only).
+  bool distill = true;
+};
+
+// Knowledge distillation from a frozen teacher (docs/training.md, "Distillation"). Per micro-batch
+// loss = (1 - weight) * CE + weight * temperature^2 * KL(p_teacher || p_student)
+//        + follower_mse * MSE(follower attention outputs, teacher's same layers),
+// with p = softmax(logits / temperature) (Hinton et al. 2015, arXiv 1503.02531); CE and KL are
+// averaged over the response tokens (the positions the cross-entropy scores), MSE over those
+// positions, the hidden size and the follower layers.
+struct TrainDistillConfig {
+  // "base": model.path loaded as variant none (the model before unification); otherwise the path
+  // of a model directory or GGUF ("default" is resolved by the tools, as model.path).
+  std::string teacher = "base";
+  double weight = 0.5;        // in [0, 1]
+  double temperature = 1.0;   // > 0
+  double follower_mse = 0.0;  // >= 0; > 0 needs model.variant other than none
 };
 
 struct TrainOptimizerConfig {
@@ -114,6 +131,7 @@ struct TrainConfig {
   TrainCheckpointConfig checkpoint;
   TrainDistributedConfig distributed;
   TrainDebugConfig debug;
+  std::optional<TrainDistillConfig> distill;  // absent: no distillation
   std::string output_dir;
 
   // Parses YAML text. Every key is checked: an unknown key, a wrong type or a value out of range

@@ -32,7 +32,11 @@ struct StepMetrics {
   int64_t step = 0;  // global optimiser step, 1-based
   std::string stage;
   int64_t stage_step = 0, stage_steps = 0;
-  double loss = 0.0;  // mean target-token cross-entropy of the global batch
+  // The training loss per target token of the global batch: the cross-entropy, or with
+  // distillation (1 - w) ce + w T^2 kl + follower_mse mse (TrainDistillConfig).
+  double loss = 0.0;
+  // With distillation in this stage: its parts, per target token (mse with follower_mse only).
+  std::optional<double> ce, kl, mse;
   double lr = 0.0;
   int64_t tokens = 0;         // target tokens seen so far (all ranks)
   double tokens_per_s = 0.0;  // input tokens (all ranks) per second, this step
