@@ -266,6 +266,40 @@ TEST(Distill, RunLogsCrossEntropyAndKl) {
   EXPECT_NEAR(n[0]["kl"].get<double>(), k0, 1e-4 * k0);
 }
 
+// The teacher is not checkpointed but reloaded: a run stopped mid stage 2 resumes onto the
+// uninterrupted curve (loss, ce, kl). Activation checkpointing keeps it; bf16 autocast runs.
+TEST(Distill, InterruptedRunResumesOntoTheSameCurve) {
+  const auto dir = test::scratch_dir();
+  const std::vector<std::string> kd{"distill.weight=0.5", "distill.temperature=2"};
+  train(tiny_config(dir, "full", kd));
+  auto part = kd;
+  part.push_back("debug.stop_after_steps=5");
+  EXPECT_TRUE(train(tiny_config(dir, "part", part)).interrupted);
+  const auto r = train(tiny_config(dir, "part", kd));
+  EXPECT_EQ(r.resumed_from, 5);
+  auto rc = kd;
+  rc.push_back("training.activation_checkpointing=true");
+  train(tiny_config(dir, "rc", rc));
+  const auto a = read_metrics(dir / "full");
+  ASSERT_EQ(a.size(), 7u);
+  for (const char* run : {"part", "rc"}) {
+    const auto b = read_metrics(dir / run);
+    ASSERT_EQ(b.size(), a.size()) << run;
+    for (size_t i = 0; i < a.size(); ++i)
+      for (const char* k : {"loss", "ce", "kl"})
+        EXPECT_NEAR(a[i][k].get<double>(), b[i][k].get<double>(), 1e-6)
+            << run << " step " << i + 1 << " " << k;
+  }
+  auto bf16 = kd;
+  bf16.insert(bf16.end(), {"training.precision=bf16", "stages[1].steps=1"});
+  train(tiny_config(dir, "bf16", bf16));
+  const auto c = read_metrics(dir / "bf16");
+  ASSERT_EQ(c.size(), 4u);
+  // bf16 matmuls in the student only: the same step's KL within bf16's rounding of fp32's.
+  EXPECT_NEAR(c[0]["kl"].get<double>(), a[0]["kl"].get<double>(), 0.05 * a[0]["kl"].get<double>());
+  EXPECT_NEAR(c[0]["ce"].get<double>(), a[0]["ce"].get<double>(), 0.01 * a[0]["ce"].get<double>());
+}
+
 std::string read_file(const fs::path& p) {
   std::ifstream f(p, std::ios::binary);
   return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
