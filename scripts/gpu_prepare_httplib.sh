@@ -13,6 +13,11 @@ lib=/usr/lib/x86_64-linux-gnu
 cp -L "$lib/libcpp-httplib.so.0.11" "$dst/lib/"
 ln -sf libcpp-httplib.so.0.11 "$dst/lib/libcpp-httplib.so"
 for so in libbrotlicommon.so.1 libbrotlidec.so.1 libbrotlienc.so.1; do cp -L "$lib/$so" "$dst/lib/"; done
+# httplib.h includes brotli's headers (CPPHTTPLIB_BROTLI_SUPPORT), which the image lacks too.
+tmp=$(mktemp -d)
+(cd "$tmp" && apt-get download libbrotli-dev >/dev/null 2>&1 && dpkg -x libbrotli-dev_*.deb x)
+cp -r "$tmp"/x/usr/include/brotli "$dst/include/"
+rm -rf "$tmp"
 cat >"$dst/pc/cpp-httplib.pc" <<'PC'
 prefix=${pcfiledir}/..
 libdir=${prefix}/lib
