@@ -64,6 +64,10 @@ int main(int argc, char** argv) {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, nullptr);
     sigaction(SIGTERM, &sa, nullptr);
+    // A peer rank that dies closes its sockets; writing to one must fail the collective (which
+    // reports "rank N failed" and stops this rank with status 1), not kill this process with
+    // SIGPIPE (status 141) before it can say why.
+    std::signal(SIGPIPE, SIG_IGN);
     uniattn::TrainOptions opts;
     opts.resume = !fresh;
     opts.allow_changed_config = allow_changed;
