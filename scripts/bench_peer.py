@@ -18,7 +18,7 @@ logits, greedy token, wall clock with synchronisation. compile_s rows give the f
 each compiled shape. The JSON is rewritten after every case.
 
   python3 scripts/bench_peer.py --out bench/results/peer-llama8b-h200.json
-  python3 scripts/bench_peer.py --tiny --device cpu --out /tmp/peer.json   # CI smoke run
+  python3 scripts/bench_peer.py --tiny --device cpu --out "$OUT/peer.json"   # CI smoke run
 """
 import argparse
 import gc
