@@ -21,6 +21,7 @@
 
 #include "test_util.h"
 #include "train/distill.h"
+#include "train/train_test_util.h"
 #include "uniattn/error.h"
 #include "uniattn/model/checkpoint.h"
 #include "uniattn/train/train.h"
@@ -29,26 +30,12 @@ namespace uniattn {
 namespace {
 
 namespace fs = std::filesystem;
+using namespace train_test;
 using train_detail::LossTerms;
 using train_detail::ModelOutputs;
 using train_detail::Teacher;
 
 fs::path llama() { return test::data_dir() / "models" / "llama"; }
-
-void write_tokens(const fs::path& p, int n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::ofstream f(p);
-  for (int i = 0; i < n; ++i) {
-    const int len = 8 + static_cast<int>(rng() % 17);
-    const int prompt = 2 + static_cast<int>(rng() % static_cast<unsigned>(len - 3));
-    nlohmann::json ids = nlohmann::json::array(), mask = nlohmann::json::array();
-    for (int j = 0; j < len; ++j) {
-      ids.push_back(static_cast<int>(rng() % 97));
-      mask.push_back(j >= prompt ? 1 : 0);
-    }
-    f << nlohmann::json{{"ids", ids}, {"loss_mask", mask}}.dump() << "\n";
-  }
-}
 
 // configs/tiny-cpu-smoke.yaml on the fixture model and fresh data in `dir`, plus `extra`.
 std::vector<std::string> overrides(const fs::path& dir, const std::string& out,
@@ -221,15 +208,6 @@ TEST(Distill, FollowerMseEqualsAnFp64Reference) {
   EXPECT_NEAR(t.total.item<double>(), expect, 1e-5 * expect);
 }
 
-std::vector<nlohmann::json> read_metrics(const fs::path& out) {
-  std::vector<nlohmann::json> v;
-  std::ifstream f(out / "metrics.jsonl");
-  std::string line;
-  while (std::getline(f, line))
-    if (!line.empty()) v.push_back(nlohmann::json::parse(line));
-  return v;
-}
-
 // Two steps: the first distils (ce and kl logged, loss their weighted sum, ce that of the same
 // step without distillation), the second has stages[1].distill false (cross-entropy only).
 TEST(Distill, RunLogsCrossEntropyAndKl) {
@@ -300,16 +278,6 @@ TEST(Distill, InterruptedRunResumesOntoTheSameCurve) {
   EXPECT_NEAR(c[0]["ce"].get<double>(), a[0]["ce"].get<double>(), 0.01 * a[0]["ce"].get<double>());
 }
 
-std::string read_file(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
-}
-
-void write_file(const fs::path& p, const std::string& bytes) {
-  std::ofstream f(p, std::ios::binary);
-  f << bytes;
-}
-
 TEST(Distill, ResumeWithAnotherWeightOrTeacherIsRefused) {
   const auto dir = test::scratch_dir();
   const fs::path copy = dir / "teacher";
@@ -346,36 +314,6 @@ TEST(Distill, MissingOrMismatchedTeacherIsNamed) {
 }
 
 // ---- two Gloo ranks ----
-
-fs::path cli() { return test::data_dir().parent_path() / "uniattn-train"; }
-
-pid_t spawn(const std::vector<std::string>& args, const std::vector<std::string>& env) {
-  const pid_t pid = fork();
-  if (pid == 0) {
-    std::vector<char*> av, ev;
-    for (const auto& a : args) av.push_back(const_cast<char*>(a.c_str()));
-    av.push_back(nullptr);
-    for (char** e = environ; *e; ++e) ev.push_back(*e);
-    for (const auto& e : env) ev.push_back(const_cast<char*>(e.c_str()));
-    ev.push_back(nullptr);
-    execve(args[0].c_str(), av.data(), ev.data());
-    _exit(127);
-  }
-  return pid;
-}
-
-int free_port() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  const bool ok = bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
-                  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0;
-  close(fd);
-  EXPECT_TRUE(ok);
-  return ntohs(a.sin_port);
-}
 
 // Each rank runs its own teacher on its share of the global batch; the summed losses, their parts
 // and the gradients equal one process's.

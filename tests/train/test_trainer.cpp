@@ -23,30 +23,17 @@
 #include <unistd.h>
 
 #include "test_util.h"
-#include "uniattn/model/checkpoint.h"
+#include "train/train_test_util.h"
 #include "uniattn/error.h"
 #include "uniattn/io/safetensors.h"
+#include "uniattn/model/checkpoint.h"
 #include "uniattn/train/train.h"
 
 namespace uniattn {
 namespace {
 
 namespace fs = std::filesystem;
-
-void write_tokens(const fs::path& p, int n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::ofstream f(p);
-  for (int i = 0; i < n; ++i) {
-    const int len = 8 + static_cast<int>(rng() % 17);
-    const int prompt = 2 + static_cast<int>(rng() % static_cast<unsigned>(len - 3));
-    nlohmann::json ids = nlohmann::json::array(), mask = nlohmann::json::array();
-    for (int j = 0; j < len; ++j) {
-      ids.push_back(static_cast<int>(rng() % 97));
-      mask.push_back(j >= prompt ? 1 : 0);
-    }
-    f << nlohmann::json{{"ids", ids}, {"loss_mask", mask}}.dump() << "\n";
-  }
-}
+using namespace train_test;
 
 // The shipped tiny config pointed at the fixture model and fresh data in `dir`.
 std::vector<std::string> base_overrides(const fs::path& dir, const std::string& out) {
@@ -62,15 +49,6 @@ TrainConfig tiny_config(const fs::path& dir, const std::string& out,
   auto ov = base_overrides(dir, out);
   ov.insert(ov.end(), extra.begin(), extra.end());
   return TrainConfig::load((test::source_dir() / "configs" / "tiny-cpu-smoke.yaml").string(), ov);
-}
-
-std::vector<nlohmann::json> read_metrics(const fs::path& out) {
-  std::vector<nlohmann::json> v;
-  std::ifstream f(out / "metrics.jsonl");
-  std::string line;
-  while (std::getline(f, line))
-    if (!line.empty()) v.push_back(nlohmann::json::parse(line));
-  return v;
 }
 
 void expect_same_curve(const std::vector<nlohmann::json>& a, const std::vector<nlohmann::json>& b,
@@ -97,76 +75,6 @@ double model_diff(const fs::path& a, const fs::path& b) {
   for (auto& kv : ma->named_parameters())
     d = std::max(d, (kv.value() - pb[kv.key()]).abs().max().item<double>());
   return d;
-}
-
-fs::path cli() { return test::data_dir().parent_path() / "uniattn-train"; }
-
-// Runs args[0] with `env` added; its stderr goes to `log` when given.
-pid_t spawn(const std::vector<std::string>& args, const std::vector<std::string>& env,
-            const fs::path& log = {}) {
-  const pid_t pid = fork();
-  if (pid == 0) {
-    if (!log.empty()) {
-      std::FILE* f = std::fopen(log.c_str(), "w");
-      if (f) dup2(fileno(f), 2);
-    }
-    std::vector<char*> av, ev;
-    for (const auto& a : args) av.push_back(const_cast<char*>(a.c_str()));
-    av.push_back(nullptr);
-    for (char** e = environ; *e; ++e) ev.push_back(*e);
-    for (const auto& e : env) ev.push_back(const_cast<char*>(e.c_str()));
-    ev.push_back(nullptr);
-    execve(args[0].c_str(), av.data(), ev.data());
-    _exit(127);
-  }
-  return pid;
-}
-
-// A TCP port on 127.0.0.1 that no one listens on now (the kernel's choice for port 0), so that
-// concurrent test processes do not meet at one rendezvous port.
-int free_port() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  EXPECT_GE(fd, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = 0;
-  socklen_t len = sizeof a;
-  const bool ok = bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
-                  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0;
-  close(fd);
-  EXPECT_TRUE(ok);
-  return ntohs(a.sin_port);
-}
-
-int exit_code(int status) {
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
-int wait_exit(pid_t pid) {
-  int status = 0;
-  waitpid(pid, &status, 0);
-  return exit_code(status);
-}
-
-// Like wait_exit, but kills the process after `limit` and then returns -1.
-int wait_exit_within(pid_t pid, std::chrono::seconds limit) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  int status = 0;
-  while (waitpid(pid, &status, WNOHANG) == 0) {
-    if (std::chrono::steady_clock::now() > end) {
-      kill(pid, SIGKILL);
-      waitpid(pid, &status, 0);
-      return -1;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return exit_code(status);
-}
-
-std::string read_file(const fs::path& p) {
-  std::ifstream f(p);
-  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
 }
 
 std::vector<std::string> cli_args(const fs::path& dir, const std::string& out,
@@ -494,11 +402,6 @@ std::map<std::string, std::string> snapshot(const fs::path& dir) {
   for (const auto& e : fs::recursive_directory_iterator(dir))
     if (e.is_regular_file()) m[fs::relative(e.path(), dir).string()] = read_file(e.path());
   return m;
-}
-
-void write_file(const fs::path& p, const std::string& bytes) {
-  std::ofstream f(p, std::ios::binary);
-  f << bytes;
 }
 
 std::vector<nlohmann::json> read_jsonl(const fs::path& p) {
