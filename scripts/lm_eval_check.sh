@@ -15,6 +15,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+# shellcheck source=scripts/lm_eval_task.sh
+source scripts/lm_eval_task.sh
 bin=${UNIATTN_BUILD_DIR:-build}
 work=$bin/lm-eval-check
 n=${N:-100}
@@ -51,28 +53,8 @@ echo "[lm_eval_check] uniattn-eval on $n questions of $task_file"
 "$bin/uniattn-eval" --model "$ckpt" --tasks local_mc --data-dir "$work/data" --items --quiet \
   --out "$work/uniattn_eval.json" >/dev/null
 
-# lm-evaluation-harness task over the local file: context = question, continuation = " " + choice,
-# acc and acc_norm by log-likelihood (its standard multiple_choice output type).
-cat > "$work/tasks/local_mc.yaml" <<EOF
-task: local_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: $items
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{question}}"
-doc_to_choice: choices
-doc_to_target: answer
-target_delimiter: " "
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-  - metric: acc_norm
-    aggregation: mean
-    higher_is_better: true
-EOF
+# The lm-evaluation-harness task over the same file (scripts/lm_eval_task.sh).
+write_local_mc_task "$work/tasks" "$items"
 echo "[lm_eval_check] lm_eval --model hf (trust_remote_code) on the same questions"
 rm -rf "$work/lm_eval"
 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HOME="$root/$work/hf-home" \

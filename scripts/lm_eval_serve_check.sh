@@ -15,6 +15,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+# shellcheck source=scripts/lm_eval_task.sh
+source scripts/lm_eval_task.sh
 bin=${UNIATTN_BUILD_DIR:-build}
 work=$bin/lm-eval-serve-check
 n=${N:-20}
@@ -41,26 +43,7 @@ items=$work/data/local_mc.jsonl
 head -n "$n" "$task_file" > "$items"
 "$bin/uniattn-eval" --model "$model" "${extra[@]}" --tasks local_mc --data-dir "$work/data" \
   --items --quiet --out "$work/uniattn_eval.json" >/dev/null
-cat > "$work/tasks/local_mc.yaml" <<EOF
-task: local_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: $items
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{question}}"
-doc_to_choice: choices
-doc_to_target: answer
-target_delimiter: " "
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-  - metric: acc_norm
-    aggregation: mean
-    higher_is_better: true
-EOF
+write_local_mc_task "$work/tasks" "$items"
 "$bin/uniattn-serve" --model "$model" "${extra[@]}" --port 0 --served-model-name served \
   > "$work/serve.out" 2> "$work/serve.log" &
 server=$!
