@@ -6,7 +6,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE.parent.parent
-# The oracle helpers of tests/fixtures (chat templates, tokenizer conversions, GGUF layout).
+# The oracle helpers of tests/fixtures (fixture_common.py; chat templates, tokenizer conversions).
 sys.path.insert(0, str(HERE.parent / "fixtures"))
 
 GEMMA3_270M = "gemma-3-270m-q4_k_m.gguf"
@@ -33,15 +33,3 @@ def gemma3_270m_gguf(out: Path):
     pkg.assemble(tmp, overwrite=True)
     os.replace(tmp, path)
     return path
-
-
-def data_file(package, name):
-    """A data file shipped inside an installed package, or None."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for loc in spec.submodule_search_locations:
-        path = os.path.join(loc, "data", name)
-        if os.path.isfile(path):
-            return path
-    return None

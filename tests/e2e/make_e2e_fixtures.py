@@ -40,16 +40,17 @@ import shutil
 from pathlib import Path
 
 import e2e_common  # noqa: F401  (puts tests/fixtures on sys.path)
-from e2e_common import data_file, gemma3_270m_gguf
+from e2e_common import gemma3_270m_gguf
 
 import gguf
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from fixture_common import (add_gguf_hparams, add_gguf_tensors, data_file, eager_model, finish_gguf,
+                            llama3_rope_factors)
 from make_chat_template_fixtures import GEMMA2, GEMMA3, LLAMA31, MISTRAL_V01
 from make_eval_fixtures import ALPACA, ALPACA_NO_INPUT, QUESTIONS as EVAL_QUESTIONS, harness_split
-from make_gguf_import_fixtures import llama3_rope_factors, permute
 from make_tokenizer_fixtures import LLAMA3_REGEX, from_spm_dir, legacy_layout, training_text
 
 # meta-llama/Llama-2-7b-chat-hf, tokenizer_config.json "chat_template".
@@ -221,13 +222,7 @@ def add_gemma_vocab(w: gguf.GGUFWriter, reader) -> None:
 
 def gguf_meta(w: gguf.GGUFWriter, cfg, family: str) -> None:
     """The hyperparameters convert_hf_to_gguf.py writes for the family."""
-    w.add_context_length(cfg.max_position_embeddings)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_block_count(cfg.num_hidden_layers)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_head_count(cfg.num_attention_heads)
-    w.add_head_count_kv(cfg.num_key_value_heads)
-    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    add_gguf_hparams(w, cfg)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
     if family in ("llama2", "mistral", "llama3"):
         w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
@@ -252,37 +247,16 @@ def write_gguf(path: Path, model, family: str, add_vocab, template: str, rope_fr
     gguf_meta(w, cfg, family)
     add_vocab(w)
     w.add_chat_template(template)
-    tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], cfg.num_hidden_layers)
-    gemma = arch.startswith("gemma")
-    for name, t in model.state_dict().items():
-        if gemma and name == "lm_head.weight":
-            continue  # tied to the embedding
-        data = t.detach().float().numpy().copy()
-        if arch == "llama" and name.endswith("q_proj.weight"):
-            data = permute(data, cfg.num_attention_heads, cfg.num_attention_heads)
-        if arch == "llama" and name.endswith("k_proj.weight"):
-            data = permute(data, cfg.num_attention_heads, cfg.num_key_value_heads)
-        if gemma and name.endswith("norm.weight"):
-            data = data + 1.0
-        new = tmap.get_name(name, try_suffixes=(".weight", ".bias"))
-        assert new is not None, name
-        w.add_tensor(new, data)
-    if rope_freqs is not None:
-        w.add_tensor("rope_freqs.weight", rope_freqs)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    add_gguf_tensors(w, model, arch, rope_freqs)
+    finish_gguf(w)
 
 
 # ---- models --------------------------------------------------------------------------------------
 
 def random_model(cfg, seed: int):
-    """Random weights with visible norms (and, for Gemma, norm offsets around 0)."""
-    from transformers import AutoModelForCausalLM
-    torch.manual_seed(seed)
-    cfg._attn_implementation = "eager"
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    """Random weights with visible norms (and, for Gemma, norm offsets around 0). Kept apart from
+    make_gguf_import_fixtures.build, which draws with other spreads for its own checks."""
+    model = eager_model(cfg, seed)
     gemma = cfg.model_type.startswith("gemma")
     with torch.no_grad():
         for n, p in model.named_parameters():
