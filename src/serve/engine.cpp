@@ -68,6 +68,19 @@ struct Row {
   int64_t n = 0;
 };
 
+// A row whose sequence has fed all its tokens and gets its next one in this step.
+struct Ready {
+  Sequence* seq = nullptr;
+  at::Tensor logits;  // float [V] of its last position (a view into the step's logits)
+};
+
+// Greedy with no penalty: the token is the argmax of the raw logits, so these rows of a step share
+// one argmax. Log-probabilities do not change the token (they are computed apart).
+bool plain_greedy(const EngineRequest& r) {
+  return r.sampling.greedy() && r.sampling.repetition_penalty == 1.0 && r.frequency_penalty == 0 &&
+         r.presence_penalty == 0;
+}
+
 int64_t blocks_for(int64_t tokens, int64_t bs) { return (tokens + bs - 1) / bs; }
 
 TokenLogprob logprob_of(const at::Tensor& logp_row, int32_t token, int64_t top_n) {
@@ -223,47 +236,101 @@ struct Engine::Impl {
     }
   }
 
-  int32_t sample(Sequence& s, at::Tensor logits) {
-    logits = logits.unsqueeze(0).clone();
-    if (s.req.frequency_penalty != 0 || s.req.presence_penalty != 0) {
-      for (auto [tok, c] : s.counts)
-        logits[0][tok] -= s.req.frequency_penalty * double(c) + s.req.presence_penalty;
-    }
-    auto next = select_tokens(logits, s.req.sampling, s.seen, s.gen);
-    return static_cast<int32_t>(next.item<int64_t>());
-  }
-
-  // After a forward: advance each row; rows that caught up sample their next token.
-  void postprocess(const std::vector<Row>& rows, const at::Tensor& logits, bool full) {
+  // Advances every row by the tokens it fed (recording echo's prompt log-probabilities) and
+  // returns the rows that caught up, with the logits of their last position.
+  std::vector<Ready> advance(const std::vector<Row>& rows, const at::Tensor& logits, bool full) {
+    std::vector<Ready> ready;
     for (size_t i = 0; i < rows.size(); ++i) {
       Sequence& s = *rows[i].seq;
       const int64_t n = rows[i].n;
       if (full && s.req.prompt_logprobs && !s.prompt_lp_done)
         record_prompt_logprobs(s, logits[i], n);
       s.computed += n;
-      if (s.computed < s.total()) continue;
-      auto last = full ? logits[i][n - 1] : logits[i][0];
-      const int32_t tok = sample(s, last);
-      SeqOutput o;
-      o.id = s.id;
-      o.prompt_tokens = int64_t(s.req.prompt.size());
-      o.tokens = {tok};
-      if (s.req.logprobs >= 0)
-        o.logprobs.push_back(logprob_of(at::log_softmax(last, -1).cpu(), tok, s.req.logprobs));
-      if (s.req.prompt_logprobs && !s.prompt_lp_done) {
-        o.prompt_logprobs = std::move(s.prompt_lp);
-        s.prompt_lp_done = true;
-      }
-      s.output.push_back(tok);
-      ++s.counts[tok];
-      if (s.seen.defined()) s.seen[0][tok].fill_(true);
-      const auto& stops = s.req.stop_token_ids;
-      if (std::find(stops.begin(), stops.end(), tok) != stops.end())
-        o.finish = Finish::Stop;
-      else if (int64_t(s.output.size()) >= s.req.max_tokens || s.total() >= opt.max_model_len)
-        o.finish = Finish::Length;
-      if (o.finish != Finish::None) alloc->release(s.blocks), s.done = true;
-      s.cb(o);
+      if (s.computed >= s.total()) ready.push_back({&s, logits[i][full ? n - 1 : 0]});
+    }
+    return ready;
+  }
+
+  // A row that samples or has penalties keeps its own generator and `seen` mask, so it is drawn
+  // alone (a draw shared by rows would change each seeded stream). The token stays on the device.
+  static at::Tensor sample_row(Sequence& s, const at::Tensor& row) {
+    auto logits = row.unsqueeze(0);
+    if (s.req.frequency_penalty != 0 || s.req.presence_penalty != 0) {
+      logits = logits.clone();
+      for (auto [tok, c] : s.counts)
+        logits[0][tok] -= s.req.frequency_penalty * double(c) + s.req.presence_penalty;
+    }
+    return select_tokens(logits, s.req.sampling, s.seen, s.gen);
+  }
+
+  // Reading each row's token with .item() costs one device sync per row and step (32 per decode
+  // step at 32 running sequences on a GPU). Instead the plain greedy rows share one argmax, the
+  // other rows' tokens stay on the device, and all come to the host in one copy.
+  static std::vector<int32_t> next_tokens(const std::vector<Ready>& ready) {
+    std::vector<at::Tensor> greedy_rows, parts;
+    std::vector<size_t> order;  // the ready row of each token of cat(parts)
+    for (size_t j = 0; j < ready.size(); ++j) {
+      if (!plain_greedy(ready[j].seq->req)) continue;
+      greedy_rows.push_back(ready[j].logits);
+      order.push_back(j);
+    }
+    if (!greedy_rows.empty()) parts.push_back(at::argmax(at::stack(greedy_rows), -1));
+    for (size_t j = 0; j < ready.size(); ++j) {
+      if (plain_greedy(ready[j].seq->req)) continue;
+      parts.push_back(sample_row(*ready[j].seq, ready[j].logits));
+      order.push_back(j);
+    }
+    const auto host = at::cat(parts).to(at::kCPU, at::kLong).contiguous();
+    const int64_t* tok = host.data_ptr<int64_t>();
+    std::vector<int32_t> out(ready.size());
+    for (size_t k = 0; k < order.size(); ++k) out[order[k]] = static_cast<int32_t>(tok[k]);
+    return out;
+  }
+
+  // Log-softmax of the raw logits of the rows that asked for log-probabilities: one op and one
+  // copy to the host for all of them, not one per row. Undefined for the other rows.
+  static std::vector<at::Tensor> output_logprobs(const std::vector<Ready>& ready) {
+    std::vector<at::Tensor> rows, out(ready.size());
+    for (const Ready& r : ready)
+      if (r.seq->req.logprobs >= 0) rows.push_back(r.logits);
+    if (rows.empty()) return out;
+    const auto logp = at::log_softmax(at::stack(rows), -1).cpu();
+    for (size_t j = 0, k = 0; j < ready.size(); ++j)
+      if (ready[j].seq->req.logprobs >= 0) out[j] = logp[int64_t(k++)];
+    return out;
+  }
+
+  // Appends `tok` to `s` and reports it (with its log-probabilities when `logp` is defined and,
+  // once, echo's prompt log-probabilities); a stop token or the length limit ends `s`.
+  void emit(Sequence& s, int32_t tok, const at::Tensor& logp) {
+    SeqOutput o;
+    o.id = s.id;
+    o.prompt_tokens = int64_t(s.req.prompt.size());
+    o.tokens = {tok};
+    if (logp.defined()) o.logprobs.push_back(logprob_of(logp, tok, s.req.logprobs));
+    if (s.req.prompt_logprobs && !s.prompt_lp_done) {
+      o.prompt_logprobs = std::move(s.prompt_lp);
+      s.prompt_lp_done = true;
+    }
+    s.output.push_back(tok);
+    ++s.counts[tok];
+    if (s.seen.defined()) s.seen[0][tok].fill_(true);
+    const auto& stops = s.req.stop_token_ids;
+    if (std::find(stops.begin(), stops.end(), tok) != stops.end())
+      o.finish = Finish::Stop;
+    else if (int64_t(s.output.size()) >= s.req.max_tokens || s.total() >= opt.max_model_len)
+      o.finish = Finish::Length;
+    if (o.finish != Finish::None) alloc->release(s.blocks), s.done = true;
+    s.cb(o);
+  }
+
+  // After a forward: advance each row; rows that caught up get their next token.
+  void postprocess(const std::vector<Row>& rows, const at::Tensor& logits, bool full) {
+    const auto ready = advance(rows, logits, full);
+    if (!ready.empty()) {
+      const auto tokens = next_tokens(ready);
+      const auto logp = output_logprobs(ready);
+      for (size_t j = 0; j < ready.size(); ++j) emit(*ready[j].seq, tokens[j], logp[j]);
     }
     std::erase_if(running, [](const SeqPtr& s) { return s->done; });
   }

@@ -1,11 +1,15 @@
 // The continuous-batching engine on SmolLM2 (CPU, fp32): greedy output with any interleaving of
 // arrivals, chunked prefill and preemption equals uniattn::generate (itself checked against
 // transformers in tests/infer/test_generate.cpp) for the same prompt, for variants none,
-// uniattn and cla; blocks are all returned; prompt log-probabilities equal a full forward pass's.
+// uniattn and cla; blocks are all returned; prompt log-probabilities equal a full forward pass's;
+// in a batch mixing greedy, seeded sampling, penalties and log-probabilities every request gets
+// what a plain full-forward loop gives it alone.
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
+#include <algorithm>
 #include <map>
+#include <string>
 
 #include "test_util.h"
 #include "uniattn/infer/generate.h"
@@ -139,7 +143,128 @@ TEST_P(EngineTest, PreemptionRecomputesTheSameTokens) {
 
 INSTANTIATE_TEST_SUITE_P(Variants, EngineTest, ::testing::Values("none", "uniattn", "cla"));
 
-class EngineSmol : public EngineTest {};
+// What the engine (or the reference) produced for one request.
+struct Outcome {
+  std::vector<int32_t> tokens;
+  std::vector<serve::TokenLogprob> logprobs, prompt_logprobs;
+  Finish finish = Finish::None;
+};
+
+serve::TokenLogprob logprob_at(const at::Tensor& logp_row, int32_t token, int64_t top_n) {
+  serve::TokenLogprob t;
+  t.token = token;
+  t.logprob = logp_row[token].item<float>();
+  if (top_n <= 0) return t;
+  auto [vals, idx] = at::topk(logp_row, top_n);
+  for (int64_t k = 0; k < top_n; ++k)
+    t.top.emplace_back(int32_t(idx[k].item<int64_t>()), vals[k].item<float>());
+  return t;
+}
+
+void expect_logprobs_near(const std::vector<serve::TokenLogprob>& got,
+                          const std::vector<serve::TokenLogprob>& want, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  for (size_t j = 0; j < got.size(); ++j) {
+    EXPECT_EQ(got[j].token, want[j].token) << what << " " << j;
+    EXPECT_NEAR(got[j].logprob, want[j].logprob, 1e-4) << what << " " << j;
+    ASSERT_EQ(got[j].top.size(), want[j].top.size()) << what << " " << j;
+    for (size_t k = 0; k < got[j].top.size(); ++k) {
+      EXPECT_EQ(got[j].top[k].first, want[j].top[k].first) << what << " " << j << " top " << k;
+      EXPECT_NEAR(got[j].top[k].second, want[j].top[k].second, 1e-4) << what << " " << j;
+    }
+  }
+}
+
+class EngineSmol : public EngineTest {
+ protected:
+  // The request alone, without the engine: a full forward pass over prompt + output for every
+  // token, OpenAI's frequency/presence penalties (logit -= count * frequency + presence for each
+  // output token seen) written out here, then select_tokens with a generator seeded as the
+  // request says (the engine gives each sequence its own).
+  Outcome run_alone(const EngineRequest& r) {
+    c10::InferenceMode guard;
+    Outcome out;
+    auto gen = make_generator(at::kCPU, r.sampling.seed);
+    std::vector<int64_t> ids(r.prompt.begin(), r.prompt.end());
+    std::map<int32_t, int64_t> counts;
+    at::Tensor seen;
+    if (r.sampling.repetition_penalty != 1.0) {
+      seen = at::zeros({1, model_->config().vocab_size}, at::kBool);
+      for (int32_t t : r.prompt) seen[0][t].fill_(true);
+    }
+    while (out.finish == Finish::None) {
+      auto logits = model_->forward(at::tensor(ids).unsqueeze(0)).to(at::kFloat)[0];
+      auto logp = at::log_softmax(logits, -1);
+      if (r.prompt_logprobs && out.tokens.empty())
+        for (size_t j = 0; j + 1 < r.prompt.size(); ++j)
+          out.prompt_logprobs.push_back(logprob_at(logp[j], r.prompt[j + 1], r.logprobs));
+      auto x = logits[-1].unsqueeze(0).clone();
+      for (auto [t, c] : counts) x[0][t] -= r.frequency_penalty * double(c) + r.presence_penalty;
+      const auto tok = int32_t(select_tokens(x, r.sampling, seen, gen).item<int64_t>());
+      if (r.logprobs >= 0) out.logprobs.push_back(logprob_at(logp[-1], tok, r.logprobs));
+      out.tokens.push_back(tok);
+      ids.push_back(tok);
+      ++counts[tok];
+      if (seen.defined()) seen[0][tok].fill_(true);
+      const auto& stop = r.stop_token_ids;
+      if (std::find(stop.begin(), stop.end(), tok) != stop.end())
+        out.finish = Finish::Stop;
+      else if (int64_t(out.tokens.size()) >= r.max_tokens)
+        out.finish = Finish::Length;
+    }
+    return out;
+  }
+
+  // Adds `r` to the engine, collecting what its callbacks report into `out`.
+  static void add_collecting(Engine& e, const EngineRequest& r, Outcome& out) {
+    e.add(r, [&out](const SeqOutput& o) {
+      out.tokens.insert(out.tokens.end(), o.tokens.begin(), o.tokens.end());
+      out.logprobs.insert(out.logprobs.end(), o.logprobs.begin(), o.logprobs.end());
+      if (!o.prompt_logprobs.empty()) out.prompt_logprobs = o.prompt_logprobs;
+      if (o.finish != Finish::None) out.finish = o.finish;
+    });
+  }
+
+  // Requests of every kind the engine's post-forward step tells apart.
+  std::vector<EngineRequest> mixed_requests() {
+    auto with = [&](size_t prompt, int64_t max_tokens, auto&& set) {
+      EngineRequest r = request(prompts()[prompt]);
+      r.max_tokens = max_tokens;
+      set(r);
+      return r;
+    };
+    std::vector<EngineRequest> rs;
+    rs.push_back(with(0, 6, [](EngineRequest&) {}));  // plain greedy
+    rs.push_back(with(1, 8, [](EngineRequest& r) {    // seeded sampling
+      r.sampling.temperature = 0.9;
+      r.sampling.top_k = 50;
+      r.sampling.top_p = 0.95;
+      r.sampling.seed = 7;
+    }));
+    rs.push_back(with(2, 5, [](EngineRequest& r) {  // greedy with logprobs and echo
+      r.logprobs = 3;
+      r.prompt_logprobs = true;
+    }));
+    rs.push_back(with(3, 7, [](EngineRequest& r) {  // sampling with every penalty and logprobs
+      r.sampling.temperature = 1.0;
+      r.sampling.seed = 11;
+      r.sampling.repetition_penalty = 1.3;
+      r.frequency_penalty = 0.8;
+      r.presence_penalty = 0.5;
+      r.logprobs = 2;
+    }));
+    rs.push_back(with(4, 6, [](EngineRequest& r) {  // greedy with penalties
+      r.sampling.repetition_penalty = 1.5;
+      r.frequency_penalty = 1.0;
+    }));
+    rs.push_back(with(0, 6, [](EngineRequest& r) {  // the same seed as row 1, its own stream
+      r.sampling.temperature = 0.7;
+      r.sampling.seed = 7;
+    }));
+    rs.push_back(with(1, 4, [](EngineRequest&) {}));  // a second plain greedy row
+    return rs;
+  }
+};
 
 // An aborted sequence returns its blocks; its callback says Abort.
 TEST_P(EngineSmol, AbortFreesBlocks) {
@@ -205,6 +330,45 @@ TEST_P(EngineSmol, RejectsBadRequests) {
   r.max_tokens = 63;
   test::expect_error([&] { e.add(r, cb); }, "exceeds the context");
   EXPECT_FALSE(e.step());
+}
+
+// A batch mixing plain greedy rows, seeded sampling, greedy and sampling with penalties, logprobs
+// and echo, arriving at different steps and leaving at different lengths: every request gets
+// what it gets alone (tokens, finish reason, log-probabilities). A stop token taken from the
+// greedy row's own output ends it early.
+TEST_P(EngineSmol, MixedBatchEqualsEachRequestAlone) {
+  auto reqs = mixed_requests();
+  const auto greedy_alone = run_alone(reqs[0]);
+  reqs[0].stop_token_ids = {greedy_alone.tokens[2]};
+  std::vector<Outcome> want;
+  for (const auto& r : reqs) want.push_back(run_alone(r));
+  ASSERT_EQ(want[0].finish, Finish::Stop);
+  EXPECT_NE(want[5].tokens,
+            std::vector<int32_t>(greedy_alone.tokens.begin(), greedy_alone.tokens.begin() + 6))
+      << "temperature 0.7 sampled the greedy tokens; the test would not see sampling go wrong";
+
+  EngineOptions o;
+  o.block_size = 4;
+  o.num_blocks = 64;
+  o.prefill_chunk = 6;
+  o.max_model_len = 64;
+  Engine e(model_, o);
+  std::vector<Outcome> got(reqs.size());
+  for (size_t i = 0; i < 4; ++i) add_collecting(e, reqs[i], got[i]);
+  e.step();
+  e.step();
+  for (size_t i = 4; i < reqs.size(); ++i) add_collecting(e, reqs[i], got[i]);
+  int64_t most_running = 0;
+  while (e.step()) most_running = std::max(most_running, e.stats().running);
+  EXPECT_GE(most_running, 5);
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    const auto what = "request " + std::to_string(i);
+    EXPECT_EQ(got[i].tokens, want[i].tokens) << what;
+    EXPECT_EQ(got[i].finish, want[i].finish) << what;
+    expect_logprobs_near(got[i].logprobs, want[i].logprobs, what + " logprobs");
+    expect_logprobs_near(got[i].prompt_logprobs, want[i].prompt_logprobs, what + " prompt");
+  }
+  EXPECT_EQ(e.stats().blocks_free, o.num_blocks);
 }
 
 INSTANTIATE_TEST_SUITE_P(None, EngineSmol, ::testing::Values("none"));
