@@ -2,8 +2,10 @@
 // Several prompts run as one batch; the first streams live, each later one is printed once the
 // ones before it are done. --bench reports TTFT, decode speed and KV cache size on stderr.
 // Generation stops at every end token of the checkpoint (config.json, generation_config.json, a
-// GGUF's eos/eot/eom) and takes its sampling defaults from generation_config.json, as
-// transformers' generate() does; flags given on the command line take precedence.
+// GGUF's eos/eot/eom) and at its generation_config.json stop_strings (after the --stop texts; the
+// output is cut before the stop text, as for --stop, where transformers keeps it), and takes its
+// sampling defaults from generation_config.json, as transformers' generate() does; flags given on
+// the command line take precedence.
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
@@ -73,7 +75,8 @@ void add_options(CLI::App& app, Args& a) {
   app.add_option("--dtype", a.dtype, "f32|bf16")->check(CLI::IsMember({"f32", "bf16"}));
   app.add_flag("--bench", a.bench, "Print TTFT, decode tokens/s and KV bytes/token to stderr");
   app.add_flag("--ignore-eos", a.ignore_eos,
-               "Do not stop at the checkpoint's end tokens (fixed-length benchmarks)");
+               "Do not stop at the checkpoint's end tokens or stop strings (fixed-length "
+               "benchmarks); --stop still applies");
   app.add_flag("--verbose", a.verbose,
                "Print the generation settings in use, and which path (CUDA kernel or ATen) each "
                "operation takes on --device, to stderr");
@@ -94,6 +97,9 @@ uniattn::GenerationConfig generation_settings(const CLI::App& app, const Args& a
   if (given("--top-p")) g.top_p = a.top_p;
   if (given("--repetition-penalty")) g.repetition_penalty = a.repetition_penalty;
   if (given("--max-new-tokens")) g.max_new_tokens = a.max_new_tokens;
+  // The checkpoint's stop strings end a sequence as its end tokens do, so --ignore-eos drops
+  // both (as uniattn-serve's ignore_eos does); the user's own --stop texts still apply.
+  if (a.ignore_eos) g.stop_strings.clear();
   return g;
 }
 
@@ -156,19 +162,6 @@ std::vector<std::vector<int32_t>> encode_prompts(const uniattn::Tokenizer& tok,
     }
   }
   return ids;
-}
-
-void add_stops(const uniattn::Tokenizer& tok, const std::vector<std::string>& stops,
-               uniattn::GenerateOptions& opt) {
-  for (const auto& s : stops) {
-    auto id = tok.find_token(s);
-    const int32_t one[] = {id.value_or(0)};
-    // A special token (one that decodes to nothing) can only be caught by id.
-    if (id && tok.decode(one, /*skip_special=*/true).empty())
-      opt.stop_tokens.push_back(*id);
-    else
-      opt.stop_strings.push_back(s);
-  }
 }
 
 // Prints the batch's text in prompt order: sequence `live` streams; later ones buffer until
@@ -242,6 +235,7 @@ int run(int argc, char** argv) {
   auto lo = uniattn::cli::load_options(a.dtype, a.device, a.variant, a.superblocks, path);
   uniattn::GenerateOptions opt;
   opt.max_new_tokens = 128;
+  opt.stop_strings = a.stops;  // before the checkpoint's, which apply_generation_config adds
   uniattn::apply_generation_config(generation_settings(app, a, path), opt);
   opt.sampling.seed = a.seed;
   opt.stop_at_eos = !a.ignore_eos;
@@ -252,7 +246,7 @@ int run(int argc, char** argv) {
   const auto chat_template = a.chat ? uniattn::ChatTemplate::load(path) : std::nullopt;
   const auto ids =
       encode_prompts(*tok, prompts, a.chat, chat_template ? &*chat_template : nullptr, opt);
-  add_stops(*tok, a.stops, opt);
+  uniattn::cli::special_stops_to_ids(*tok, opt.stop_strings, opt.stop_tokens);
   if (a.verbose) {
     print_settings(opt, model->config(), *tok);
     std::fprintf(stderr, "[generate] kernels: %s", uniattn::kernel_path_report(lo.device).c_str());

@@ -76,7 +76,9 @@ uniattn::CausalLM random_model(const Args& a) {
 }
 
 // End tokens as uniattn-generate uses them: the checkpoint's (generation_config.json, config.json,
-// GGUF eos/eot/eom) and the tokenizer's eos; for chat, the template's end-of-turn too.
+// GGUF eos/eot/eom) and the tokenizer's eos; for chat, the template's end-of-turn too. The
+// checkpoint's stop_strings join every request's `stop` (request_stop_strings), except those that
+// are one special token, which text never shows: they become end tokens, as in uniattn-generate.
 uniattn::serve::ServiceOptions service_options(const Args& a, const std::filesystem::path& path,
                                                const uniattn::CausalLM& model,
                                                const uniattn::Tokenizer& tok,
@@ -88,7 +90,12 @@ uniattn::serve::ServiceOptions service_options(const Args& a, const std::filesys
   auto add = [](std::vector<int32_t>& v, int64_t id) {
     if (std::find(v.begin(), v.end(), int32_t(id)) == v.end()) v.push_back(int32_t(id));
   };
-  for (int64_t id : uniattn::GenerationConfig::load(path).eos_token_ids) add(o.end_tokens, id);
+  const auto g = uniattn::GenerationConfig::load(path);
+  for (int64_t id : g.eos_token_ids) add(o.end_tokens, id);
+  o.stop_strings = g.stop_strings;
+  std::vector<int32_t> special;
+  uniattn::cli::special_stops_to_ids(tok, o.stop_strings, special);
+  for (int32_t id : special) add(o.end_tokens, id);
   for (int64_t id : model->config().eos_token_ids) add(o.end_tokens, id);
   if (tok.eos_id()) add(o.end_tokens, *tok.eos_id());
   try {

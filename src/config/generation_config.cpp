@@ -7,8 +7,8 @@
 
 #include "uniattn/error.h"
 #include "uniattn/io/file_io.h"
-#include "uniattn/io/json_depth.h"
 #include "uniattn/io/gguf.h"
+#include "uniattn/io/json_depth.h"
 
 namespace uniattn {
 
@@ -20,6 +20,11 @@ namespace {
 // transformers' tokenizers number tokens with int32; more end tokens than this is no real model.
 constexpr int64_t kMaxTokenId = (int64_t{1} << 31) - 1;
 constexpr size_t kMaxEndTokens = 1024;
+// Bounds on stop_strings: every stop string is matched against the text at each token, so an
+// unbounded list from a file would cost unbounded time per token. Real checkpoints name a few
+// short strings.
+constexpr size_t kMaxStopStrings = 64;
+constexpr size_t kMaxStopStringBytes = 1024;
 constexpr size_t kMaxJsonBytes = 16u << 20;
 
 json read_json(const fs::path& file) {
@@ -65,6 +70,30 @@ std::vector<int64_t> end_ids(const json& j, const std::string& origin) {
   std::vector<int64_t> ids;
   for (const auto& x : *v) ids.push_back(token_id(x, origin, "eos_token_id"));
   return ids;
+}
+
+// stop_strings: one string, or a list of them (transformers' StopStringCriteria takes either).
+std::vector<std::string> stop_texts(const json& j, const std::string& origin) {
+  const json* v = find(j, "stop_strings");
+  if (!v) return {};
+  std::vector<std::string> out;
+  auto add = [&](const json& x) {
+    UNIATTN_CHECK(x.is_string(), origin,
+                  ": 'stop_strings' must be a string or a list of strings, got ", x.dump());
+    const auto& s = x.get_ref<const std::string&>();
+    UNIATTN_CHECK(!s.empty() && s.size() <= kMaxStopStringBytes, origin,
+                  ": 'stop_strings' holds a string of ", s.size(), " bytes; each must have 1 to ",
+                  kMaxStopStringBytes);
+    if (std::find(out.begin(), out.end(), s) == out.end()) out.push_back(s);
+  };
+  if (!v->is_array()) {
+    add(*v);
+    return out;
+  }
+  UNIATTN_CHECK(v->size() <= kMaxStopStrings, origin, ": 'stop_strings' lists ", v->size(),
+                " strings; at most ", kMaxStopStrings, " are accepted");
+  for (const auto& x : *v) add(x);
+  return out;
 }
 
 std::optional<double> opt_number(const json& j, const char* key, const std::string& origin) {
@@ -176,6 +205,7 @@ GenerationConfig GenerationConfig::from_json(const json& j, const std::string& o
   for (int64_t id : end_ids(j, origin)) g.add_eos(id);
   g.bos_token_id = opt_id(j, "bos_token_id", origin);
   g.pad_token_id = opt_id(j, "pad_token_id", origin);
+  g.stop_strings = stop_texts(j, origin);
   if (const json* v = find(j, "do_sample")) {
     UNIATTN_CHECK(v->is_boolean(), origin, ": 'do_sample' must be true or false, got ", v->dump());
     g.do_sample = v->get<bool>();
@@ -208,6 +238,7 @@ json GenerationConfig::to_json() const {
   if (eos_token_ids.size() == 1) j["eos_token_id"] = eos_token_ids[0];
   if (eos_token_ids.size() > 1) j["eos_token_id"] = eos_token_ids;
   if (pad_token_id) j["pad_token_id"] = *pad_token_id;
+  if (!stop_strings.empty()) j["stop_strings"] = stop_strings;
   if (do_sample) j["do_sample"] = *do_sample;
   if (temperature) j["temperature"] = *temperature;
   if (top_k) j["top_k"] = *top_k;

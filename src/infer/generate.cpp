@@ -302,6 +302,9 @@ void apply_generation_config(const GenerationConfig& g, GenerateOptions& o) {
                   " does not fit a token id");
     o.eos_tokens.push_back(static_cast<int32_t>(id));
   }
+  for (const auto& text : g.stop_strings)
+    if (std::find(o.stop_strings.begin(), o.stop_strings.end(), text) == o.stop_strings.end())
+      o.stop_strings.push_back(text);
   auto& s = o.sampling;
   // transformers' GenerationConfig._get_default_generation_params fill what the file leaves
   // unset; greedy decoding ignores temperature, top_k and top_p.

@@ -1,10 +1,14 @@
 // GenerationConfig: the end tokens and sampling defaults of the fixture checkpoints
 // (tests/fixtures/make_generation_fixtures.py) equal what transformers / llama.cpp read from
-// them, config.json and generation_config.json are merged, and every malformed value is an error
-// naming the file and the key.
+// them, stop_strings are those transformers' generate() matches
+// (tests/fixtures/make_stop_string_fixtures.py), config.json and generation_config.json are
+// merged, and every malformed value is an error naming the file and the key.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
 
 #include "test_util.h"
 #include "uniattn/config/generation_config.h"
@@ -62,6 +66,29 @@ TEST(GenerationConfig, DirectoryValues) {
   EXPECT_FALSE(s.top_k);  // transformers' default 50 applies later
 }
 
+// stop_strings (one string, a list, null, absent) are the strings transformers' generate() stops
+// at (GenerationConfig.from_dict, then StopStringCriteria), each once (a second copy matches
+// nothing the first does not); an empty list, which StopStringCriteria refuses, is none.
+TEST(GenerationConfig, StopStringsAsTransformersReadsThem) {
+  const json rows = json::parse(read_text_file(test::data_dir() / "stop_strings" / "cases.json"));
+  ASSERT_GE(rows.size(), 6u);
+  for (const auto& row : rows) {
+    std::vector<std::string> want;
+    if (!row["stop_strings"].is_null())
+      for (const auto& s : row["stop_strings"].get<std::vector<std::string>>())
+        if (std::find(want.begin(), want.end(), s) == want.end()) want.push_back(s);
+    const auto dir = test::scratch_dir();
+    write_text_atomic(dir / "generation_config.json", row["body"].dump());
+    EXPECT_EQ(GenerationConfig::load(dir).stop_strings, want) << row["body"].dump();
+    EXPECT_EQ(GenerationConfig::from_json(row["body"], "x").stop_strings, want);
+  }
+  // The bounds themselves are accepted: 64 strings, 1 and 1024 bytes.
+  std::vector<std::string> most;
+  for (int i = 0; i < 64; ++i) most.push_back(std::to_string(i));
+  most.back() = std::string(1024, 'x');
+  EXPECT_EQ(GenerationConfig::from_json({{"stop_strings", most}}, "x").stop_strings, most);
+}
+
 TEST(GenerationConfig, GgufKeys) {
   auto eot = GenerationConfig::load(data() / "llama_eot.gguf");
   EXPECT_EQ(eot.eos_token_ids, (std::vector<int64_t>{256, 257}));
@@ -108,8 +135,10 @@ TEST(GenerationConfig, JsonRoundTrip) {
   g.top_p = 0.95;
   g.repetition_penalty = 1.1;
   g.max_new_tokens = 9;
+  g.stop_strings = {"User:", "\n\n"};
   const json j = g.to_json();
   EXPECT_EQ(j["eos_token_id"], json({1, 106}));
+  EXPECT_EQ(j["stop_strings"], json({"User:", "\n\n"}));
   const auto back = GenerationConfig::from_json(j, "x");
   EXPECT_EQ(back.to_json(), j);
   g.eos_token_ids = {7};
@@ -134,6 +163,12 @@ TEST(GenerationConfig, MalformedValuesNameFileAndKey) {
       {R"({"top_k": 2.5})", "'top_k' must be an integer"},
       {R"({"repetition_penalty": 0})", "'repetition_penalty' must be > 0"},
       {R"({"max_new_tokens": -1})", "'max_new_tokens' must be >= 0"},
+      {R"({"stop_strings": 5})", "'stop_strings' must be a string or a list of strings, got 5"},
+      {R"({"stop_strings": ["a", 3]})", "'stop_strings' must be a string or a list of strings"},
+      {R"({"stop_strings": ["a", null]})", "'stop_strings' must be a string or a list"},
+      {R"({"stop_strings": [["a"]]})", "'stop_strings' must be a string or a list of strings"},
+      {R"({"stop_strings": ""})", "'stop_strings' holds a string of 0 bytes; each must have 1"},
+      {R"({"stop_strings": ["a", ""]})", "'stop_strings' holds a string of 0 bytes"},
       {R"([1, 2])", "not a JSON object"},
       {R"({"eos_token_id": )", "not valid JSON"},
   };
@@ -149,6 +184,16 @@ TEST(GenerationConfig, MalformedValuesNameFileAndKey) {
   const auto dir = test::scratch_dir();
   write_text_atomic(dir / "generation_config.json", many.dump());
   expect_error([&] { GenerationConfig::load(dir); }, "lists 1025 ids; at most 1024");
+  // stop_strings: at most 64, each at most 1024 bytes.
+  write_text_atomic(dir / "generation_config.json",
+                    json({{"stop_strings", std::vector<std::string>(65, "a")}}).dump());
+  expect_error([&] { GenerationConfig::load(dir); },
+               "'stop_strings' lists 65 strings; at most 64 are accepted");
+  write_text_atomic(dir / "generation_config.json",
+                    json({{"stop_strings", {"a", std::string(1025, 'x')}}}).dump());
+  expect_error([&] { GenerationConfig::load(dir); },
+               (dir / "generation_config.json").string() +
+                   ": 'stop_strings' holds a string of 1025 bytes; each must have 1 to 1024");
   // config.json's list is checked as well, naming config.json.
   write_text_atomic(dir / "generation_config.json", "{}");
   write_text_atomic(dir / "config.json", R"({"eos_token_id": [1, "x"]})");

@@ -5,7 +5,8 @@
 //    generate() tokens for every case (LLaMA-3 generation_config.json [256, 257], config.json
 //    eos list, Gemma <end_of_turn>, GGUF eot / eom);
 //  * the settings equal those transformers' generate() runs with;
-//  * uniattn-generate stops there and applies the defaults unless a flag says otherwise;
+//  * uniattn-generate stops there (and at generation_config.json stop_strings) and applies the
+//    defaults unless a flag says otherwise;
 //  * save_model / convert_gguf write generation_config.json and tokenizer_config.json that
 //    transformers loads with the source's values (the fixture script's --verify mode);
 //  * the reported case (tests/infer/data/two_end_tokens: [256, 257] in generation_config.json, or
@@ -174,6 +175,41 @@ TEST(EndTokensCli, StopStrings) {
               " --prompt Hi --bench --max-new-tokens 20 --ignore-eos --stop '<|eot_id|>'");
   ASSERT_EQ(r.rc, 0) << r.err;
   EXPECT_NE(r.err.find("generated tokens 1\n"), std::string::npos) << r.err;
+}
+
+// generation_config.json stop_strings: a text ends the sequence before it (transformers' greedy
+// text "ok" cut at "k"), after the user's --stop texts; a special token stops by id, as with
+// --stop; --ignore-eos drops the checkpoint's (the run goes to --max-new-tokens) but not --stop.
+TEST(EndTokensCli, CheckpointStopStrings) {
+  if (!fs::exists(generate_exe())) GTEST_SKIP() << generate_exe() << " not built";
+  const auto text = expected()["gemma_end_of_turn"]["text"].get<std::string>();
+  ASSERT_EQ(text, "ok");
+  const auto dir = test::scratch_dir() / "stops";
+  fs::create_directories(dir);
+  for (const auto& f : fs::directory_iterator(cases().at("gemma_end_of_turn")))
+    if (f.path().filename() != "generation_config.json")
+      fs::copy_file(f.path(), dir / f.path().filename());
+  const std::string model = "--model '" + dir.string() + "' --prompt Hi --bench ";
+  auto tokens = [](const CliRun& r) {
+    const auto at = r.err.find("generated tokens ");
+    return at == std::string::npos ? r.err : r.err.substr(at, r.err.find('\n', at) - at);
+  };
+  // config.json's eos (1) only: without a stop string the run goes on past <end_of_turn>.
+  write_text_atomic(dir / "generation_config.json", R"({"stop_strings": ["zz", "k"]})");
+  auto r = run_cli(model + "--max-new-tokens 20");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(r.out, text.substr(0, text.find('k')) + "\n");
+  EXPECT_EQ(tokens(r), "generated tokens 2");
+  r = run_cli(model + "--max-new-tokens 20 --ignore-eos");
+  EXPECT_EQ(tokens(r), "generated tokens 20");
+  r = run_cli(model + "--max-new-tokens 20 --ignore-eos --stop k");
+  EXPECT_EQ(r.out, text.substr(0, text.find('k')) + "\n");
+  write_text_atomic(dir / "generation_config.json", R"({"stop_strings": "<end_of_turn>"})");
+  r = run_cli(model + "--max-new-tokens 20");
+  EXPECT_EQ(r.out, text + "\n");
+  EXPECT_EQ(tokens(r), "generated tokens 3");
+  write_text_atomic(dir / "generation_config.json", "{}");
+  EXPECT_EQ(tokens(run_cli(model + "--max-new-tokens 20")), "generated tokens 20");
 }
 
 // The settings line (--verbose): the checkpoint's defaults, each flag given replacing one.

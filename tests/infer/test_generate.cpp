@@ -13,6 +13,7 @@
 #include "model/model_test_util.h"
 #include "uniattn/error.h"
 #include "uniattn/infer/generate.h"
+#include "uniattn/io/file_io.h"
 #include "uniattn/model/checkpoint.h"
 
 namespace uniattn {
@@ -161,6 +162,33 @@ TEST_F(SmolGenerate, StopStringsStopTokensAndLength) {
   auto len = generate(*model_, tok_, {prompt(0)}, o);
   EXPECT_EQ(len.tokens[0], std::vector<int32_t>(want.begin(), want.begin() + 4));
   EXPECT_EQ(len.finish[0], FinishReason::Length);
+}
+
+// A checkpoint directory whose generation_config.json names stop_strings: through
+// GenerationConfig::load + apply_generation_config, generation stops there, the text cut before
+// the stop string (transformers would keep "capital" at its end); the caller's own stop strings
+// come first, and one the checkpoint names again is there once.
+TEST_F(SmolGenerate, CheckpointStopStringsStopGeneration) {
+  const auto want = expected("greedy0");
+  const std::string full = tok_->decode(want, true);
+  const auto at = full.find("capital");
+  ASSERT_NE(at, std::string::npos) << full;
+  const auto dir = test::scratch_dir();
+  write_text_atomic(dir / "generation_config.json",
+                    R"({"stop_strings": ["capital", "no such text"]})");
+  GenerateOptions o;
+  o.max_new_tokens = 16;
+  o.stop_strings = {"zzz", "no such text"};
+  apply_generation_config(GenerationConfig::load(dir), o);
+  EXPECT_EQ(o.stop_strings, (std::vector<std::string>{"zzz", "no such text", "capital"}));
+  const auto cut = generate(*model_, tok_, {prompt(0)}, o);
+  EXPECT_EQ(cut.texts[0], full.substr(0, at));
+  EXPECT_EQ(cut.finish[0], FinishReason::StopString);
+  // Without the file's stop string the same run goes past it.
+  GenerateOptions plain;
+  plain.max_new_tokens = 16;
+  const auto on = generate(*model_, tok_, {prompt(0)}, plain);
+  EXPECT_NE(on.texts[0].find("capital"), std::string::npos) << on.texts[0];
 }
 
 TEST_F(SmolGenerate, SamplingIsDeterministicPerSeed) {

@@ -129,4 +129,18 @@ std::unique_ptr<Tokenizer> load_tokenizer_noted(const fs::path& path, const std:
   return tok;
 }
 
+void special_stops_to_ids(const Tokenizer& tok, std::vector<std::string>& strings,
+                          std::vector<int32_t>& ids) {
+  std::vector<std::string> text;
+  for (auto& s : strings) {
+    const auto id = tok.find_token(s);
+    const int32_t one[] = {id.value_or(0)};
+    if (id && tok.decode(one, /*skip_special=*/true).empty())
+      ids.push_back(*id);
+    else
+      text.push_back(std::move(s));
+  }
+  strings = std::move(text);
+}
+
 }  // namespace uniattn::cli

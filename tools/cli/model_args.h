@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "uniattn/model/checkpoint.h"
 
@@ -43,5 +44,13 @@ std::filesystem::path resolve_model_path(const std::string& path);
 // tokenizer.model fallback). Throws as load_tokenizer does.
 std::unique_ptr<Tokenizer> load_tokenizer_noted(const std::filesystem::path& path,
                                                 const std::string& tool);
+
+// Moves each of `strings` that is one special token of `tok` (a token that decodes to nothing
+// once special tokens are skipped, e.g. "<|im_end|>", so text matching never sees it) to `ids`,
+// so that it still ends a sequence, by id; the rest stay in `strings`, in order. uniattn-generate
+// treats its --stop texts and a checkpoint's stop_strings so, uniattn-serve the checkpoint's.
+// transformers' StopStringCriteria matches such a string on the token's own text.
+void special_stops_to_ids(const Tokenizer& tok, std::vector<std::string>& strings,
+                          std::vector<int32_t>& ids);
 
 }  // namespace uniattn::cli

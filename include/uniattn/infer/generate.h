@@ -1,7 +1,7 @@
 // Text generation: batched prefill + decode over a static KV cache, with left padding for ragged
 // prompts, sampling (uniattn/infer/sampling.h), end tokens, stop tokens and stop strings, and
-// streaming of complete UTF-8 text per sequence. A checkpoint's end tokens and sampling defaults
-// come from GenerationConfig::load (uniattn/config/generation_config.h) via
+// streaming of complete UTF-8 text per sequence. A checkpoint's end tokens, stop strings and
+// sampling defaults come from GenerationConfig::load (uniattn/config/generation_config.h) via
 // apply_generation_config.
 //
 // The loop talks to the model only through `Decoder`: prefill(prompts) and step(next tokens) each
@@ -112,11 +112,13 @@ GenerateResult generate(CausalLM& model, const Tokenizer* tokenizer,
 
 // Applies a checkpoint's generation settings as transformers' generate() does when the caller
 // passes none (GenerationModelMixin._prepare_generation_config): its end tokens are added to
-// eos_tokens; do_sample true samples with its temperature, top_k and top_p, each defaulting to
-// transformers' global default (1.0, 50, 1.0: GenerationConfig._get_default_generation_params);
-// do_sample false or unset is greedy (temperature 0); repetition_penalty and max_new_tokens
-// replace the options' values when set. bos/pad are not used. Throws uniattn::Error when an end
-// token does not fit int32.
+// eos_tokens; its stop_strings are added to stop_strings after those already there, each not yet
+// there (so a caller's own stop strings, set before, come first; like them, the output stops
+// before the stop text, where transformers keeps it); do_sample true samples with its temperature,
+// top_k and top_p, each defaulting to transformers' global default (1.0, 50, 1.0:
+// GenerationConfig._get_default_generation_params); do_sample false or unset is greedy (temperature
+// 0); repetition_penalty and max_new_tokens replace the options' values when set. bos/pad are not
+// used. Throws uniattn::Error when an end token does not fit int32.
 void apply_generation_config(const GenerationConfig& config, GenerateOptions& options);
 
 // Turns a token stream into text pieces that hold only complete UTF-8 characters, decoding a

@@ -1,5 +1,6 @@
 #include "serve/http/openai_service.h"
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -9,8 +10,8 @@
 #include <sstream>
 
 #include "uniattn/error.h"
-#include "uniattn/io/json_depth.h"
 #include "uniattn/infer/generate.h"
+#include "uniattn/io/json_depth.h"
 
 namespace uniattn::serve {
 
@@ -52,6 +53,14 @@ struct Channel {
 };
 
 }  // namespace
+
+std::vector<std::string> request_stop_strings(const CompletionRequest& r, const ServiceOptions& o) {
+  std::vector<std::string> stops = r.stop;
+  if (r.ignore_eos) return stops;
+  for (const auto& s : o.stop_strings)
+    if (std::find(stops.begin(), stops.end(), s) == stops.end()) stops.push_back(s);
+  return stops;
+}
 
 struct OpenAIService::Choice {
   size_t index = 0, prompt = 0;
@@ -249,6 +258,7 @@ std::pair<int, std::string> OpenAIService::run(
   std::vector<Choice> choices(job.prompts.size() * size_t(r.n));
   std::map<uint64_t, size_t> by_id;
   const auto start = Clock::now();
+  const auto stops = request_stop_strings(r, opt_);
   auto abort_open = [&] {
     for (auto& c : choices)
       if (!c.done && c.seq) engine_.abort(c.seq);
@@ -257,7 +267,7 @@ std::pair<int, std::string> OpenAIService::run(
     auto& c = choices[i];
     c.index = i;
     c.prompt = i / size_t(r.n);
-    c.stream = std::make_unique<TextStream>(tok_, r.stop);
+    c.stream = std::make_unique<TextStream>(tok_, stops);
     try {
       c.seq = engine_.add(engine_request(job, c.prompt, int64_t(i % size_t(r.n))),
                           [chan](const SeqOutput& o) {

@@ -1,8 +1,9 @@
 // The OpenAI-compatible service behind uniattn-serve, without sockets: it turns a request body
 // into engine sequences (tokenisation, the model's chat template, end tokens, n samples per
-// prompt), follows their tokens (detokenisation and stop strings through TextStream), and writes
-// OpenAI response bodies, server-sent-event chunks, /v1/models and Prometheus /metrics. The HTTP
-// server (tools/uniattn_serve.cpp) only routes requests here.
+// prompt), follows their tokens (detokenisation and stop strings, the request's and the
+// checkpoint's, through TextStream), and writes OpenAI response bodies, server-sent-event chunks,
+// /v1/models and Prometheus /metrics. The HTTP server (tools/uniattn_serve.cpp) only routes
+// requests here.
 #pragma once
 #include <atomic>
 #include <functional>
@@ -23,7 +24,17 @@ struct ServiceOptions {
   int64_t max_model_len = 0;
   std::vector<int32_t> end_tokens;       // end every sequence unless ignore_eos
   std::vector<int32_t> chat_end_tokens;  // further end-of-turn ids for chat requests
+  // The checkpoint's stop_strings (generation_config.json): text that ends every sequence unless
+  // ignore_eos, cut from the output as a request's `stop` is (transformers keeps it).
+  std::vector<std::string> stop_strings;
 };
+
+// The stop strings of one request: its own `stop`, then each of options.stop_strings it does not
+// name already. ignore_eos leaves the checkpoint's out, as it leaves out options.end_tokens: both
+// are the checkpoint's own end of a sequence, and ignore_eos asks for a run to max_tokens (load
+// tests, benchmarks); the request's `stop` still applies, as vLLM's ignore_eos leaves `stop` alone.
+std::vector<std::string> request_stop_strings(const CompletionRequest& request,
+                                              const ServiceOptions& options);
 
 // A validated, tokenised request.
 struct Job {
