@@ -301,6 +301,7 @@ TrainRunConfig read_training(const YAML::Node& node, const std::string& origin) 
     fail(origin, ": training.device is '", t.device, "'; expected auto, cpu or cuda[:N]");
   r.positive("grad_clip", t.grad_clip, true);
   r.read("activation_checkpointing", t.activation_checkpointing);
+  r.read("fused_linear_cross_entropy", t.fused_linear_cross_entropy);
   r.read("seed", t.seed);
   r.one_of("nan_policy", t.nan_policy, {"stop", "skip"});
   r.positive("log_every", t.log_every);
@@ -478,6 +479,8 @@ std::string TrainConfig::to_yaml() const {
   e << YAML::Key << "device" << YAML::Value << training.device;
   e << YAML::Key << "grad_clip" << YAML::Value << training.grad_clip;
   e << YAML::Key << "activation_checkpointing" << YAML::Value << training.activation_checkpointing;
+  e << YAML::Key << "fused_linear_cross_entropy" << YAML::Value
+    << training.fused_linear_cross_entropy;
   e << YAML::Key << "seed" << YAML::Value << training.seed;
   e << YAML::Key << "nan_policy" << YAML::Value << training.nan_policy;
   e << YAML::Key << "log_every" << YAML::Value << training.log_every;

@@ -145,7 +145,7 @@ at::Tensor CausalLMImpl::logits(const at::Tensor& hidden, bool last_only) {
   return logits_after(hidden, {}, last_only);
 }
 
-at::Tensor CausalLMImpl::logits_after(const at::Tensor& hidden, const at::Tensor& pending,
+at::Tensor CausalLMImpl::final_hidden(const at::Tensor& hidden, const at::Tensor& pending,
                                       bool last_only) {
   const auto last = [&](const at::Tensor& t) {
     return last_only ? t.narrow(1, t.size(1) - 1, 1) : t;
@@ -153,15 +153,28 @@ at::Tensor CausalLMImpl::logits_after(const at::Tensor& hidden, const at::Tensor
   auto x = last(hidden);
   const double eps = config_->rms_norm_eps;
   const bool p1 = config_->norm_plus_one;
-  x = pending.defined() ? add_rms_norm(x, last(pending), final_norm_weight_, eps, p1).second
-                        : rms_norm(x, final_norm_weight_, eps, p1);
-  const auto& w = config_->tie_word_embeddings ? embed_weight_ : lm_head_weight_;
-  auto out = at::matmul(x, w.t());
+  return pending.defined() ? add_rms_norm(x, last(pending), final_norm_weight_, eps, p1).second
+                           : rms_norm(x, final_norm_weight_, eps, p1);
+}
+
+const at::Tensor& CausalLMImpl::lm_head_weight() const {
+  return config_->tie_word_embeddings ? embed_weight_ : lm_head_weight_;
+}
+
+at::Tensor CausalLMImpl::logits_after(const at::Tensor& hidden, const at::Tensor& pending,
+                                      bool last_only) {
+  auto out = at::matmul(final_hidden(hidden, pending, last_only), lm_head_weight().t());
   if (config_->final_logit_softcap > 0) {
     const double cap = config_->final_logit_softcap;
     out = at::tanh(out / cap) * cap;
   }
   return out;
+}
+
+at::Tensor CausalLMImpl::head(const at::Tensor& hidden, const at::Tensor& pending,
+                              const ForwardOptions& o) {
+  return o.hidden_only ? final_hidden(hidden, pending, o.last_only)
+                       : logits_after(hidden, pending, o.last_only);
 }
 
 at::Tensor CausalLMImpl::forward(const at::Tensor& input_ids, KVCache* cache,
@@ -179,10 +192,10 @@ at::Tensor CausalLMImpl::forward(const at::Tensor& input_ids, KVCache* cache,
     for (int64_t l = 0; l < config_->num_layers; ++l)
       std::tie(x, pending) = layers_.at(l)->forward_deferred(x, pending, *state);
     if (cache && !options.decode_position.defined()) cache->advance(input_ids.size(1));
-    return logits_after(x, pending, options.last_only);
+    return head(x, pending, options);
   }
   if (cache && !options.decode_position.defined()) cache->advance(input_ids.size(1));
-  return logits(x, options.last_only);
+  return head(x, {}, options);
 }
 
 }  // namespace uniattn

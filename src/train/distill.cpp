@@ -7,6 +7,7 @@
 
 #include <filesystem>
 
+#include "linear_cross_entropy.h"
 #include "model/forward_state.h"
 #include "uniattn/error.h"
 #include "uniattn/model/checkpoint.h"
@@ -151,6 +152,25 @@ at::Tensor target_loss_sum(const at::Tensor& logits, const at::Tensor& ids,
   auto tgt = at::roll(ids, {-1}, {1}).reshape({-1});
   auto ce = at::cross_entropy_loss(lg, tgt, {}, at::Reduction::None);
   return (ce * position_weights(mask)).sum();
+}
+
+at::Tensor target_loss_sum_chunked(const CausalLM& model, const at::Tensor& hidden,
+                                   const at::Tensor& ids, const at::Tensor& mask) {
+  LinearCrossEntropyOptions o;
+  o.softcap = model->config().final_logit_softcap;
+  const auto tgt = at::roll(ids, {-1}, {1}).reshape({-1});
+  return fused_linear_cross_entropy(hidden.reshape({-1, hidden.size(-1)}), model->lm_head_weight(),
+                                    tgt, position_weights(mask), o);
+}
+
+LossTerms chunked_ce_loss(const CausalLM& model, const at::Tensor& hidden, const at::Tensor& ids,
+                          const at::Tensor& mask) {
+  LossTerms t;
+  t.total = target_loss_sum_chunked(model, hidden, ids, mask);
+  t.ce = t.total.detach();
+  t.kl = at::zeros({}, t.ce.options());
+  t.mse = t.kl;
+  return t;
 }
 
 LossTerms micro_batch_loss(const ModelOutputs& student, const ModelOutputs* teacher,

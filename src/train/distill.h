@@ -67,6 +67,16 @@ struct LossTerms {
 // float (mask[i]: ids[i] is scored, predicted at position i - 1).
 at::Tensor target_loss_sum(const at::Tensor& logits, const at::Tensor& ids, const at::Tensor& mask);
 
+// target_loss_sum from the final-normed hidden states [B, L, H] (ForwardOptions::hidden_only)
+// through `model`'s LM head and final soft-cap, chunked (fused_linear_cross_entropy): the logits
+// of the whole micro-batch never exist. Differentiable w.r.t. hidden and the LM head weight.
+at::Tensor target_loss_sum_chunked(const CausalLM& model, const at::Tensor& hidden,
+                                   const at::Tensor& ids, const at::Tensor& mask);
+
+// LossTerms of a micro-batch that does not distil, from target_loss_sum_chunked.
+LossTerms chunked_ce_loss(const CausalLM& model, const at::Tensor& hidden, const at::Tensor& ids,
+                          const at::Tensor& mask);
+
 // The loss of a micro-batch from the student's outputs and, when `teacher` is given, the
 // teacher's on the same ids (its attn for the layers whose student attn are given, same order).
 // `d` must be given with `teacher`. Logits are compared in fp32.

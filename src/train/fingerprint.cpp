@@ -18,10 +18,17 @@ namespace fs = std::filesystem;
 
 // Keys (exact, or a section ending in '.') that change how the work is done but not its result.
 // distributed.zero1 and the world size are checked by the checkpoint reader itself.
-constexpr std::array<const char*, 9> kOperational = {
-    "output_dir",         "training.device",   "training.micro_batch",
-    "training.log_every", "training.progress", "training.activation_checkpointing",
-    "optimizer.fused",    "checkpoint.",       "distributed."};
+// training.fused_linear_cross_entropy computes the same loss in another order of operations.
+constexpr std::array<const char*, 10> kOperational = {"output_dir",
+                                                      "training.device",
+                                                      "training.micro_batch",
+                                                      "training.log_every",
+                                                      "training.progress",
+                                                      "training.activation_checkpointing",
+                                                      "training.fused_linear_cross_entropy",
+                                                      "optimizer.fused",
+                                                      "checkpoint.",
+                                                      "distributed."};
 // Keys that name files: their contents are fingerprinted instead of the path.
 // distill.teacher counts as a file key: "base" leaves it out (model.path's hash covers that
 // teacher), so a change between base and a path shows as a change of files.

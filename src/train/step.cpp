@@ -78,6 +78,28 @@ bool follower_mse_on(const Run& run, const StageTraining& stage) {
   return distilling(run, stage) && run.c.distill->follower_mse > 0;
 }
 
+// Distillation compares the full logits; every other stage can take the chunked LM head + CE.
+bool chunked_ce_on(const Run& run, const StageTraining& stage) {
+  return run.c.training.fused_linear_cross_entropy && !distilling(run, stage);
+}
+
+// The student's forward and its loss (under the caller's autocast); `teacher` when distilling.
+LossTerms student_loss(Run& run, const StageTraining& stage, const at::Tensor& ids,
+                       const at::Tensor& mask, const ModelOutputs* teacher) {
+  ForwardOptions fo;
+  fo.recompute = run.c.training.activation_checkpointing;
+  if (chunked_ce_on(run, stage)) {
+    fo.hidden_only = true;
+    return chunked_ce_loss(run.model, run.model->forward(ids, nullptr, fo), ids, mask);
+  }
+  ModelOutputs student;
+  if (follower_mse_on(run, stage))
+    student = forward_with_attention(run.model, ids, run.followers);
+  else
+    student.logits = run.model->forward(ids, nullptr, fo);
+  return micro_batch_loss(student, teacher, teacher ? &*run.c.distill : nullptr, ids, mask);
+}
+
 // Forward and backward of micro-batch `m` of this rank's share of `batch`; returns its summed
 // loss. `targets` are those of the whole global batch (known on every rank), so that the summed
 // gradients equal those of one process running the full batch. With distillation the teacher
@@ -99,16 +121,7 @@ LossParts micro_batch_backward(Run& run, StageTraining& stage, const std::vector
   at::Tensor loss, parts;
   {
     AutocastScope ac(run.autocast, run.device);
-    ModelOutputs student;
-    if (attn) {
-      student = forward_with_attention(run.model, ids, run.followers);
-    } else {
-      ForwardOptions fo;
-      fo.recompute = c.training.activation_checkpointing;
-      student.logits = run.model->forward(ids, nullptr, fo);
-    }
-    const auto t =
-        micro_batch_loss(student, kd ? &teacher : nullptr, kd ? &*c.distill : nullptr, ids, mask);
+    const auto t = student_loss(run, stage, ids, mask, kd ? &teacher : nullptr);
     auto sum = t.total;
     if (inject_nan) sum = sum * std::numeric_limits<double>::quiet_NaN();
     loss = sum / static_cast<double>(targets);

@@ -52,16 +52,21 @@ TEST(TrainConfig, ParsesValuesAndDefaults) {
   EXPECT_DOUBLE_EQ(c.optimizer.weight_decay, 0.0);
   EXPECT_TRUE(c.optimizer.fused);
   EXPECT_FALSE(c.training.activation_checkpointing);
+  EXPECT_TRUE(c.training.fused_linear_cross_entropy);
 }
 
 TEST(TrainConfig, CheckpointingAndFusedOptimizerRoundTrip) {
-  const auto c = TrainConfig::parse(
-      kMinimal, "cfg.yaml", {"training.activation_checkpointing=true", "optimizer.fused=false"});
+  const auto c =
+      TrainConfig::parse(kMinimal, "cfg.yaml",
+                         {"training.activation_checkpointing=true", "optimizer.fused=false",
+                          "training.fused_linear_cross_entropy=false"});
   EXPECT_TRUE(c.training.activation_checkpointing);
   EXPECT_FALSE(c.optimizer.fused);
+  EXPECT_FALSE(c.training.fused_linear_cross_entropy);
   const auto d = TrainConfig::parse(c.to_yaml());
   EXPECT_TRUE(d.training.activation_checkpointing);
   EXPECT_FALSE(d.optimizer.fused);
+  EXPECT_FALSE(d.training.fused_linear_cross_entropy);
   EXPECT_EQ(d.to_yaml(), c.to_yaml());
 }
 
@@ -93,6 +98,9 @@ TEST(TrainConfig, RejectsUnknownKeysByPath) {
   EXPECT_NE(error_of(y + "bogus: 1\n").find("unknown key bogus"), std::string::npos);
   EXPECT_NE(error_of(y + "training: {global_bach: 4}\n").find("training.global_bach"),
             std::string::npos);
+  EXPECT_NE(error_of(y + "training: {fused_linear_crossentropy: true}\n")
+                .find("unknown key training.fused_linear_crossentropy"),
+            std::string::npos);
   const std::string s = R"(
 output_dir: o
 model: {path: m, variant: none}
@@ -118,6 +126,9 @@ TEST(TrainConfig, RejectsBadValues) {
                 .find("training.activation_checkpointing"),
             std::string::npos);
   EXPECT_NE(error_of(y, {"optimizer.fused=3"}).find("optimizer.fused"), std::string::npos);
+  EXPECT_NE(error_of(y, {"training.fused_linear_cross_entropy=3"})
+                .find("training.fused_linear_cross_entropy"),
+            std::string::npos);
   EXPECT_NE(error_of(y, {"model.wc_init=calibrated"}).find("model.wc_checkpoint is required"),
             std::string::npos);
   EXPECT_NE(error_of(y, {"model.variant=softmax"}).find("'wc' needs model.variant uniattn"),

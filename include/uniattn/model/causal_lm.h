@@ -39,6 +39,11 @@ struct ForwardOptions {
   // gradients are accumulated during the backward pass (reentrant, as PyTorch's checkpoint).
   // Ignored without grad mode or with a cache.
   bool recompute = false;
+  // Return the final-normed hidden states [batch, new_tokens or 1, hidden] (the LM head's input,
+  // model dtype or fp32 under autocast) instead of logits, for losses that apply the LM head
+  // themselves in chunks (uniattn-train's training.fused_linear_cross_entropy): logits =
+  // softcap(hidden @ lm_head_weight()^T) with config().final_logit_softcap.
+  bool hidden_only = false;
 };
 
 class DecoderLayerImpl;
@@ -63,6 +68,9 @@ class CausalLMImpl : public torch::nn::Module {
   at::Tensor run_layer(int64_t layer, const at::Tensor& hidden, ForwardState& state);
   at::Tensor logits(const at::Tensor& hidden, bool last_only);
   std::shared_ptr<DecoderLayerImpl> layer(int64_t i) const;
+  // The LM head's weight [vocab, hidden]: model.embed_tokens.weight when the embeddings are tied,
+  // else lm_head.weight (the parameter itself, so gradients reach it).
+  const at::Tensor& lm_head_weight() const;
 
   const ModelConfig& config() const { return *config_; }
   at::ScalarType dtype() const;
@@ -71,6 +79,10 @@ class CausalLMImpl : public torch::nn::Module {
  private:
   // logits(hidden + pending): the final norm adds the last layer's deferred residual.
   at::Tensor logits_after(const at::Tensor& hidden, const at::Tensor& pending, bool last_only);
+  // The final norm of hidden + pending (pending may be undefined), last position only if asked.
+  at::Tensor final_hidden(const at::Tensor& hidden, const at::Tensor& pending, bool last_only);
+  // What forward() returns from the last layer's output: logits, or options.hidden_only's states.
+  at::Tensor head(const at::Tensor& hidden, const at::Tensor& pending, const ForwardOptions& o);
   std::shared_ptr<const ModelConfig> config_;
   std::vector<std::shared_ptr<DecoderLayerImpl>> layers_;
   at::Tensor embed_weight_, final_norm_weight_, lm_head_weight_;
