@@ -115,12 +115,18 @@ def measure(a):
         torch.cuda.empty_cache()
         data = os.path.join(a.out, name + ".jsonl")
         write_tokens(data, cfg.vocab_size, B, STEPS)
-        # uniattn-train as configured by default (bf16 autocast over fp32 master weights), with
-        # activation checkpointing, and with bf16 weights/gradients/AdamW state (the later --set
-        # wins over the command's training.precision=bf16).
+        # uniattn-train as configured by default (bf16 autocast over fp32 master weights, chunked
+        # LM head + cross-entropy), with activation checkpointing, with bf16 weights/gradients/
+        # AdamW state (the later --set wins over the command's training.precision=bf16), and both
+        # precisions with the full-logits loss (training.fused_linear_cross_entropy=false), so
+        # that the chunked loss's effect is a ratio measured in the same run.
+        full_logits = ["--set", "training.fused_linear_cross_entropy=false"]
+        bf16_weights = ["--set", "training.precision=bf16_weights"]
         for variant, extra in (("none", []),
                                ("none_checkpointing", ["--set", "training.activation_checkpointing=true"]),
-                               ("none_bf16_weights", ["--set", "training.precision=bf16_weights"])):
+                               ("none_bf16_weights", bf16_weights),
+                               ("none_full_logits", full_logits),
+                               ("none_bf16_weights_full_logits", bf16_weights + full_logits)):
             run_dir = f"{a.out}/{name}-{variant}"
             r = subprocess.run(uniattn_cmd(a.build, d, data, B, STEPS, run_dir) + extra,
                                capture_output=True, text=True)
