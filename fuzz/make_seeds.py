@@ -63,6 +63,8 @@ def model_config(test_data):
     put("model_config", "generation", json.dumps({
         "eos_token_id": [1, 7], "do_sample": True, "temperature": 0.7, "top_p": 0.9,
         "top_k": 20, "repetition_penalty": 1.1, "max_new_tokens": 64}))
+    put("model_config", "generation_stop_strings", json.dumps({
+        "eos_token_id": 2, "stop_strings": ["\nUser:", "<|im_end|>", "\u00e9t\u00e9"]}))
     if test_data:
         for p in sorted(glob.glob(os.path.join(test_data, "models", "*", "*config.json"))):
             put_file("model_config", p.split(os.sep)[-2] + "_" + os.path.basename(p), p)
