@@ -180,6 +180,8 @@ class Calibrator {
   void advance(int64_t l, const std::string& phase, bool with_base = true);
   void collect(int64_t l);  // follower: statistics with W_c off at l
   void solve(int64_t l);
+  bool cross_validating() const;  // every fold has tokens (CalibOptions::ridge_folds)
+  std::vector<RidgeFold> ridge_folds() const;
   void set_wc(int64_t l, const at::Tensor& w);  // w [d(+1), d] in fp64 (or loaded fp32)
   void save_progress(int64_t layers_done);
   void tick(int64_t l, const std::string& phase, int64_t batch) {
@@ -201,7 +203,8 @@ class Calibrator {
   std::string fingerprint_;
   std::filesystem::path spill_dir_;
   // Statistics of the follower being solved.
-  Stats fit_, val_, held_;
+  std::vector<Stats> folds_;  // calibration statistics, one per cross-validation fold
+  Stats held_;
   at::Tensor pos_x_, pos_d_;  // reference mode: per-position sums [L, d(+1)], [L, d]
   int64_t pos_n_ = 0;
   CalibResult result_;
@@ -222,7 +225,8 @@ void Calibrator::advance(int64_t l, const std::string& phase, bool with_base) {
 }
 
 void Calibrator::collect(int64_t l) {
-  fit_ = val_ = held_ = Stats{};
+  folds_.assign(folds_.size(), Stats{});
+  held_ = Stats{};
   pos_x_ = pos_d_ = at::Tensor();
   pos_n_ = 0;
   for (size_t i = 0; i < batches_.size(); ++i) {
@@ -237,7 +241,7 @@ void Calibrator::collect(int64_t l) {
     const auto y = wc_target(base_, l, *sb);
     auto d = (y - wc_target(uni_, l, *su)).to(at::kDouble);
     auto x = with_bias_column(su->captured_normed_input[l].to(at::kDouble), bias_);
-    Stats& st = b.part == Part::Fit ? fit_ : b.part == Part::Val ? val_ : held_;
+    Stats& st = b.part == Part::Fit ? folds_[b.fold] : held_;
     st.add(real_rows(x, b.valid), real_rows(d, b.valid), real_rows(y, b.valid));
     if (o_.mode == CalibMode::Reference && b.part == Part::Fit) {
       // Pads included, as in the reference statistics.
@@ -256,8 +260,8 @@ void Calibrator::collect(int64_t l) {
 
 void Calibrator::solve(int64_t l) {
   const auto t0 = Clock::now();
-  Stats all = fit_;
-  all.add(val_);
+  Stats all;
+  for (const auto& f : folds_) all.add(f);
   UNIATTN_CHECK(!all.empty(), "calibration: no calibration tokens at layer ", l);
   const int64_t din = all.xtx.size(0);
   auto lambda_for = [&](const Stats& s, double r) {
@@ -271,20 +275,8 @@ void Calibrator::solve(int64_t l) {
     w = solve_pinv(pos_x_ / static_cast<double>(pos_n_), pos_d_ / static_cast<double>(pos_n_),
                    o_.pinv_rcond);
   } else {
-    double r = 1e-5;  // used when no validation slice exists
-    if (o_.ridge) {
-      r = *o_.ridge;
-    } else if (!val_.empty() && !fit_.empty()) {
-      double best = std::numeric_limits<double>::infinity();
-      for (double c : o_.ridge_candidates) {
-        auto wc = solve_ridge(fit_.xtx, fit_.xtd, lambda_for(fit_, c));
-        const double res = residual_sq(val_.xtx, val_.xtd, val_.dtd, wc);
-        if (res < best) {
-          best = res;
-          r = c;
-        }
-      }
-    }
+    double r = o_.ridge.value_or(1e-5);  // 1e-5: too few examples to cross-validate
+    if (!o_.ridge && cross_validating()) r = select_ridge_kfold(ridge_folds(), o_.ridge_candidates);
     rep.ridge = r;
     rep.lambda = lambda_for(all, r);
     w = solve_ridge(all.xtx, all.xtd, rep.lambda);
@@ -307,7 +299,8 @@ void Calibrator::solve(int64_t l) {
     write_safetensors(o_.work_dir / ("wc_" + std::to_string(l) + ".safetensors"),
                       {tensor_to_write("w", wf, keep)}, {{"fingerprint", fingerprint_}});
   }
-  fit_ = val_ = held_ = Stats{};
+  folds_.assign(folds_.size(), Stats{});
+  held_ = Stats{};
 }
 
 void Calibrator::set_wc(int64_t l, const at::Tensor& w) {
@@ -362,25 +355,39 @@ void Calibrator::prepare_layers() {
     }
 }
 
-// A validation slice (every k-th example) picks the ridge when none is given.
+// Without a fixed ridge, example i of the calibration set goes to cross-validation fold i mod k
+// (CalibOptions::ridge_folds), each fold batched apart so that its statistics stay separate.
 void Calibrator::make_all_batches(const std::vector<TokenizedExample>& calib,
                                   const std::vector<TokenizedExample>& heldout) {
   const auto dev = uni_->device();
-  std::vector<const TokenizedExample*> fit, val, held;
-  const bool want_val =
-      o_.mode == CalibMode::Tokens && !o_.ridge && o_.ridge_val_fraction > 0 && calib.size() >= 10;
-  const size_t every = want_val ? std::max<size_t>(2, std::lround(1.0 / o_.ridge_val_fraction)) : 0;
-  for (size_t i = 0; i < calib.size(); ++i)
-    (want_val && i % every == every - 1 ? val : fit).push_back(&calib[i]);
+  const bool cv = o_.mode == CalibMode::Tokens && !o_.ridge && o_.ridge_folds >= 2 &&
+                  int64_t(calib.size()) >= 2 * o_.ridge_folds;
+  const int64_t k = cv ? o_.ridge_folds : 1;
+  std::vector<std::vector<const TokenizedExample*>> fit(k);
+  std::vector<const TokenizedExample*> held;
+  for (size_t i = 0; i < calib.size(); ++i) fit[int64_t(i) % k].push_back(&calib[i]);
   for (const auto& e : heldout) held.push_back(&e);
-  for (auto& b : make_batches(fit, Part::Fit, o_.batch_tokens, pad_to(), o_.pad_id, dev))
-    batches_.push_back(std::move(b));
-  for (auto& b : make_batches(val, Part::Val, o_.batch_tokens, 0, o_.pad_id, dev))
-    batches_.push_back(std::move(b));
+  folds_.assign(k, Stats{});
+  for (int64_t f = 0; f < k; ++f)
+    for (auto& b : make_batches(fit[f], Part::Fit, o_.batch_tokens, pad_to(), o_.pad_id, dev)) {
+      b.fold = f;
+      batches_.push_back(std::move(b));
+    }
   for (auto& b : make_batches(held, Part::Heldout, o_.batch_tokens, 0, o_.pad_id, dev))
     batches_.push_back(std::move(b));
   for (const auto& b : batches_)
     if (b.part != Part::Heldout) result_.calib_tokens += b.real_tokens;
+}
+
+bool Calibrator::cross_validating() const {
+  return folds_.size() >= 2 &&
+         std::none_of(folds_.begin(), folds_.end(), [](const Stats& f) { return f.empty(); });
+}
+
+std::vector<RidgeFold> Calibrator::ridge_folds() const {
+  std::vector<RidgeFold> out;
+  for (const auto& f : folds_) out.push_back({f.xtx, f.xtd, f.dtd});
+  return out;
 }
 
 // What makes two runs the same: inputs, options that change results, batching.
@@ -390,7 +397,7 @@ std::string Calibrator::make_fingerprint(const std::vector<TokenizedExample>& ca
                        {"mode", calib_mode_name(o_.mode)},
                        {"ridge", o_.ridge ? nlohmann::json(*o_.ridge) : nlohmann::json()},
                        {"candidates", o_.ridge_candidates},
-                       {"val_fraction", o_.ridge_val_fraction},
+                       {"folds", o_.ridge_folds},
                        {"pad_to", pad_to()},
                        {"pad_id", o_.pad_id},
                        {"rcond", o_.pinv_rcond},

@@ -15,12 +15,13 @@
 namespace uniattn::calib {
 
 // Which statistics a batch's tokens feed.
-enum class Part { Fit, Val, Heldout };
+enum class Part { Fit, Heldout };
 
 struct Batch {
   Part part = Part::Fit;
-  at::Tensor ids;        // [B, T] int64, right-padded (pads never influence real tokens: causal)
-  at::Tensor valid;      // [B, T] bool, real tokens
+  int64_t fold = 0;  // Fit: the cross-validation fold of its examples (CalibOptions::ridge_folds)
+  at::Tensor ids;    // [B, T] int64, right-padded (pads never influence real tokens: causal)
+  at::Tensor valid;  // [B, T] bool, real tokens
   at::Tensor loss_mask;  // [B, T] bool, target tokens
   int64_t real_tokens = 0;
 };

@@ -54,6 +54,29 @@ double residual_sq(const at::Tensor& xtx, const at::Tensor& xtd, double dtd, con
   return std::max(0.0, dtd - 2.0 * cross + quad);
 }
 
+double select_ridge_kfold(const std::vector<RidgeFold>& folds,
+                          const std::vector<double>& candidates) {
+  UNIATTN_CHECK(folds.size() >= 2 && !candidates.empty(),
+                "select_ridge_kfold: needs at least 2 folds and a candidate");
+  auto all_xtx = folds[0].xtx.clone(), all_xtd = folds[0].xtd.clone();
+  for (size_t k = 1; k < folds.size(); ++k) {
+    UNIATTN_CHECK(
+        folds[k].xtx.sizes() == all_xtx.sizes() && folds[k].xtd.sizes() == all_xtd.sizes(),
+        "select_ridge_kfold: fold ", k, " has other shapes");
+    all_xtx.add_(folds[k].xtx);
+    all_xtd.add_(folds[k].xtd);
+  }
+  const double d = static_cast<double>(all_xtx.size(0));
+  std::vector<double> sums(candidates.size(), 0.0);
+  for (const auto& f : folds) {
+    const auto xtx = all_xtx - f.xtx, xtd = all_xtd - f.xtd;
+    const double scale = xtx.diagonal().sum().item<double>() / d;
+    for (size_t c = 0; c < candidates.size(); ++c)
+      sums[c] += residual_sq(f.xtx, f.xtd, f.dtd, solve_ridge(xtx, xtd, candidates[c] * scale));
+  }
+  return candidates[std::min_element(sums.begin(), sums.end()) - sums.begin()];
+}
+
 namespace calib {
 
 void Stats::add(const at::Tensor& x, const at::Tensor& d, const at::Tensor& y) {

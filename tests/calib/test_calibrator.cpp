@@ -11,8 +11,8 @@
 #include "model/load/tensor_bytes.h"
 #include "model/model_test_util.h"
 #include "uniattn/calib/calibrate.h"
-#include "uniattn/model/checkpoint.h"
 #include "uniattn/error.h"
+#include "uniattn/model/checkpoint.h"
 
 namespace uniattn {
 namespace {
@@ -173,7 +173,7 @@ TEST(Calib, ResumesAfterInterruptionWithTheSameResult) {
   const auto cal = examples(16, 21), held = examples(4, 22);
   auto base = load(false);
   CalibOptions o;
-  o.batch_tokens = 160;  // ridge auto: exercises the validation slice
+  o.batch_tokens = 160;  // ridge auto: exercises the cross-validation folds (16 examples, 5 folds)
   auto full_uni = load(true);
   auto full = calibrate(base, full_uni, cal, held, o);
 

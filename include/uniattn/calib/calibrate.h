@@ -14,8 +14,8 @@
 #include <vector>
 
 #include "uniattn/data/records.h"
-#include "uniattn/model/causal_lm.h"
 #include "uniattn/io/tokenizer.h"
+#include "uniattn/model/causal_lm.h"
 
 namespace uniattn {
 
@@ -36,10 +36,12 @@ struct CalibProgress {
 struct CalibOptions {
   CalibMode mode = CalibMode::Tokens;
   // Tokens mode: relative ridge r, lambda = r * trace(X^T X) / d. Unset: pick the candidate with
-  // the lowest residual on a validation slice of the calibration examples, then re-solve on all.
+  // the lowest residual summed over ridge_folds-fold cross-validation of the calibration examples
+  // (example i in fold i mod k; select_ridge_kfold), then solve on all. With fewer than 2 folds,
+  // or fewer than 2 examples per fold, r = 1e-5.
   std::optional<double> ridge;
-  std::vector<double> ridge_candidates = {0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2};
-  double ridge_val_fraction = 0.1;
+  std::vector<double> ridge_candidates = {0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0};
+  int64_t ridge_folds = 5;
   // Reference mode: the fixed length every calibration sample is padded to, and the pad id.
   int64_t pad_to = 1024;
   int32_t pad_id = 0;
@@ -95,6 +97,19 @@ at::Tensor solve_ridge(const at::Tensor& xtx, const at::Tensor& xtd, double lamb
 at::Tensor solve_pinv(const at::Tensor& x, const at::Tensor& d, double rcond = 1.0);
 // ||D - X W||^2 from the statistics: dtd - 2 <W, xtd> + <W, xtx W> (clamped at 0).
 double residual_sq(const at::Tensor& xtx, const at::Tensor& xtd, double dtd, const at::Tensor& w);
+
+// The fp64 statistics of X W ~ D over one fold of the calibration tokens: xtx [d, d] = X^T X,
+// xtd [d, k] = X^T D, dtd = ||D||^2.
+struct RidgeFold {
+  at::Tensor xtx, xtd;
+  double dtd = 0.0;
+};
+// k-fold cross-validation of the relative ridge (ESL 7.10): for each candidate r, the summed
+// residual_sq on each fold of solve_ridge fitted on the other folds, with lambda = r *
+// trace(X^T X of those folds) / d. Returns the candidate with the lowest sum (the first on ties).
+// Throws uniattn::Error when fewer than 2 folds or no candidates are given, or shapes differ.
+double select_ridge_kfold(const std::vector<RidgeFold>& folds,
+                          const std::vector<double>& candidates);
 
 // Makes `unified`'s parameters that `base` also has (same name, shape, dtype) share base's
 // storage, so the two models cost one copy of the weights. Returns how many were shared.
