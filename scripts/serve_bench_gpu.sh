@@ -27,7 +27,7 @@
 # PREFILL_CHUNK (2048), RUN_EXTRA (more serve_bench_run.py arguments; e.g. for a CPU dry run:
 #   BUILD=build KV_GB=0.05 RUN_EXTRA="--model smollm2 --device cpu --dtype f32 \
 #     --prompt-tokens 16 --output-tokens 8 --long-prompt-tokens 64 --long-output-tokens 4 \
-#     --static-case decode:2:32" scripts/serve_bench_gpu.sh /tmp/sb).
+#     --static-case decode:2:32" scripts/serve_bench_gpu.sh "$OUT").
 set -u -o pipefail
 cd "$(dirname "$0")/.." || exit 1
 OUT=${1:-${OUT:?give OUT as the first argument or in the environment}}

@@ -17,7 +17,7 @@ unified variants against code that is not our C++.
 
 Run by CTest as test_hf_remote_code; standalone:
   .venv/bin/python tests/python/test_hf_remote_code.py --helper build/uniattn_hf_helper \
-      --generate build/uniattn-generate --work /tmp/hf-remote-code
+      --generate build/uniattn-generate --work build/hf-remote-code
 """
 import argparse
 import json
