@@ -263,10 +263,6 @@ void Calibrator::solve(int64_t l) {
   Stats all;
   for (const auto& f : folds_) all.add(f);
   UNIATTN_CHECK(!all.empty(), "calibration: no calibration tokens at layer ", l);
-  const int64_t din = all.xtx.size(0);
-  auto lambda_for = [&](const Stats& s, double r) {
-    return r * s.xtx.diagonal().sum().item<double>() / static_cast<double>(din);
-  };
   FollowerReport rep;
   rep.layer = l;
   rep.leader = roles_[l].leader;
@@ -278,7 +274,7 @@ void Calibrator::solve(int64_t l) {
     double r = o_.ridge.value_or(1e-5);  // 1e-5: too few examples to cross-validate
     if (!o_.ridge && cross_validating()) r = select_ridge_kfold(ridge_folds(), o_.ridge_candidates);
     rep.ridge = r;
-    rep.lambda = lambda_for(all, r);
+    rep.lambda = ridge_lambda(all.xtx, r);
     w = solve_ridge(all.xtx, all.xtd, rep.lambda);
   }
   rep.solve_seconds = since(t0);

@@ -138,9 +138,7 @@ void CandidateScorer::solve_follower(CausalLM& u, int64_t f, std::vector<at::Ten
     st[i]->captured_attn_residual[f] = st[i]->captured_normed_input[f] = at::Tensor();
   }
   UNIATTN_CHECK(!fit.empty(), "layer search: no calibration tokens");
-  const double lambda =
-      o_.ridge * fit.xtx.diagonal().sum().item<double>() / static_cast<double>(fit.xtx.size(0));
-  auto w = solve_ridge(fit.xtx, fit.xtd, lambda);
+  auto w = solve_ridge(fit.xtx, fit.xtd, ridge_lambda(fit.xtx, o_.ridge));
   auto lin = u->layer(f)->self_attn->w_c;
   lin->weight.copy_(w.narrow(0, 0, c.hidden_size).t());
   if (bias) lin->bias.copy_(w[c.hidden_size]);

@@ -54,6 +54,10 @@ double residual_sq(const at::Tensor& xtx, const at::Tensor& xtd, double dtd, con
   return std::max(0.0, dtd - 2.0 * cross + quad);
 }
 
+double ridge_lambda(const at::Tensor& xtx, double r) {
+  return r * xtx.diagonal().sum().item<double>() / static_cast<double>(xtx.size(0));
+}
+
 double select_ridge_kfold(const std::vector<RidgeFold>& folds,
                           const std::vector<double>& candidates) {
   UNIATTN_CHECK(folds.size() >= 2 && !candidates.empty(),
@@ -66,13 +70,12 @@ double select_ridge_kfold(const std::vector<RidgeFold>& folds,
     all_xtx.add_(folds[k].xtx);
     all_xtd.add_(folds[k].xtd);
   }
-  const double d = static_cast<double>(all_xtx.size(0));
   std::vector<double> sums(candidates.size(), 0.0);
   for (const auto& f : folds) {
     const auto xtx = all_xtx - f.xtx, xtd = all_xtd - f.xtd;
-    const double scale = xtx.diagonal().sum().item<double>() / d;
     for (size_t c = 0; c < candidates.size(); ++c)
-      sums[c] += residual_sq(f.xtx, f.xtd, f.dtd, solve_ridge(xtx, xtd, candidates[c] * scale));
+      sums[c] +=
+          residual_sq(f.xtx, f.xtd, f.dtd, solve_ridge(xtx, xtd, ridge_lambda(xtx, candidates[c])));
   }
   return candidates[std::min_element(sums.begin(), sums.end()) - sums.begin()];
 }

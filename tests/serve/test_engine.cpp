@@ -38,6 +38,16 @@ std::vector<std::vector<int32_t>> prompts() {
 
 constexpr int64_t kNewTokens = 4;
 
+// A pool of `num_blocks` blocks of 4 tokens (small, so that block boundaries fall inside prompts).
+EngineOptions small_blocks(int64_t num_blocks, int64_t prefill_chunk, int64_t max_model_len = 64) {
+  EngineOptions o;
+  o.block_size = 4;
+  o.num_blocks = num_blocks;
+  o.prefill_chunk = prefill_chunk;
+  o.max_model_len = max_model_len;
+  return o;
+}
+
 class EngineTest : public ::testing::TestWithParam<const char*> {
  protected:
   // One model per variant for the whole program (loading the GGUF takes seconds).
@@ -96,11 +106,7 @@ class EngineTest : public ::testing::TestWithParam<const char*> {
 
 // Arrivals at different steps, chunks of 5 prompt tokens, blocks of 4 tokens.
 TEST_P(EngineTest, InterleavedEqualsSequentialGenerate) {
-  EngineOptions o;
-  o.block_size = 4;
-  o.num_blocks = 64;
-  o.prefill_chunk = 5;
-  o.max_model_len = 64;
+  const auto o = small_blocks(64, 5);
   Engine e(model_, o);
   add(e, 0);
   add(e, 1);
@@ -124,11 +130,7 @@ TEST_P(EngineTest, InterleavedEqualsSequentialGenerate) {
 // A pool too small for all sequences at once: the newest are preempted, recomputed later, and
 // still produce the same tokens.
 TEST_P(EngineTest, PreemptionRecomputesTheSameTokens) {
-  EngineOptions o;
-  o.block_size = 4;
-  o.num_blocks = 8;  // 32 slots; prompts 1 and 3 alone need 20 and 25
-  o.prefill_chunk = 32;
-  o.max_model_len = 32;
+  const auto o = small_blocks(8, 32, 32);  // 32 slots; prompts 1 and 3 alone need 20 and 25
   Engine e(model_, o);
   for (size_t i = 0; i < prompts().size(); ++i) add(e, i);
   while (e.step()) {
@@ -268,10 +270,7 @@ class EngineSmol : public EngineTest {
 
 // An aborted sequence returns its blocks; its callback says Abort.
 TEST_P(EngineSmol, AbortFreesBlocks) {
-  EngineOptions o;
-  o.block_size = 4;
-  o.num_blocks = 32;
-  o.max_model_len = 64;
+  const auto o = small_blocks(32, EngineOptions{}.prefill_chunk);
   Engine e(model_, o);
   EngineRequest r = request(prompts()[3]);
   r.max_tokens = 40;
@@ -288,11 +287,7 @@ TEST_P(EngineSmol, AbortFreesBlocks) {
 
 // Prompt log-probabilities (echo) over chunks equal log_softmax of one full forward pass.
 TEST_P(EngineSmol, PromptLogprobsEqualFullForward) {
-  EngineOptions o;
-  o.block_size = 4;
-  o.num_blocks = 32;
-  o.prefill_chunk = 7;
-  o.max_model_len = 64;
+  const auto o = small_blocks(32, 7);
   Engine e(model_, o);
   const auto p = prompts()[3];
   EngineRequest r = request(p);
@@ -347,11 +342,7 @@ TEST_P(EngineSmol, MixedBatchEqualsEachRequestAlone) {
             std::vector<int32_t>(greedy_alone.tokens.begin(), greedy_alone.tokens.begin() + 6))
       << "temperature 0.7 sampled the greedy tokens; the test would not see sampling go wrong";
 
-  EngineOptions o;
-  o.block_size = 4;
-  o.num_blocks = 64;
-  o.prefill_chunk = 6;
-  o.max_model_len = 64;
+  const auto o = small_blocks(64, 6);
   Engine e(model_, o);
   std::vector<Outcome> got(reqs.size());
   for (size_t i = 0; i < 4; ++i) add_collecting(e, reqs[i], got[i]);

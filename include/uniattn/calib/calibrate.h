@@ -95,6 +95,9 @@ at::Tensor solve_ridge(const at::Tensor& xtx, const at::Tensor& xtd, double lamb
 // W = V Sigma^+ U^T D with X = U Sigma V^T, fp64; singular values <= rcond * max(n, d) * eps *
 // s_max are dropped. x [n, d], d [n, k] -> W [d, k].
 at::Tensor solve_pinv(const at::Tensor& x, const at::Tensor& d, double rcond = 1.0);
+// The absolute ridge of a relative one: lambda = r * trace(X^T X) / d, so that r means the same
+// whatever the scale of the inputs. xtx [d, d].
+double ridge_lambda(const at::Tensor& xtx, double r);
 // ||D - X W||^2 from the statistics: dtd - 2 <W, xtd> + <W, xtx W> (clamped at 0).
 double residual_sq(const at::Tensor& xtx, const at::Tensor& xtd, double dtd, const at::Tensor& w);
 
