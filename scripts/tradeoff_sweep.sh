@@ -53,6 +53,11 @@
 # searches skipped; e.g. SEEDS="2 3" in a second command, then render both JSONs together),
 # WORK (default OUT/work: run and calibration folders, GBs; the weights of each run are deleted
 # once it is evaluated, the teachers' at the end, the calibrations are kept).
+# RESUME=1: continue an earlier run of the same commit in the same OUT and WORK (a later command
+#   on the same machine, e.g. after the first hit its budget): every job that finished there (its
+#   OUT/jobs/<name>.done.json names this commit, and its calibration or teacher weights are still
+#   in WORK) is taken as done with its recorded result; the rest is scheduled as usual. Teachers'
+#   weights are kept at the end while a distillation run that needs them has not run.
 # TRADEOFF_SMOKE=1: a dry run of the whole script on the CPU with tiny settings (the 8 shortest
 # training records, the 4 shortest held out, 256 tokens, batch 2, fp32, lrs 1e-4 2e-4, seed 1,
 # 11 followers, JOBS 2, the bench on the SmolLM2 shape at B=1 S=16); GGUF may then be any small
@@ -70,6 +75,7 @@ env = lambda k, d: os.environ.get(k, d)
 JOBS = int(env("JOBS", "2" if SMOKE else "6"))
 BUDGET_S = float(env("BUDGET_S", "1e9" if SMOKE else "480"))
 BENCH_RESERVE_S = float(env("BENCH_RESERVE_S", "100"))
+RESUME = env("RESUME", "") not in ("", "0")
 SKIP_BENCH = env("SKIP_BENCH", "") not in ("", "0")
 SEEDS = [int(s) for s in env("SEEDS", "1" if SMOKE else "1 2 3").split()]
 LRS = env("LRS", "1e-4 2e-4" if SMOKE else "2e-5 5e-5 1e-4 2e-4").split()
@@ -95,7 +101,7 @@ command = " ".join(shlex.quote(a) for a in [script, BUILD, GGUF, DATA_DIR, OUT])
 knobs = " ".join("%s=%s" % (k, shlex.quote(os.environ[k])) for k in
                  ("TRADEOFF_SMOKE", "JOBS", "BUDGET_S", "BENCH_RESERVE_S", "SEEDS", "LRS",
                   "FOLLOWERS", "DATASETS", "LR", "SEARCH_CAL", "SEARCH_HELDOUT", "SKIP_BENCH",
-                  "SPECS_FROM", "DEVICE") if k in os.environ)
+                  "SPECS_FROM", "DEVICE", "RESUME") if k in os.environ)
 if knobs:
     command = knobs + " " + command
 log_lock = threading.Lock()
@@ -183,11 +189,19 @@ def heldout_file(ds):
 
 # ---- jobs --------------------------------------------------------------------------------------
 class Job:
-    def __init__(self, name, kind, steps, deps=(), prio=(0,), est_kind=None, info=None):
+    """A unit of work. `record` (filled by the steps) is what RESUME needs to take the job as done
+    later; `restore(record)` applies it and returns False when the job's files are gone."""
+
+    def __init__(self, name, kind, steps, deps=(), prio=(0,), est_kind=None, info=None,
+                 restore=None):
         self.name, self.kind, self.steps, self.deps, self.prio = name, kind, steps, set(deps), prio
         self.est_kind = est_kind or kind
         self.info = info or {}
-        self.state, self.seconds, self.error = "pending", None, None
+        self.restore = restore or (lambda rec: True)
+        self.state, self.seconds, self.error, self.record = "pending", None, None, {}
+
+    def done_file(self):
+        return "%s/jobs/%s.done.json" % (OUT, self.name)
 
     def run(self):
         t = time.time()
@@ -199,6 +213,19 @@ class Job:
             self.state, self.error = "failed", str(e)
             log("FAILED", self.name, "-", e)
         self.seconds = time.time() - t
+        if self.state == "done":
+            json.dump({"commit": commit, "seconds": self.seconds, "record": self.record},
+                      open(self.done_file(), "w"))
+
+    def resume(self):
+        """RESUME: takes the job as done when an earlier run of this commit finished it."""
+        try:
+            d = json.load(open(self.done_file()))
+        except (OSError, ValueError):
+            return
+        if d.get("commit") != commit or not self.restore(d.get("record", {})):
+            return
+        self.state, self.seconds, self.resumed = "done", d.get("seconds"), True
 
 
 children = set()  # running commands, killed if this script stops early
@@ -238,6 +265,8 @@ calib_dirs, specs_searched, kv_bytes, searches = {}, {}, {}, {}
 def add(job):
     if job.name not in jobs:
         jobs[job.name] = job
+        if RESUME:
+            job.resume()
     return jobs[job.name]
 
 
@@ -255,7 +284,8 @@ def calib_job(ds, spec, deps=()):
             FILES[ds][1], "--superblocks", canon(spec), "--samples", N_TRAIN, "--heldout", 0,
             "--max-len", MAX_LEN, "--device", DEVICE, "--out", out, "--restart"], name)
     prio = (-2,) if ds == "pmc" and canon(spec) == canon(REF_SPEC) else (0,)
-    return add(Job(name, "calib", [step], deps, prio=prio))
+    return add(Job(name, "calib", [step], deps, prio=prio,
+                   restore=lambda rec: os.path.isdir(out)))
 
 
 def kv_job(spec):
@@ -270,8 +300,12 @@ def kv_job(spec):
             args += ["--uniattn", "uniattn", "--superblocks", canon(spec)]
         sh(args, name)
         m = re.findall(r"KV cache (\d+) bytes/token", open("%s/jobs/%s.log" % (OUT, name)).read())
-        kv_bytes[key] = int(m[-1])
-    return add(Job(name, "kv", [step], prio=(0,)))
+        kv_bytes[key] = j.record["kv_bytes_per_token"] = int(m[-1])
+
+    def restore(rec):
+        kv_bytes[key] = rec["kv_bytes_per_token"]
+        return True
+    return add(Job(name, "kv", [step], prio=(0,), restore=restore))
 
 
 def search_job(ds, n):
@@ -286,8 +320,9 @@ def search_job(ds, n):
             "--out", out], name)
         r = json.load(open(out))
         best = canon(r["best"])
+        j.record["best"] = best
         specs_searched[(ds, n)] = best
-        searches[(ds, n)] = {
+        searches[(ds, n)] = j.record["search"] = {
             "dataset": ds, "followers": n, "best": best, "fixed": fixed_spec(n),
             "loss_base": r["loss_base"], "calib_examples": r.get("calib_examples"),
             "heldout_examples": r.get("heldout_examples"),
@@ -296,7 +331,11 @@ def search_job(ds, n):
                      for w in r["rows"]],
             "seconds": r.get("seconds", {}).get("total")}
         log("search %s f=%d: best %s" % (ds, n, best))
-    return add(Job(name, "search", [step], prio=(0,)))
+
+    def restore(rec):
+        specs_searched[(ds, n)], searches[(ds, n)] = rec["best"], rec["search"]
+        return True
+    return add(Job(name, "search", [step], prio=(0,), restore=restore))
 
 
 def run_name(ds, seed, training, spec, lr):
@@ -343,15 +382,23 @@ def train_job(ds, seed, training, spec, lr, prio, deps=(), phase="B"):
             "--dtype", "f32" if DEVICE == "cpu" else "bf16", "--quiet", "--out", ev]
            + (["--max-len", MAX_LEN] if SMOKE else []), name)
         e = json.load(open(ev))["heldout"]
-        results[name] = {"heldout_loss": e["loss"], "heldout_target_tokens": e["target_tokens"],
-                         "heldout_max_len": e.get("max_len"), "heldout_records": e.get("records")}
+        results[name] = j.record["result"] = {
+            "heldout_loss": e["loss"], "heldout_target_tokens": e["target_tokens"],
+            "heldout_max_len": e.get("max_len"), "heldout_records": e.get("records")}
         log("%-60s held-out %.4f" % (name, e["loss"]))
         if training != "ft":  # the fine-tuned model stays: it is the teacher of its seed
             drop_weights(out)
 
+    def restore(rec):
+        if training == "ft" and not os.path.isdir(out + "/final"):
+            return False  # the teacher's weights are gone: train it again
+        results[name] = rec["result"]
+        return True
+
     info = {"dataset": ds, "seed": seed, "training": training, "spec": canon(spec) if spec else "",
             "lr": lr, "phase": phase}
-    return add(Job(name, "train", [do_train, do_eval], deps, prio, est_kind=training, info=info))
+    return add(Job(name, "train", [do_train, do_eval], deps, prio, est_kind=training, info=info,
+                   restore=restore))
 
 
 def drop_weights(out):
@@ -595,6 +642,7 @@ doc = {
     "decode_settings": {"model": BENCH_MODEL, "layers": BENCH_LAYERS, "case": BENCH_CASE,
                         "layout": "groups of 4 aligned to the top layer"},
     "skipped": sorted(n for n, j in jobs.items() if j.state == "skipped"),
+    "resumed": sorted(n for n, j in jobs.items() if getattr(j, "resumed", False)),
     "failed": {n: j.error for n, j in jobs.items() if j.state == "failed"},
     "jobs": {n: {"state": j.state, "seconds": round(j.seconds, 1) if j.seconds else None,
                  "error": j.error} for n, j in sorted(jobs.items())},
@@ -602,9 +650,10 @@ doc = {
     "budget_s": BUDGET_S, "jobs_at_once": JOBS,
 }
 json.dump(doc, open(OUT + "/tradeoff.json", "w"), indent=1)
-# Teachers are no longer needed.
+# Teachers are no longer needed, unless a distillation run of theirs has not run (RESUME).
 for name, j in jobs.items():
-    if j.info.get("training") == "ft":
+    if j.info.get("training") == "ft" and not any(
+            name in k.deps and k.state != "done" for k in jobs.values()):
         drop_weights("%s/%s" % (WORK, name))
 with open(OUT + "/summary.txt", "w") as f:
     f.write("total %.0f s (training %.0f s), lr %s, %d rows, %d skipped, %d failed\n" % (
