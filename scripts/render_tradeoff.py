@@ -134,6 +134,12 @@ def findings(doc, rows):
                        "fine-tuning, %s." % (ds.upper(), f, (kind or "") + (" " if kind else "")
                                               + (training or "unified"), best["kind"],
                                               best["spec"], best["training"], gap, verdict))
+            for other in sorted({r["kind"] for r in cand} - {best["kind"]}) if kind is None else []:
+                r = min((r for r in cand if r["kind"] == other), key=lambda r: r["gap"][0])
+                out.append("  The %s layout (`%s`, %s): %+.3f, %s." % (
+                    other, r["spec"], r["training"], r["gap"][0],
+                    "also within it" if r["gap"][0] <= target else
+                    "%.3f nats short" % (r["gap"][0] - target)))
         for f in sorted({r["followers"] for r in rs}):
             by = {(r["kind"], r["training"]): r["gap"][0] for r in rs if r["followers"] == f}
             parts = []
@@ -186,6 +192,10 @@ def section(doc, json_path):
                  "; ".join("%s %s" % (ds, ", ".join("%s: `%s`" % (n, s) for n, s in m.items()))
                            for ds, m in searched.items()),
                  doc["decode_settings"]["case"], doc["decode_settings"]["layout"]), ""]
+    if doc.get("specs_from"):
+        sf = doc["specs_from"]
+        lines += ["The learning rate and the searched SuperBlocks come from the run at `%s` (`%s`); "
+                  "%s." % (sf["commit"], sf["file"], sf["what"]), ""]
     lines += sweep_lines(doc)
     for ds in doc["datasets"]:
         lines += table_lines(doc, rows, ds)
