@@ -52,21 +52,21 @@ TEST(TrainConfig, ParsesValuesAndDefaults) {
   EXPECT_DOUBLE_EQ(c.optimizer.weight_decay, 0.0);
   EXPECT_TRUE(c.optimizer.fused);
   EXPECT_FALSE(c.training.activation_checkpointing);
-  EXPECT_TRUE(c.training.fused_linear_cross_entropy);
+  EXPECT_FALSE(c.training.fused_linear_cross_entropy);
 }
 
 TEST(TrainConfig, CheckpointingAndFusedOptimizerRoundTrip) {
   const auto c =
       TrainConfig::parse(kMinimal, "cfg.yaml",
                          {"training.activation_checkpointing=true", "optimizer.fused=false",
-                          "training.fused_linear_cross_entropy=false"});
+                          "training.fused_linear_cross_entropy=true"});
   EXPECT_TRUE(c.training.activation_checkpointing);
   EXPECT_FALSE(c.optimizer.fused);
-  EXPECT_FALSE(c.training.fused_linear_cross_entropy);
+  EXPECT_TRUE(c.training.fused_linear_cross_entropy);
   const auto d = TrainConfig::parse(c.to_yaml());
   EXPECT_TRUE(d.training.activation_checkpointing);
   EXPECT_FALSE(d.optimizer.fused);
-  EXPECT_FALSE(d.training.fused_linear_cross_entropy);
+  EXPECT_TRUE(d.training.fused_linear_cross_entropy);
   EXPECT_EQ(d.to_yaml(), c.to_yaml());
 }
 

@@ -1,6 +1,6 @@
 // uniattn-train on a tiny random LLaMA (vocab 97) with random token data: resumption gives the
 // same loss curve as an uninterrupted run, activation checkpointing, the unfused AdamW and the
-// full-logit loss (training.fused_linear_cross_entropy false) keep the curve, SIGTERM checkpoints
+// chunked LM head + cross-entropy (training.fused_linear_cross_entropy true) keep the curve, SIGTERM checkpoints
 // and resumes, non-finite losses stop (naming the step) or are skipped, two Gloo processes match
 // one process on the same global batch (also with checkpointing), bf16 autocast runs on CPU, and
 // bf16 weights (training.precision bf16_weights) train and resume.
@@ -237,7 +237,7 @@ TEST(Train, ActivationCheckpointingAndUnfusedAdamWKeepTheCurve) {
   }
 }
 
-// The chunked LM head + cross-entropy (training.fused_linear_cross_entropy, the default) gives
+// The chunked LM head + cross-entropy (training.fused_linear_cross_entropy=true) gives
 // the curve and weights of the full-logit loss: LLaMA (untied head) and Gemma-2 (tied embeddings,
 // final soft-cap) in fp32, where stage 1 (W_c only) leaves the head frozen; the same under CPU bf16
 // autocast and on bf16 weights within bf16's resolution. The key is operational: a run resumes
@@ -267,9 +267,10 @@ TEST(Train, ChunkedLinearCrossEntropyKeepsTheCurve) {
       {"llama-bf16-weights", {"training.precision=bf16_weights"}, 2e-3, 0}};
   for (const auto& k : cases) {
     SCOPED_TRACE(k.name);
-    auto off_sets = k.sets;
+    auto on_sets = k.sets, off_sets = k.sets;
+    on_sets.push_back("training.fused_linear_cross_entropy=true");
     off_sets.push_back("training.fused_linear_cross_entropy=false");
-    const auto on = tiny_config(dir, k.name + "-on", k.sets);
+    const auto on = tiny_config(dir, k.name + "-on", on_sets);
     const auto off = tiny_config(dir, k.name + "-off", off_sets);
     ASSERT_TRUE(on.training.fused_linear_cross_entropy);
     train(on);
@@ -292,7 +293,7 @@ TEST(Train, ChunkedLinearCrossEntropyKeepsTheCurve) {
   // Switching it on a resume needs no --allow-changed-config.
   EXPECT_TRUE(
       train(tiny_config(dir, "switch",
-                        {"debug.stop_after_steps=4", "training.fused_linear_cross_entropy=false"}))
+                        {"debug.stop_after_steps=4", "training.fused_linear_cross_entropy=true"}))
           .interrupted);
   const auto r = train(tiny_config(dir, "switch"));
   EXPECT_EQ(r.resumed_from, 4);

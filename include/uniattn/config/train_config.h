@@ -87,10 +87,12 @@ struct TrainRunConfig {
   std::string device = "auto";            // auto | cpu | cuda | cuda:N
   double grad_clip = 1.0;                 // 0 = off
   bool activation_checkpointing = false;  // recompute each SuperBlock / layer in backward
-  // Stages without distillation take the loss from the final hidden states through a chunked
-  // LM head + cross-entropy that never holds the logits of the whole micro-batch (src/train/
-  // linear_cross_entropy.h); false, and every stage that distils, compute the full logits.
-  bool fused_linear_cross_entropy = true;
+  // true: stages without distillation take the loss from the final hidden states through a
+  // chunked LM head + cross-entropy that never holds the logits of the whole micro-batch
+  // (src/train/linear_cross_entropy.h), saving memory (2.5-3.6 GiB on the H200 benchmarks) at
+  // 6-21% of throughput (bench/results/train-throughput-h200.json); false, and every stage that
+  // distils, compute the full logits.
+  bool fused_linear_cross_entropy = false;
   uint64_t seed = 42;
   std::string nan_policy = "stop";  // stop | skip
   int64_t log_every = 1;
