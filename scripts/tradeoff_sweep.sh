@@ -55,9 +55,10 @@
 # once it is evaluated, the teachers' at the end, the calibrations are kept).
 # RESUME=1: continue an earlier run of the same commit in the same OUT and WORK (a later command
 #   on the same machine, e.g. after the first hit its budget): every job that finished there (its
-#   OUT/jobs/<name>.done.json names this commit, and its calibration or teacher weights are still
-#   in WORK) is taken as done with its recorded result; the rest is scheduled as usual. Teachers'
-#   weights are kept at the end while a distillation run that needs them has not run.
+#   OUT/jobs/<name>.done.json names this commit, and a calibration's folder is still in WORK) is
+#   taken as done with its recorded result; the rest is scheduled as usual. A fine-tuning run
+#   whose weights are gone is trained again only when a distillation run still needs it as its
+#   teacher; teachers' weights are kept at the end while such a run has not run.
 # TRADEOFF_SMOKE=1: a dry run of the whole script on the CPU with tiny settings (the 8 shortest
 # training records, the 4 shortest held out, 256 tokens, batch 2, fp32, lrs 1e-4 2e-4, seed 1,
 # 11 followers, JOBS 2, the bench on the SmolLM2 shape at B=1 S=16); GGUF may then be any small
@@ -390,13 +391,13 @@ def train_job(ds, seed, training, spec, lr, prio, deps=(), phase="B"):
             drop_weights(out)
 
     def restore(rec):
-        if training == "ft" and not os.path.isdir(out + "/final"):
-            return False  # the teacher's weights are gone: train it again
         results[name] = rec["result"]
         return True
 
     info = {"dataset": ds, "seed": seed, "training": training, "spec": canon(spec) if spec else "",
             "lr": lr, "phase": phase}
+    if training == "distill":
+        info["teacher"] = run_name(ds, seed, "ft", None, lr)
     return add(Job(name, "train", [do_train, do_eval], deps, prio, est_kind=training, info=info,
                    restore=restore))
 
@@ -445,6 +446,11 @@ def schedule(until=None, hook=None):
             return
         pending = sorted((j for j in jobs.values() if j.state == "pending"),
                          key=lambda j: (j.prio, j.name))
+        for j in pending:  # RESUME: a teacher whose weights were dropped is trained again
+            t = jobs.get(j.info.get("teacher", ""))
+            if t is not None and getattr(t, "resumed", False) and not os.path.isdir(
+                    "%s/%s/final" % (WORK, t.name)):
+                t.state, t.resumed = "pending", False
         for j in pending:
             bad = [d for d in j.deps if d in jobs and jobs[d].state in ("failed", "skipped")]
             if bad:
