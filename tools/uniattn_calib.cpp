@@ -17,6 +17,7 @@
 #include "model_args.h"
 #include "uniattn/calib/calibrate.h"
 #include "uniattn/error.h"
+#include "uniattn/error_message.h"
 #include "uniattn/io/file_io.h"
 #include "uniattn/model/checkpoint.h"
 
@@ -302,7 +303,7 @@ int main(int argc, char** argv) {
   try {
     return run(args);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "uniattn-calib: error: %s\n", e.what());
+    std::fprintf(stderr, "uniattn-calib: error: %s\n", uniattn::error_message(e).c_str());
     return 1;
   }
 }

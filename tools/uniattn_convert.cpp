@@ -3,8 +3,9 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 
-#include "uniattn/model/checkpoint.h"
 #include "uniattn/error.h"
+#include "uniattn/error_message.h"
+#include "uniattn/model/checkpoint.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"Convert a GGUF model into a Hugging Face safetensors directory"};
@@ -19,7 +20,7 @@ int main(int argc, char** argv) {
     uniattn::convert_gguf(in, out, st);
     std::printf("wrote %s\n", out.c_str());
   } catch (const std::exception& e) {  // uniattn::Error, and LibTorch's or std's (bad_alloc)
-    std::fprintf(stderr, "uniattn-convert: %s\n", e.what());
+    std::fprintf(stderr, "uniattn-convert: %s\n", uniattn::error_message(e).c_str());
     return 1;
   }
   return 0;

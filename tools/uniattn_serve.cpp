@@ -19,6 +19,7 @@
 #include "serve/http/openai_service.h"
 #include "uniattn/config/generation_config.h"
 #include "uniattn/error.h"
+#include "uniattn/error_message.h"
 #include "uniattn/infer/generate.h"
 #include "uniattn/model/checkpoint.h"
 
@@ -162,7 +163,7 @@ void add_routes(httplib::Server& svr, OpenAIService& service, const std::atomic<
     try {
       std::rethrow_exception(ep);
     } catch (const std::exception& e) {
-      what = e.what();
+      what = uniattn::error_message(e);
     } catch (...) {
     }
     service.count_request(500);

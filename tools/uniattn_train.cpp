@@ -11,6 +11,7 @@
 
 #include "model_args.h"
 #include "uniattn/error.h"
+#include "uniattn/error_message.h"
 #include "uniattn/train/train.h"
 
 namespace {
@@ -88,7 +89,7 @@ int main(int argc, char** argv) {
     }
     return r.interrupted ? 75 : 0;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "uniattn-train: error: %s\n", e.what());
+    std::fprintf(stderr, "uniattn-train: error: %s\n", uniattn::error_message(e).c_str());
     return 1;
   }
 }

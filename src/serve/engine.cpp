@@ -13,6 +13,7 @@
 #include <mutex>
 
 #include "uniattn/error.h"
+#include "uniattn/error_message.h"
 #include "uniattn/model/paged_kv_cache.h"
 
 namespace uniattn::serve {
@@ -346,7 +347,7 @@ struct Engine::Impl {
       for (const Row& r : rows) {
         auto it = std::find(running.begin(), running.end(), r.seq);
         if (it == running.end()) continue;
-        finish(r.seq, Finish::Error, e.what());
+        finish(r.seq, Finish::Error, error_message(e));
         running.erase(it);
       }
     }

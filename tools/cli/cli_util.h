@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "uniattn/error_message.h"
+
 namespace uniattn::cli {
 
 // "a,b,,c" -> {"a", "b", "c"}.
@@ -28,7 +30,7 @@ int guarded_main(const char* tool, Run run, int argc, char** argv) {
     return run(argc, argv);
   } catch (const std::exception& e) {
     std::fflush(stdout);
-    std::fprintf(stderr, "%s: %s\n", tool, e.what());
+    std::fprintf(stderr, "%s: %s\n", tool, error_message(e).c_str());
     return 1;
   }
 }
