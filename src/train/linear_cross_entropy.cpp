@@ -1,5 +1,5 @@
 // Chunked LM head + cross-entropy (linear_cross_entropy.h). Per row chunk: logits z = h_c W^T in
-// the compute dtype, then in fp32 l = softcap(z), loss = w (logsumexp(l) - l[target]) and
+// the compute dtype, then in fp32 l = softcap(z), loss = -w log_softmax(l)[target] and
 // dl = w (softmax(l) - onehot(target)), dz = dl * softcap'(z); dz is rounded to the compute
 // dtype, as autograd's cast back from fp32 logits would, and gives dh_c = dz W and dW += dz^T h_c.
 #include "linear_cross_entropy.h"
@@ -45,10 +45,13 @@ ChunkResult chunk_loss(const at::Tensor& z, const at::Tensor& t, const at::Tenso
     l = th * p.softcap;
   }
   const auto idx = t.unsqueeze(1);
-  const auto lse = at::logsumexp(l, {1});
+  // log_softmax is one fused kernel; logsumexp and a subtraction from the logits would be a
+  // composite of six passes over [C, V] (amax, sub, exp, sum, log, sub) with full-size temporaries.
+  auto logp = at::log_softmax(l, 1);
+  l = at::Tensor();  // the fp32 logits are not needed again: free them before the next pass
   ChunkResult r;
-  r.loss = ((lse - l.gather(1, idx).squeeze(1)) * w).sum();
-  auto g = l.sub_(lse.unsqueeze(1)).exp_();  // softmax, in place of the logits
+  r.loss = -(logp.gather(1, idx).squeeze(1) * w).sum();
+  auto g = logp.exp_();  // softmax, in place of the log-probabilities
   g.scatter_add_(1, idx, at::full({g.size(0), 1}, -1.0, g.options()));
   g.mul_(w.unsqueeze(1));
   if (p.softcap > 0) g.mul_(th.mul_(th).neg_().add_(1.0));  // d softcap(z) / dz = 1 - tanh^2
