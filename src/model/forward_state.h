@@ -6,8 +6,8 @@
 #include <vector>
 
 #include "layers.h"
-#include "uniattn/model/kv_cache.h"
 #include "uniattn/model/causal_lm.h"
+#include "uniattn/model/kv_cache.h"
 
 namespace uniattn {
 
@@ -20,6 +20,7 @@ struct PagedStep {
   at::Tensor write_rows;   // int64 [N]: the real tokens' rows in the flattened [B * T] input
   at::Tensor write_slots;  // int64 [N]: their slots in the pool
   at::Tensor read_slots;   // int64 [B, L]: row i's slots for keys 0..L-1 (masked past its length)
+  at::Tensor key_start;    // int64 [B]: the position of row i's key 0 (0 unless a kept window)
   // Writes x [B, H, T, D] (the new tokens' K or V) into the layer's pool and returns the rows'
   // contexts [B, H, L, D] gathered through their block tables.
   at::Tensor write_k(int64_t layer, const at::Tensor& x) const;

@@ -24,6 +24,9 @@ PagedKVCache::PagedKVCache(const ModelConfig& c, int64_t num_blocks, int64_t blo
     if (r.keeps_v) v_[r.layer] = at::zeros({slots, c.num_kv_heads, c.head_dim}, opts);
   }
   bytes_per_block_ = bytes_per_block(c, block_size, dtype);
+  bool all_sliding = c.sliding_window > 0 && c.num_layers > 0;
+  for (int64_t l = 0; l < c.num_layers; ++l) all_sliding = all_sliding && c.layer_is_sliding(l);
+  if (all_sliding) kept_window_ = c.sliding_window;
   auto freq = at::TensorOptions().dtype(at::kFloat).device(device);
   inv_freq_global_ = rope_inv_freq(c.rope, c.head_dim).to(freq);
   inv_freq_local_ = rope_inv_freq(c.rope_local, c.head_dim).to(freq);
@@ -59,18 +62,27 @@ int64_t slot_of(const std::vector<int32_t>& table, int64_t pos, int64_t block_si
   return id * block_size + pos % block_size;
 }
 
-// The slots to write and read, and the positions [B, T] of the new tokens.
+// The first key position row i reads: 0, or with a kept window the oldest key its first query sees.
+int64_t key_start(const PagedKVCache& cache, int64_t context_len) {
+  const int64_t w = cache.kept_window();
+  return w > 0 ? std::max<int64_t>(0, context_len + 1 - w) : 0;
+}
+
+// The slots to write and read (row i's keys from key_start on), and the positions [B, T] of the
+// new tokens.
 PagedStep build_step(PagedKVCache& cache, const PagedBatch& pb, int64_t t, at::Device dev,
                      at::Tensor& positions, int64_t& max_len) {
   const size_t b = pb.query_lens.size();
   UNIATTN_CHECK(pb.context_lens.size() == b && pb.block_tables.size() == b,
                 "paged batch: context_lens, query_lens and block_tables differ in length");
-  max_len = 1;
+  max_len = 1;  // keys read per row, at most
+  std::vector<int64_t> starts(b);
   for (size_t i = 0; i < b; ++i) {
     UNIATTN_CHECK(pb.query_lens[i] >= 1 && pb.query_lens[i] <= t && pb.context_lens[i] >= 0,
                   "paged batch: row ", i, " has query_len ", pb.query_lens[i], " (input has ", t,
                   " columns) and context_len ", pb.context_lens[i]);
-    max_len = std::max(max_len, pb.context_lens[i] + pb.query_lens[i]);
+    starts[i] = key_start(cache, pb.context_lens[i]);
+    max_len = std::max(max_len, pb.context_lens[i] + pb.query_lens[i] - starts[i]);
   }
   const int64_t bs = cache.block_size(), nb = cache.num_blocks();
   std::vector<int64_t> wrows, wslots, read(b * max_len, 0), pos(b * t);
@@ -81,8 +93,10 @@ PagedStep build_step(PagedKVCache& cache, const PagedBatch& pb, int64_t t, at::D
       wrows.push_back(static_cast<int64_t>(i) * t + j);
       wslots.push_back(slot_of(pb.block_tables[i], ctx + j, bs, nb, i));
     }
-    for (int64_t j = 0; j < len; ++j)
-      read[i * max_len + j] = slot_of(pb.block_tables[i], j, bs, nb, i);
+    // Padding keys (past the row's length) read the row's first key slot; the mask hides them.
+    for (int64_t j = 0; j < max_len; ++j)
+      read[i * max_len + j] =
+          slot_of(pb.block_tables[i], std::min(starts[i] + j, len - 1), bs, nb, i);
   }
   auto opts = at::TensorOptions().dtype(at::kLong);
   const auto bi = static_cast<int64_t>(b);
@@ -92,23 +106,26 @@ PagedStep build_step(PagedKVCache& cache, const PagedBatch& pb, int64_t t, at::D
   s.write_rows = at::tensor(wrows, opts).to(dev);
   s.write_slots = at::tensor(wslots, opts).to(dev);
   s.read_slots = at::tensor(read, opts).view({bi, max_len}).to(dev);
+  s.key_start = at::tensor(starts, opts).to(dev);
   return s;
 }
 
-// bool [B, 1, T, L]: a real query (t < query_len) sees keys j <= its position (and within the
-// window); a padding query sees key 0 only, so its softmax row stays finite.
-at::Tensor paged_mask(const at::Tensor& positions, const PagedBatch& pb, int64_t max_len,
-                      int64_t window) {
+// bool [B, 1, T, L]: a real query (t < query_len) sees the keys at positions <= its own (and
+// within the window); key j of row i is at position key_start[i] + j. A padding query sees key 0
+// only, so its softmax row stays finite.
+at::Tensor paged_mask(const at::Tensor& positions, const at::Tensor& key_start,
+                      const PagedBatch& pb, int64_t max_len, int64_t window) {
   const auto dev = positions.device();
   auto opts = at::TensorOptions().dtype(at::kLong).device(dev);
   const int64_t b = positions.size(0), t = positions.size(1);
-  auto q = positions.unsqueeze(2);                            // [B, T, 1]
-  auto kj = at::arange(max_len, opts).view({1, 1, max_len});  // [1, 1, L]
-  auto m = kj <= q;
-  if (window > 0) m = m & (kj > q - window);
+  auto q = positions.unsqueeze(2);                           // [B, T, 1]
+  auto j = at::arange(max_len, opts).view({1, 1, max_len});  // [1, 1, L]
+  auto kpos = key_start.view({b, 1, 1}) + j;                 // [B, 1, L]
+  auto m = kpos <= q;
+  if (window > 0) m = m & (kpos > q - window);
   auto qlen = at::tensor(pb.query_lens, at::TensorOptions().dtype(at::kLong)).to(dev);
   auto pad = at::arange(t, opts).view({1, t}) >= qlen.view({b, 1});  // [B, T]
-  m = at::where(pad.unsqueeze(2), kj == 0, m);
+  m = at::where(pad.unsqueeze(2), j == 0, m);
   return m.unsqueeze(1);
 }
 
@@ -138,11 +155,11 @@ at::Tensor paged_forward(CausalLM& model, const at::Tensor& input_ids, PagedKVCa
   s->unpadded = false;
   s->causal_global = s->causal_sliding = false;
   if (s->mask_global.defined()) {
-    s->mask_global = paged_mask(positions, pb, max_len, 0);
+    s->mask_global = paged_mask(positions, step.key_start, pb, max_len, 0);
     s->rope_global = rope_tables(cache.inv_freq(false), positions, m.dtype());
   }
   if (s->mask_sliding.defined()) {
-    s->mask_sliding = paged_mask(positions, pb, max_len, c.sliding_window);
+    s->mask_sliding = paged_mask(positions, step.key_start, pb, max_len, c.sliding_window);
     s->rope_sliding = rope_tables(cache.inv_freq(true), positions, m.dtype());
   }
   auto x = m.embed(input_ids);

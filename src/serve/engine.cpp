@@ -33,10 +33,13 @@ class BlockAllocator {
     for (int64_t i = 0; i < n; ++i) table.push_back(free_.back()), free_.pop_back();
     return true;
   }
+  // Returns every block of `table` (entries of -1 were given back already) and clears it.
   void release(std::vector<int32_t>& table) {
-    free_.insert(free_.end(), table.rbegin(), table.rend());
+    for (auto it = table.rbegin(); it != table.rend(); ++it)
+      if (*it >= 0) free_.push_back(*it);
     table.clear();
   }
+  void release_one(int32_t block) { free_.push_back(block); }
 
  private:
   std::vector<int32_t> free_;
@@ -47,8 +50,9 @@ struct Sequence {
   EngineRequest req;
   Engine::Callback cb;
   std::vector<int32_t> output;
-  std::vector<int32_t> blocks;
-  int64_t computed = 0;  // tokens whose K/V are in the cache
+  std::vector<int32_t> blocks;  // block table; -1: given back (left the kept window)
+  int64_t released = 0;         // blocks[0, released) are -1
+  int64_t computed = 0;         // tokens whose K/V are in the cache
   at::Generator gen;
   at::Tensor seen;                    // bool [1, V] when repetition_penalty != 1
   std::map<int32_t, int64_t> counts;  // output token counts (frequency/presence penalties)
@@ -154,6 +158,7 @@ struct Engine::Impl {
     SeqPtr s = running.back();
     running.pop_back();
     alloc->release(s->blocks);
+    s->released = 0;
     s->computed = 0;
     if (!s->prompt_lp_done) s->prompt_lp.clear();
     waiting.push_front(s);
@@ -172,12 +177,26 @@ struct Engine::Impl {
     return true;
   }
 
+  // With a kept window (every layer sliding, PagedKVCache::kept_window), gives back the blocks
+  // that hold only positions this step's queries of `s` no longer see: a query at position p
+  // sees keys from p + 1 - window, so the oldest this step needs is at computed + 1 - window.
+  void release_outside_window(Sequence& s) {
+    const int64_t w = cache->kept_window(), bs = opt.block_size;
+    if (w <= 0) return;
+    const int64_t oldest = s.computed + 1 - w;
+    for (; s.released < int64_t(s.blocks.size()) && (s.released + 1) * bs <= oldest; ++s.released) {
+      alloc->release_one(s.blocks[s.released]);
+      s.blocks[s.released] = -1;
+    }
+  }
+
   // The rows of this step: every running sequence (decode: one token; prefill: a chunk of the
   // prefill budget), then waiting sequences admitted while slots, budget and blocks allow.
   std::vector<Row> schedule() {
     std::vector<Row> rows;
     int64_t budget = opt.prefill_chunk;
     bool preempted = false;
+    for (auto& s : running) release_outside_window(*s);
     for (size_t i = 0; i < running.size(); ++i) {
       SeqPtr s = running[i];
       int64_t n = s->total() - s->computed;

@@ -2,7 +2,9 @@
 // of fixed-size blocks of `block_size` token slots; each sequence owns a block table (its list of
 // block ids), so sequences of any length share one pool and join or leave a batch at any step.
 // It knows UniAttn roles as KVCache does (LayerRole::keeps_k/keeps_v): leaders and ordinary layers
-// keep K and V blocks, Softmax/UniAttn followers V blocks only, CLA followers none.
+// keep K and V blocks, Softmax/UniAttn followers V blocks only, CLA followers none. When every
+// layer attends through a sliding window (Mistral-7B-v0.1), a row's keys older than its window
+// are never read again, so the blocks holding only such keys may be freed (kept_window()).
 //
 // paged_forward() runs the model over a batch whose rows each have their own cached length (the
 // paged counterpart of CausalLM::forward with a KVCache). Its attention path is the ATen
@@ -38,20 +40,26 @@ class PagedKVCache {
   // Bytes per block of `config`'s cache without allocating one (for sizing the pool).
   static int64_t bytes_per_block(const ModelConfig& config, int64_t block_size,
                                  at::ScalarType dtype);
+  // The sliding window when every layer uses one (then a row with c cached tokens reads keys from
+  // position max(0, c + 1 - window) on, and blocks wholly before it may be given back); 0 when
+  // some layer attends over the whole context.
+  int64_t kept_window() const { return kept_window_; }
   // Rotary inverse frequencies of the model (global, local), on the pool's device.
   const at::Tensor& inv_freq(bool sliding) const {
     return sliding ? inv_freq_local_ : inv_freq_global_;
   }
 
  private:
-  int64_t num_blocks_, block_size_, bytes_per_block_ = 0;
+  int64_t num_blocks_, block_size_, bytes_per_block_ = 0, kept_window_ = 0;
   std::vector<at::Tensor> k_, v_;
   at::Tensor inv_freq_global_, inv_freq_local_;
 };
 
 // One step's batch (vLLM's AttentionMetadata): row i has `context_lens[i]` tokens already in the
 // cache and `query_lens[i]` >= 1 new tokens, the first query_lens[i] entries of its input row
-// (right padding after them). Its block table must cover context_lens[i] + query_lens[i] slots.
+// (right padding after them). Its block table must cover context_lens[i] + query_lens[i] slots;
+// with a kept_window() an entry may be -1 (given back) for a block that holds only positions
+// before context_lens[i] + 1 - kept_window().
 struct PagedBatch {
   std::vector<int64_t> context_lens;
   std::vector<int64_t> query_lens;
