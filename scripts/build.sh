@@ -17,9 +17,10 @@ cached_werror=$(sed -n 's/^UNIATTN_WERROR:BOOL=//p' "$build/CMakeCache.txt" 2>/d
 if [ ! -f "$build/CMakeCache.txt" ] || [ "$cached_werror" != "$werror" ] || [ ${#extra[@]} -gt 0 ]; then
   gen=()
   [ -f "$build/CMakeCache.txt" ] || { command -v ninja >/dev/null && gen=(-G Ninja); }
+  mkdir -p "$build"  # its configure log lives inside it (ignored by git)
   cmake -S . -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-    -DUNIATTN_WERROR="$werror" "${extra[@]}" >"$build.configure.log" 2>&1 \
-    || { cat "$build.configure.log"; exit 1; }
+    -DUNIATTN_WERROR="$werror" "${extra[@]}" >"$build/configure.log" 2>&1 \
+    || { cat "$build/configure.log"; exit 1; }
 fi
 targets=()
 for t in "$@"; do targets+=(--target "$t"); done

@@ -194,8 +194,9 @@ def section(doc, json_path):
                  doc["decode_settings"]["case"], doc["decode_settings"]["layout"]), ""]
     if doc.get("specs_from"):
         sf = doc["specs_from"]
-        lines += ["The learning rate and the searched SuperBlocks come from the run at `%s` (`%s`); "
-                  "%s." % (sf["commit"], sf["file"], sf["what"]), ""]
+        lines += ["The learning-rate sweep and the searched SuperBlocks come from the run at `%s` "
+                  "(`%s`); every row below was trained, calibrated and evaluated at `%s`." % (
+                      sf["commit"], sf["file"], doc["commit"]), ""]
     lines += sweep_lines(doc)
     for ds in doc["datasets"]:
         lines += table_lines(doc, rows, ds)

@@ -59,6 +59,10 @@ echo "   Post-training is what wins the loss back (docs/training.md; docs/result
 echo "   $bin/uniattn-train -c configs/smollm2-uniattn.yaml --set model.superblocks='$spec'" \
   "--set model.wc_init=calibrated --set model.wc_checkpoint=$out --set output_dir=$out-trained"
 
+echo
+echo "   The two answers below come with --bench timings of this CPU: they follow its load (another"
+echo "   busy process can slow one run 20x), not UniAttn. Its speed is measured on the GPU:"
+echo "   docs/performance.md."
 for m in "$model" "$out"; do
   echo; echo "== $( [ "$m" = "$model" ] && echo base model || echo UniAttn model ): $question"
   "$bin/uniattn-generate" --model "$m" --device "$device" --chat --max-new-tokens 48 \
