@@ -11,6 +11,7 @@
 #include <map>
 #include <string>
 
+#include "serve/engine_test_util.h"
 #include "test_util.h"
 #include "uniattn/infer/generate.h"
 #include "uniattn/model/checkpoint.h"
@@ -38,15 +39,7 @@ std::vector<std::vector<int32_t>> prompts() {
 
 constexpr int64_t kNewTokens = 4;
 
-// A pool of `num_blocks` blocks of 4 tokens (small, so that block boundaries fall inside prompts).
-EngineOptions small_blocks(int64_t num_blocks, int64_t prefill_chunk, int64_t max_model_len = 64) {
-  EngineOptions o;
-  o.block_size = 4;
-  o.num_blocks = num_blocks;
-  o.prefill_chunk = prefill_chunk;
-  o.max_model_len = max_model_len;
-  return o;
-}
+using test::small_blocks;
 
 class EngineTest : public ::testing::TestWithParam<const char*> {
  protected:

@@ -13,6 +13,7 @@
 #include <map>
 #include <string>
 
+#include "serve/engine_test_util.h"
 #include "test_util.h"
 #include "uniattn/model/checkpoint.h"
 #include "uniattn/model/paged_kv_cache.h"
@@ -21,11 +22,7 @@
 namespace uniattn {
 namespace {
 
-using serve::Engine;
-using serve::EngineOptions;
-using serve::EngineRequest;
-using serve::Finish;
-using serve::SeqOutput;
+using namespace serve;  // Engine, EngineOptions, EngineRequest, Finish, SeqOutput
 
 constexpr int64_t kNewTokens = 8;
 
@@ -37,14 +34,8 @@ std::vector<std::vector<int32_t>> prompts() {
           {3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2}};
 }
 
-EngineOptions small_blocks(int64_t num_blocks) {
-  EngineOptions o;
-  o.block_size = 4;
-  o.num_blocks = num_blocks;
-  o.prefill_chunk = 5;  // chunks end inside windows and blocks
-  o.max_model_len = 64;
-  return o;
-}
+// Chunks of 5 prompt tokens end inside windows and blocks.
+EngineOptions small_blocks(int64_t num_blocks) { return test::small_blocks(num_blocks, 5); }
 
 class EngineWindows : public ::testing::TestWithParam<const char*> {
  protected:
