@@ -200,6 +200,7 @@ class Job:
         self.info = info or {}
         self.restore = restore or (lambda rec: True)
         self.state, self.seconds, self.error, self.record = "pending", None, None, {}
+        self.resumed = False  # taken as done from an earlier run (RESUME)
 
     def done_file(self):
         return "%s/jobs/%s.done.json" % (OUT, self.name)
@@ -353,8 +354,9 @@ def train_job(ds, seed, training, spec, lr, prio, deps=(), phase="B"):
     deps = set(deps)
     if spec:
         deps.add("calib-%s-%s" % (ds, spec_id(spec)))
-    if training == "distill":
-        deps.add(run_name(ds, seed, "ft", None, lr))
+    teacher = run_name(ds, seed, "ft", None, lr) if training == "distill" else None
+    if teacher:
+        deps.add(teacher)
 
     def do_train(j):
         args = [bin_("uniattn-train"), "-c", "configs/compare/%s.yaml" % cfg, "--fresh",
@@ -369,9 +371,8 @@ def train_job(ds, seed, training, spec, lr, prio, deps=(), phase="B"):
             args += ["--set", "stages[1].lr=" + lr, "--set", "model.superblocks=" + canon(spec),
                      "--set", "model.wc_init=calibrated",
                      "--set", "model.wc_checkpoint=" + calib_dirs[(ds, canon(spec))]]
-        if training == "distill":
-            args += ["--set", "distill.teacher=%s/%s/final" % (
-                WORK, run_name(ds, seed, "ft", None, lr))]
+        if teacher:
+            args += ["--set", "distill.teacher=%s/%s/final" % (WORK, teacher)]
         if SMOKE:  # fp32: bf16 autocast is slow on CPUs without bf16 matmul units
             args += ["--set", "training.global_batch=2", "--set", "training.micro_batch=2",
                      "--set", "data.eval_max_examples=2", "--set", "training.precision=fp32"]
@@ -396,8 +397,8 @@ def train_job(ds, seed, training, spec, lr, prio, deps=(), phase="B"):
 
     info = {"dataset": ds, "seed": seed, "training": training, "spec": canon(spec) if spec else "",
             "lr": lr, "phase": phase}
-    if training == "distill":
-        info["teacher"] = run_name(ds, seed, "ft", None, lr)
+    if teacher:
+        info["teacher"] = teacher
     return add(Job(name, "train", [do_train, do_eval], deps, prio, est_kind=training, info=info,
                    restore=restore))
 
@@ -448,7 +449,7 @@ def schedule(until=None, hook=None):
                          key=lambda j: (j.prio, j.name))
         for j in pending:  # RESUME: a teacher whose weights were dropped is trained again
             t = jobs.get(j.info.get("teacher", ""))
-            if t is not None and getattr(t, "resumed", False) and not os.path.isdir(
+            if t is not None and t.resumed and not os.path.isdir(
                     "%s/%s/final" % (WORK, t.name)):
                 t.state, t.resumed = "pending", False
         for j in pending:
@@ -648,7 +649,7 @@ doc = {
     "decode_settings": {"model": BENCH_MODEL, "layers": BENCH_LAYERS, "case": BENCH_CASE,
                         "layout": "groups of 4 aligned to the top layer"},
     "skipped": sorted(n for n, j in jobs.items() if j.state == "skipped"),
-    "resumed": sorted(n for n, j in jobs.items() if getattr(j, "resumed", False)),
+    "resumed": sorted(n for n, j in jobs.items() if j.resumed),
     "failed": {n: j.error for n, j in jobs.items() if j.state == "failed"},
     "jobs": {n: {"state": j.state, "seconds": round(j.seconds, 1) if j.seconds else None,
                  "error": j.error} for n, j in sorted(jobs.items())},

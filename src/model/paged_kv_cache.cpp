@@ -24,12 +24,16 @@ PagedKVCache::PagedKVCache(const ModelConfig& c, int64_t num_blocks, int64_t blo
     if (r.keeps_v) v_[r.layer] = at::zeros({slots, c.num_kv_heads, c.head_dim}, opts);
   }
   bytes_per_block_ = bytes_per_block(c, block_size, dtype);
-  bool all_sliding = c.sliding_window > 0 && c.num_layers > 0;
-  for (int64_t l = 0; l < c.num_layers; ++l) all_sliding = all_sliding && c.layer_is_sliding(l);
-  if (all_sliding) kept_window_ = c.sliding_window;
+  kept_window_ = kept_window(c);
   auto freq = at::TensorOptions().dtype(at::kFloat).device(device);
   inv_freq_global_ = rope_inv_freq(c.rope, c.head_dim).to(freq);
   inv_freq_local_ = rope_inv_freq(c.rope_local, c.head_dim).to(freq);
+}
+
+int64_t PagedKVCache::kept_window(const ModelConfig& c) {
+  bool all_sliding = c.sliding_window > 0 && c.num_layers > 0;
+  for (int64_t l = 0; l < c.num_layers; ++l) all_sliding = all_sliding && c.layer_is_sliding(l);
+  return all_sliding ? c.sliding_window : 0;
 }
 
 int64_t PagedKVCache::bytes_per_block(const ModelConfig& c, int64_t block_size,
@@ -62,14 +66,8 @@ int64_t slot_of(const std::vector<int32_t>& table, int64_t pos, int64_t block_si
   return id * block_size + pos % block_size;
 }
 
-// The first key position row i reads: 0, or with a kept window the oldest key its first query sees.
-int64_t key_start(const PagedKVCache& cache, int64_t context_len) {
-  const int64_t w = cache.kept_window();
-  return w > 0 ? std::max<int64_t>(0, context_len + 1 - w) : 0;
-}
-
-// The slots to write and read (row i's keys from key_start on), and the positions [B, T] of the
-// new tokens.
+// The slots to write and read (row i's keys from cache.first_key(context_lens[i]) on), and the
+// positions [B, T] of the new tokens.
 PagedStep build_step(PagedKVCache& cache, const PagedBatch& pb, int64_t t, at::Device dev,
                      at::Tensor& positions, int64_t& max_len) {
   const size_t b = pb.query_lens.size();
@@ -81,7 +79,7 @@ PagedStep build_step(PagedKVCache& cache, const PagedBatch& pb, int64_t t, at::D
     UNIATTN_CHECK(pb.query_lens[i] >= 1 && pb.query_lens[i] <= t && pb.context_lens[i] >= 0,
                   "paged batch: row ", i, " has query_len ", pb.query_lens[i], " (input has ", t,
                   " columns) and context_len ", pb.context_lens[i]);
-    starts[i] = key_start(cache, pb.context_lens[i]);
+    starts[i] = cache.first_key(pb.context_lens[i]);
     max_len = std::max(max_len, pb.context_lens[i] + pb.query_lens[i] - starts[i]);
   }
   const int64_t bs = cache.block_size(), nb = cache.num_blocks();
@@ -114,7 +112,7 @@ PagedStep build_step(PagedKVCache& cache, const PagedBatch& pb, int64_t t, at::D
 // within the window); key j of row i is at position key_start[i] + j. A padding query sees key 0
 // only, so its softmax row stays finite.
 at::Tensor paged_mask(const at::Tensor& positions, const at::Tensor& key_start,
-                      const PagedBatch& pb, int64_t max_len, int64_t window) {
+                      const at::Tensor& query_lens, int64_t max_len, int64_t window) {
   const auto dev = positions.device();
   auto opts = at::TensorOptions().dtype(at::kLong).device(dev);
   const int64_t b = positions.size(0), t = positions.size(1);
@@ -123,8 +121,7 @@ at::Tensor paged_mask(const at::Tensor& positions, const at::Tensor& key_start,
   auto kpos = key_start.view({b, 1, 1}) + j;                 // [B, 1, L]
   auto m = kpos <= q;
   if (window > 0) m = m & (kpos > q - window);
-  auto qlen = at::tensor(pb.query_lens, at::TensorOptions().dtype(at::kLong)).to(dev);
-  auto pad = at::arange(t, opts).view({1, t}) >= qlen.view({b, 1});  // [B, T]
+  auto pad = at::arange(t, opts).view({1, t}) >= query_lens.view({b, 1});  // [B, T]
   m = at::where(pad.unsqueeze(2), j == 0, m);
   return m.unsqueeze(1);
 }
@@ -150,16 +147,18 @@ at::Tensor paged_forward(CausalLM& model, const at::Tensor& input_ids, PagedKVCa
   at::Tensor positions;
   int64_t max_len = 0;
   const PagedStep step = build_step(cache, pb, input_ids.size(1), dev, positions, max_len);
+  // One upload of the query lengths, for both masks and the last-token gather.
+  const auto query_lens = at::tensor(pb.query_lens, at::TensorOptions().dtype(at::kLong)).to(dev);
   auto s = m.begin(input_ids, nullptr, ForwardOptions{});
   s->paged = &step;
   s->unpadded = false;
   s->causal_global = s->causal_sliding = false;
   if (s->mask_global.defined()) {
-    s->mask_global = paged_mask(positions, step.key_start, pb, max_len, 0);
+    s->mask_global = paged_mask(positions, step.key_start, query_lens, max_len, 0);
     s->rope_global = rope_tables(cache.inv_freq(false), positions, m.dtype());
   }
   if (s->mask_sliding.defined()) {
-    s->mask_sliding = paged_mask(positions, step.key_start, pb, max_len, c.sliding_window);
+    s->mask_sliding = paged_mask(positions, step.key_start, query_lens, max_len, c.sliding_window);
     s->rope_sliding = rope_tables(cache.inv_freq(true), positions, m.dtype());
   }
   auto x = m.embed(input_ids);
@@ -168,7 +167,7 @@ at::Tensor paged_forward(CausalLM& model, const at::Tensor& input_ids, PagedKVCa
     std::tie(x, pending) = m.layer(l)->forward_deferred(x, pending, *s);
   x = x + pending;
   if (last_only) {
-    auto last = at::tensor(pb.query_lens, at::TensorOptions().dtype(at::kLong)).to(dev) - 1;
+    const auto last = query_lens - 1;
     x = x.gather(1, last.view({-1, 1, 1}).expand({x.size(0), 1, x.size(2)}));
   }
   return m.logits(x, false);

@@ -121,8 +121,14 @@ struct Engine::Impl {
   std::vector<SeqPtr> running;
   std::atomic<int64_t> n_waiting{0}, n_running{0}, n_free{0}, preemptions{0}, steps{0};
 
+  // Returns all of `s`'s blocks to the pool.
+  void free_blocks(Sequence& s) {
+    alloc->release(s.blocks);
+    s.released = 0;
+  }
+
   void finish(const SeqPtr& s, Finish f, std::string error = {}) {
-    alloc->release(s->blocks);
+    free_blocks(*s);
     SeqOutput o;
     o.id = s->id;
     o.prompt_tokens = static_cast<int64_t>(s->req.prompt.size());
@@ -157,8 +163,7 @@ struct Engine::Impl {
   void preempt_newest() {
     SeqPtr s = running.back();
     running.pop_back();
-    alloc->release(s->blocks);
-    s->released = 0;
+    free_blocks(*s);
     s->computed = 0;
     if (!s->prompt_lp_done) s->prompt_lp.clear();
     waiting.push_front(s);
@@ -178,12 +183,10 @@ struct Engine::Impl {
   }
 
   // With a kept window (every layer sliding, PagedKVCache::kept_window), gives back the blocks
-  // that hold only positions this step's queries of `s` no longer see: a query at position p
-  // sees keys from p + 1 - window, so the oldest this step needs is at computed + 1 - window.
+  // that hold only positions before the oldest key this step's queries of `s` read
+  // (PagedKVCache::first_key, which paged_forward reads from).
   void release_outside_window(Sequence& s) {
-    const int64_t w = cache->kept_window(), bs = opt.block_size;
-    if (w <= 0) return;
-    const int64_t oldest = s.computed + 1 - w;
+    const int64_t oldest = cache->first_key(s.computed), bs = opt.block_size;
     for (; s.released < int64_t(s.blocks.size()) && (s.released + 1) * bs <= oldest; ++s.released) {
       alloc->release_one(s.blocks[s.released]);
       s.blocks[s.released] = -1;
@@ -340,7 +343,7 @@ struct Engine::Impl {
       o.finish = Finish::Stop;
     else if (int64_t(s.output.size()) >= s.req.max_tokens || s.total() >= opt.max_model_len)
       o.finish = Finish::Length;
-    if (o.finish != Finish::None) alloc->release(s.blocks), s.done = true;
+    if (o.finish != Finish::None) free_blocks(s), s.done = true;
     s.cb(o);
   }
 

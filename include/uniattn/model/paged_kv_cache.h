@@ -13,6 +13,7 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -40,10 +41,16 @@ class PagedKVCache {
   // Bytes per block of `config`'s cache without allocating one (for sizing the pool).
   static int64_t bytes_per_block(const ModelConfig& config, int64_t block_size,
                                  at::ScalarType dtype);
-  // The sliding window when every layer uses one (then a row with c cached tokens reads keys from
-  // position max(0, c + 1 - window) on, and blocks wholly before it may be given back); 0 when
-  // some layer attends over the whole context.
+  // The sliding window when every layer of `config` uses one (then a row with c cached tokens
+  // reads keys from first_key(c) on, and blocks wholly before it may be given back); 0 when some
+  // layer attends over the whole context.
+  static int64_t kept_window(const ModelConfig& config);
   int64_t kept_window() const { return kept_window_; }
+  // The oldest key position a row with `context_len` cached tokens still reads: that of its next
+  // query's window, max(0, context_len + 1 - kept_window()); 0 without a kept window.
+  int64_t first_key(int64_t context_len) const {
+    return kept_window_ > 0 ? std::max<int64_t>(0, context_len + 1 - kept_window_) : 0;
+  }
   // Rotary inverse frequencies of the model (global, local), on the pool's device.
   const at::Tensor& inv_freq(bool sliding) const {
     return sliding ? inv_freq_local_ : inv_freq_global_;
