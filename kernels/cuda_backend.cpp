@@ -173,16 +173,28 @@ void prefill_kernel_only(const at::Tensor& q, const at::Tensor& k, const at::Ten
                lse_in ? "prefill_follower" : "prefill_leader");
 }
 
+// v_cache: [B,Hkv,S,D], or a pool [slots,Hkv,D] read through block_tables [B, M].
 cuda::DecodeArgs decode_args(const at::Tensor& v_cache, const at::Tensor& seqlens,
-                             int64_t num_q_heads, bool leader) {
+                             int64_t num_q_heads, bool leader, const at::Tensor* block_tables,
+                             int64_t block_size) {
   cuda::DecodeArgs a{};
   a.v = v_cache.data_ptr();
   a.seqlens = seqlens.data_ptr<int>();
-  a.B = to_int(v_cache.size(0), "batch");
   a.Hq = to_int(num_q_heads, "query heads");
   a.Hkv = to_int(v_cache.size(1), "KV heads");
-  a.S = to_int(v_cache.size(2), "cache length");
-  a.D = to_int(v_cache.size(3), "head_dim");
+  if (block_tables) {
+    a.block_table = block_tables->data_ptr<int>();
+    a.block_size = to_int(block_size, "block size");
+    a.max_blocks = to_int(block_tables->size(1), "blocks per row");
+    a.B = to_int(block_tables->size(0), "batch");
+    a.S = to_int(block_tables->size(1) * block_size, "cache length");
+    a.D = to_int(v_cache.size(2), "head_dim");
+    to_int(v_cache.size(0) * v_cache.size(1) * v_cache.size(2), "pool elements");
+  } else {
+    a.B = to_int(v_cache.size(0), "batch");
+    a.S = to_int(v_cache.size(2), "cache length");
+    a.D = to_int(v_cache.size(3), "head_dim");
+  }
   UNIATTN_CHECK(a.B <= 65535 && a.Hq <= 65535, "decode attention: batch ", a.B, " or heads ", a.Hq,
                 " exceed the CUDA grid limit 65535");
   cuda::plan_decode(a, at::cuda::getCurrentDeviceProperties()->multiProcessorCount, leader);
@@ -191,10 +203,10 @@ cuda::DecodeArgs decode_args(const at::Tensor& v_cache, const at::Tensor& seqlen
 
 void decode_leader_cuda(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                         const at::Tensor& seqlens, const AttnParams& p, at::Tensor& out,
-                        at::Tensor& p_row) {
+                        at::Tensor& p_row, const at::Tensor* block_tables, int64_t block_size) {
   const c10::cuda::CUDAGuard guard(q.device());
   detail::count_kernel_call(KernelOp::DecodeLeader);
-  auto a = decode_args(v_cache, seqlens, q.size(1), true);
+  auto a = decode_args(v_cache, seqlens, q.size(1), true, block_tables, block_size);
   // Workspace from the caching allocator: its size depends only on shapes, so graph capture and
   // replay see the same allocation.
   auto ws = at::empty({cuda::decode_workspace_floats(a)}, q.options().dtype(at::kFloat));
@@ -211,10 +223,11 @@ void decode_leader_cuda(const at::Tensor& q, const at::Tensor& k_cache, const at
 }
 
 void decode_follower_cuda(const at::Tensor& p_row, const at::Tensor& v_cache,
-                          const at::Tensor& seqlens, at::Tensor& out) {
+                          const at::Tensor& seqlens, at::Tensor& out,
+                          const at::Tensor* block_tables, int64_t block_size) {
   const c10::cuda::CUDAGuard guard(v_cache.device());
   detail::count_kernel_call(KernelOp::DecodeFollower);
-  auto a = decode_args(v_cache, seqlens, out.size(1), false);
+  auto a = decode_args(v_cache, seqlens, out.size(1), false, block_tables, block_size);
   at::Tensor ws;
   if (a.splits > 1) {
     ws = at::empty({cuda::decode_workspace_floats(a)}, v_cache.options().dtype(at::kFloat));

@@ -17,12 +17,15 @@ struct CudaHooks {
   void (*prefill)(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   const at::Tensor* lse_in, const AttnParams& p, bool allow_library,
                   at::Tensor& out, at::Tensor* lse_out) = nullptr;
-  // p_row undefined: O only (no probability row written).
+  // p_row undefined: O only (no probability row written). block_tables (int32 [B, M],
+  // contiguous) set: k_cache/v_cache are paged pools [slots, Hkv, D] of blocks of block_size.
   void (*decode_leader)(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                         const at::Tensor& seqlens, const AttnParams& p, at::Tensor& out,
-                        at::Tensor& p_row) = nullptr;
+                        at::Tensor& p_row, const at::Tensor* block_tables,
+                        int64_t block_size) = nullptr;
   void (*decode_follower)(const at::Tensor& p_row, const at::Tensor& v_cache,
-                          const at::Tensor& seqlens, at::Tensor& out) = nullptr;
+                          const at::Tensor& seqlens, at::Tensor& out,
+                          const at::Tensor* block_tables, int64_t block_size) = nullptr;
   std::string (*library_status)() = nullptr;
 
   // Small fused ops (fused_ops.cu). Inputs: one CUDA device, one dtype among fp32/bf16/fp16,
@@ -48,6 +51,15 @@ struct CudaHooks {
 };
 
 CudaHooks& cuda_hooks();
+
+// Throws uniattn::Error, naming `fn`, unless p's scale is finite, softcap >= 0 and window >= 0.
+void check_params(const char* fn, const AttnParams& p);
+// The kernel runs when it accepts t (cuda_kernel_supports) and the device takes op's kernel path
+// (uniattn/model/kernel_paths.h: compute capability, build images, UNIATTN_DISABLE_KERNELS).
+bool hook_ready(KernelOp op, const at::Tensor& t);
+// The kernels read q/k/v with 16-byte vector loads: t made contiguous, and copied when its
+// storage offset breaks that alignment.
+at::Tensor prep(const at::Tensor& t);
 
 // Counts one call of op's CUDA kernel (kernel_call_count()); the hooks above call it.
 void count_kernel_call(KernelOp op);

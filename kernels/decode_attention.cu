@@ -9,6 +9,8 @@
 //   the head dimension): partial O = p . V per chunk, then follower_combine_kernel sums the splits.
 // Lengths are read on the device and clamped to [0, S]; nothing past len_b is read, and p_row is
 // written over [0, len_b) only (its entries past len_b are left as they were).
+// K and V are read through KvRows: the static cache [B,Hkv,S,D], or a paged pool [slots,Hkv,D]
+// through the row's block table (vLLM's PagedAttention layout), one address per key position.
 #include <cfloat>
 #include <cstdlib>
 
@@ -36,6 +38,34 @@ __device__ __forceinline__ Range chunk_range(const DecodeArgs& a, int split, int
   r.hi = min(split * a.chunk + a.chunk, r.len);
   return r;
 }
+
+// Key position j of one (batch row, KV head) in the K or V cache.
+template <typename T>
+struct KvRows {
+  const T* base;
+  const int* table;  // the row's block table; nullptr: static layout
+  int64_t stride;    // elements between consecutive positions (within a block)
+  int block_size;
+  __device__ KvRows(const DecodeArgs& a, const void* cache, int b, int hk)
+      : base(static_cast<const T*>(cache)), table(nullptr), stride(a.D), block_size(a.block_size) {
+    if (a.block_table) {  // pool [slots, Hkv, D]
+      base += static_cast<int64_t>(hk) * a.D;
+      table = a.block_table + static_cast<int64_t>(b) * a.max_blocks;
+      stride = static_cast<int64_t>(a.Hkv) * a.D;
+    } else {  // [B, Hkv, S, D]
+      base += (static_cast<int64_t>(b) * a.Hkv + hk) * a.S * a.D;
+    }
+  }
+  __device__ __forceinline__ const T* operator()(int j) const {
+    if (!table) return base + j * stride;
+    const int64_t slot = static_cast<int64_t>(table[j / block_size]) * block_size + j % block_size;
+    return base + slot * stride;
+  }
+  // The tile of keys [j0, j0 + n): its row r at (*this)(j0 + r).
+  __device__ __forceinline__ auto from(int j0) const {
+    return [this, j0](int r) { return (*this)(j0 + r); };
+  }
+};
 
 // Sums acc[g][0..8) over the KP key lanes of the CTA through shared memory `red`
 // (KP * GT * D floats) and calls store(g, slice, res) once per (g < ng, slice).
@@ -89,9 +119,7 @@ __global__ void __launch_bounds__(32) decode_leader_kernel(const DecodeArgs a) {
   const Range r = chunk_range(a, split, b);
   const float inv_cap = a.softcap > 0.f ? 1.f / a.softcap : 0.f;
   const T* q = static_cast<const T*>(a.q) + (static_cast<int64_t>(b) * a.Hq + h0) * D;
-  const int64_t kv_off = (static_cast<int64_t>(b) * a.Hkv + hk) * a.S * D;
-  const T* kc = static_cast<const T*>(a.k) + kv_off;
-  const T* vc = static_cast<const T*>(a.v) + kv_off;
+  const KvRows<T> kc(a, a.k, b, hk), vc(a, a.v, b, hk);
   float* prow = a.p_row ? a.p_row + (static_cast<int64_t>(b) * a.Hq + h0) * a.S : nullptr;
   const int row0 = lane / 4;  // this lane's rows: row0 and row0 + 8
 
@@ -102,9 +130,9 @@ __global__ void __launch_bounds__(32) decode_leader_kernel(const DecodeArgs a) {
 
   if (r.lo < r.hi) {
     load_tile<T, kLeadRows, D, 32>(sQ, q, ng, lane);
-    load_tile<T, BN, D, 32>(sK, kc + static_cast<int64_t>(r.lo) * D, r.hi - r.lo, lane);
+    load_tile_rows<T, BN, D, 32>(sK, kc.from(r.lo), r.hi - r.lo, lane);
     cp_async_commit();
-    load_tile<T, BN, D, 32>(sV, vc + static_cast<int64_t>(r.lo) * D, r.hi - r.lo, lane);
+    load_tile_rows<T, BN, D, 32>(sV, vc.from(r.lo), r.hi - r.lo, lane);
     cp_async_commit();
   }
   for (int j0 = r.lo; j0 < r.hi; j0 += BN) {
@@ -127,7 +155,7 @@ __global__ void __launch_bounds__(32) decode_leader_kernel(const DecodeArgs a) {
     }
     __syncwarp();
     if (j0 + BN < r.hi) {
-      load_tile<T, BN, D, 32>(sK, kc + static_cast<int64_t>(j0 + BN) * D, r.hi - j0 - BN, lane);
+      load_tile_rows<T, BN, D, 32>(sK, kc.from(j0 + BN), r.hi - j0 - BN, lane);
     }
     cp_async_commit();
 
@@ -169,7 +197,7 @@ __global__ void __launch_bounds__(32) decode_leader_kernel(const DecodeArgs a) {
     }
     __syncwarp();
     if (j0 + BN < r.hi) {
-      load_tile<T, BN, D, 32>(sV, vc + static_cast<int64_t>(j0 + BN) * D, r.hi - j0 - BN, lane);
+      load_tile_rows<T, BN, D, 32>(sV, vc.from(j0 + BN), r.hi - j0 - BN, lane);
     }
     cp_async_commit();
   }
@@ -275,7 +303,7 @@ __global__ void __launch_bounds__(kThreads) decode_follower_kernel(const DecodeA
   const int tid = threadIdx.x, kq = tid / TPK, sl = tid % TPK;
   const int len = min(max(a.seqlens[b], 0), a.S);
   const int lo = split * a.chunk, hi = min(lo + a.chunk, len);
-  const T* vc = static_cast<const T*>(a.v) + (static_cast<int64_t>(b) * a.Hkv + hk) * a.S * D;
+  const KvRows<T> vc(a, a.v, b, hk);
   const float* prow = a.p_row + (static_cast<int64_t>(b) * a.Hq + h0) * a.S;
 
   float acc[GT][8];
@@ -291,8 +319,7 @@ __global__ void __launch_bounds__(kThreads) decode_follower_kernel(const DecodeA
     for (int u = 0; u < kUnroll; ++u) {  // issue every load first: more bytes in flight
       const int j = j0 + u * KP + kq;
       const bool ok = j < hi;
-      vu[u] = ok ? *reinterpret_cast<const uint4*>(vc + static_cast<int64_t>(j) * D + sl * 8)
-                 : make_uint4(0, 0, 0, 0);
+      vu[u] = ok ? *reinterpret_cast<const uint4*>(vc(j) + sl * 8) : make_uint4(0, 0, 0, 0);
 #pragma unroll
       for (int g = 0; g < GT; ++g)
         p[u][g] = (ok && g < ng) ? prow[static_cast<int64_t>(g) * a.S + j] : 0.f;

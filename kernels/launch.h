@@ -28,8 +28,8 @@ cudaError_t launch_prefill(const PrefillArgs& a, DType dt, cudaStream_t stream);
 
 struct DecodeArgs {
   const void* q;       // leader: [B,Hq,1,D]
-  const void* k;       // leader: [B,Hkv,S,D]
-  const void* v;       // [B,Hkv,S,D]
+  const void* k;       // leader: [B,Hkv,S,D], or a paged pool [slots,Hkv,D] (block_table set)
+  const void* v;       // [B,Hkv,S,D], or a paged pool [slots,Hkv,D]
   const int* seqlens;  // [B], device
   float* p_row;        // [B,Hq,S] fp32: leader writes (nullptr: not wanted), follower reads
   void* out;           // [B,Hq,1,D]
@@ -38,6 +38,11 @@ struct DecodeArgs {
   float scale, softcap;
   int64_t window;
   int splits, chunk;  // from plan_decode()
+  // Paged layout (vLLM's PagedAttention): key j of row b sits in slot
+  // block_table[b * max_blocks + j / block_size] * block_size + j % block_size of the pools, and
+  // S = max_blocks * block_size. nullptr: the static layout.
+  const int* block_table;
+  int block_size, max_blocks;
 };
 
 // Chooses the split-K partition of the S key positions: it depends on S (the cache capacity), not

@@ -57,6 +57,23 @@ __device__ __forceinline__ void load_tile(uint32_t dst, const T* src, int valid,
   }
 }
 
+// load_tile with each row at its own address: row(r) returns the source of row r (called for
+// r = 0 in place of rows >= valid, which are zero-filled; valid >= 1). Paged KV caches, whose
+// consecutive positions may sit in different blocks.
+template <typename T, int ROWS, int D, int NT, typename RowPtr>
+__device__ __forceinline__ void load_tile_rows(uint32_t dst, const RowPtr& row, int valid,
+                                               int tid) {
+  constexpr int kChunks = D / 8;
+  static_assert((ROWS * kChunks) % NT == 0, "tile must split evenly over the threads");
+#pragma unroll
+  for (int it = 0; it < ROWS * kChunks / NT; ++it) {
+    const int i = tid + it * NT;
+    const int r = i / kChunks, c = i % kChunks;
+    const bool ok = r < valid;
+    cp_async16(dst + swz<D>(r, c), row(ok ? r : 0) + c * 8, ok);
+  }
+}
+
 template <typename T>
 struct MmaOp;
 template <>

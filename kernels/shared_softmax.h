@@ -80,6 +80,38 @@ void decode_leader_out(const at::Tensor& q, const at::Tensor& k_cache, const at:
 void decode_follower_out(const at::Tensor& p_row, const at::Tensor& v_cache,
                          const at::Tensor& cache_seqlens, int64_t num_q_heads, at::Tensor& out);
 
+// ---- decode through a paged KV cache (vLLM's PagedAttention layout, Kwon et al., SOSP 2023) ----
+// One layer's cache as the decode kernels read it. Static: k/v [B,Hkv,S,D] as above. Paged: k/v
+// are pools [num_slots, Hkv, D] shared by all sequences, and row b's key j sits in slot
+// block_tables[b][j / block_size] * block_size + j % block_size; the logical capacity is
+// S = M * block_size (p_row is [B,Hq,S]). Only the entries covering a row's keys inside its window
+// and below its length are read; the others may be anything (-1 marks a block given back, and the
+// fallback reads zeros there).
+struct DecodeKv {
+  at::Tensor k, v;          // k undefined for a follower (V only)
+  at::Tensor block_tables;  // int32 [B, M] on the pools' device; undefined: static layout
+  int64_t block_size = 0;   // paged: slots per block (>= 1)
+  bool paged() const { return block_tables.defined(); }
+  int64_t capacity() const;  // S
+  int64_t batch() const;     // B
+};
+
+// As decode_leader / decode_attention / decode_follower above, over either layout; the static
+// layout calls those. Paged inputs take the CUDA kernels where the static ones would (q and the
+// pools bf16/fp16, head_dim 64/128/256, block_tables int32 on their device); else the fallback
+// gathers each row's keys [0, S) through its block table into the static layout. Throws
+// uniattn::Error naming the tensor at fault (shape, dtype, device, a block_size < 1).
+std::tuple<at::Tensor, at::Tensor> decode_leader(const at::Tensor& q, const DecodeKv& kv,
+                                                 const at::Tensor& cache_seqlens,
+                                                 const AttnParams& p);
+at::Tensor decode_attention(const at::Tensor& q, const DecodeKv& kv,
+                            const at::Tensor& cache_seqlens, const AttnParams& p);
+at::Tensor decode_follower(const at::Tensor& p_row, const DecodeKv& kv,
+                           const at::Tensor& cache_seqlens, int64_t num_q_heads);
+// The paged cache's keys (k) or values (v) [0, S) of every row in the static layout [B,Hkv,S,D]
+// (zeros where the block table holds -1): the fallback's input, and the tests' oracle.
+at::Tensor gather_paged(const at::Tensor& pool, const DecodeKv& kv);
+
 // ---- explicit paths (tests, benchmarks) -------------------------------------------------------
 // The ATen fallback, whatever the device and dtype.
 std::tuple<at::Tensor, at::Tensor> prefill_leader_fallback(const at::Tensor& q, const at::Tensor& k,

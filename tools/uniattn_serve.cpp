@@ -34,6 +34,7 @@ struct Args {
   int port = 8000;
   double kv_memory_gb = 1.0;
   int64_t max_seqs = 16, block_size = 16, prefill_chunk = 64, max_model_len = 0, threads = 64;
+  bool enforce_eager = false;
 };
 
 void add_options(CLI::App& app, Args& a) {
@@ -52,6 +53,8 @@ void add_options(CLI::App& app, Args& a) {
   app.add_option("--prefill-chunk", a.prefill_chunk, "Prompt tokens prefilled per step (64)");
   app.add_option("--max-model-len", a.max_model_len, "Context length (default: the config's)");
   app.add_option("--http-threads", a.threads, "HTTP worker threads (64)");
+  app.add_flag("--enforce-eager", a.enforce_eager,
+               "Run decode steps eagerly, without CUDA graphs (as vLLM's flag)");
   app.add_option("--random-weights", a.random_weights,
                  "Serve a model of uniattn-bench's shape NAME (llama8b | smollm2) with random "
                  "N(0, 0.02) weights and token-id text, for load tests; --superblocks defaults "
@@ -229,6 +232,7 @@ int run(int argc, char** argv) {
   eo.block_size = a.block_size;
   eo.prefill_chunk = a.prefill_chunk;
   eo.max_model_len = a.max_model_len;
+  eo.cuda_graphs = !a.enforce_eager;
   uniattn::serve::Engine engine(model, eo);
   auto so = random ? uniattn::serve::ServiceOptions{}
                    : service_options(a, path, model, *tok, tmpl ? &*tmpl : nullptr,

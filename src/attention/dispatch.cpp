@@ -49,13 +49,6 @@ void check_same(const char* fn, const char* name, const at::Tensor& t, const at:
                 t.scalar_type(), " but '", ref_name, "' has ", ref.scalar_type());
 }
 
-void check_params(const char* fn, const AttnParams& p) {
-  UNIATTN_CHECK(std::isfinite(p.scale), fn, ": scale must be finite, got ", p.scale);
-  UNIATTN_CHECK(std::isfinite(p.softcap) && p.softcap >= 0.f, fn,
-                ": softcap must be >= 0 (0 = off), got ", p.softcap);
-  UNIATTN_CHECK(p.window >= 0, fn, ": window must be >= 0 (0 = unlimited), got ", p.window);
-}
-
 // Checks q [B,Hq,T,D] against k/v [B,Hkv,S,D] (S >= T, Hq % Hkv == 0).
 void check_prefill(const char* fn, const at::Tensor& q, const char* qn, const at::Tensor& k,
                    const char* kn, const at::Tensor& v, const char* vn, const AttnParams& p) {
@@ -72,7 +65,7 @@ void check_prefill(const char* fn, const at::Tensor& q, const char* qn, const at
                 " query heads are not a multiple of ", k.size(1), " KV heads");
   UNIATTN_CHECK(k.size(2) >= q.size(2), fn, ": key length ", k.size(2),
                 " is shorter than query length ", q.size(2), " (queries are the last positions)");
-  check_params(fn, p);
+  detail::check_params(fn, p);
 }
 
 void check_lse(const char* fn, const at::Tensor& lse, const at::Tensor& q) {
@@ -177,21 +170,29 @@ at::Tensor decode_allowed(const at::Tensor& lens, int64_t S, int64_t window, con
 
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
-// The kernel runs when it accepts the inputs and the device takes the kernel path
-// (uniattn/model/kernel_paths.h: compute capability, build images, UNIATTN_DISABLE_KERNELS).
+}  // namespace
+
+namespace detail {
+void check_params(const char* fn, const AttnParams& p) {
+  UNIATTN_CHECK(std::isfinite(p.scale), fn, ": scale must be finite, got ", p.scale);
+  UNIATTN_CHECK(std::isfinite(p.softcap) && p.softcap >= 0.f, fn,
+                ": softcap must be >= 0 (0 = off), got ", p.softcap);
+  UNIATTN_CHECK(p.window >= 0, fn, ": window must be >= 0 (0 = unlimited), got ", p.window);
+}
+
 bool hook_ready(KernelOp op, const at::Tensor& t) {
   return cuda_kernel_supports(t) && kernel_enabled(op, t.device());
 }
 
-// The kernels read q/k/v with 16-byte vector loads: a contiguous view whose storage offset breaks
-// that alignment is copied.
 at::Tensor prep(const at::Tensor& t) {
   auto c = t.contiguous();
   if (reinterpret_cast<std::uintptr_t>(c.data_ptr()) % 16 != 0) c = c.clone();
   return c;
 }
+}  // namespace detail
 
-}  // namespace
+using detail::hook_ready;
+using detail::prep;
 
 std::string prefill_library_status() {
   auto f = detail::cuda_hooks().library_status;
@@ -347,7 +348,7 @@ void decode_leader_out(const at::Tensor& q, const at::Tensor& k_cache, const at:
     return;
   }
   detail::cuda_hooks().decode_leader(prep(q), prep(k_cache), prep(v_cache),
-                                     cache_seqlens.contiguous(), p, out, p_row);
+                                     cache_seqlens.contiguous(), p, out, p_row, nullptr, 0);
 }
 
 std::tuple<at::Tensor, at::Tensor> decode_leader(const at::Tensor& q, const at::Tensor& k_cache,
@@ -374,7 +375,7 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache,
   auto out = at::empty(q.sizes(), q.options().memory_format(at::MemoryFormat::Contiguous));
   at::Tensor no_p_row;  // the kernel skips the probability row entirely
   detail::cuda_hooks().decode_leader(prep(q), prep(k_cache), prep(v_cache),
-                                     cache_seqlens.contiguous(), p, out, no_p_row);
+                                     cache_seqlens.contiguous(), p, out, no_p_row, nullptr, 0);
   return out;
 }
 
@@ -391,7 +392,7 @@ void decode_follower_out(const at::Tensor& p_row, const at::Tensor& v_cache,
     return;
   }
   detail::cuda_hooks().decode_follower(p_row.contiguous(), prep(v_cache),
-                                       cache_seqlens.contiguous(), out);
+                                       cache_seqlens.contiguous(), out, nullptr, 0);
 }
 
 at::Tensor decode_follower(const at::Tensor& p_row, const at::Tensor& v_cache,

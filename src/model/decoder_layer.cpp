@@ -5,6 +5,7 @@
 #include "attention/reference.h"
 #include "shared_softmax.h"
 #include "uniattn/error.h"
+#include "uniattn/model/paged_kv_cache.h"
 
 namespace uniattn {
 
@@ -182,42 +183,66 @@ at::Tensor AttentionImpl::prefill_attention(const at::Tensor& xn, const at::Tens
   return fused_attention(lead.q, lead.k, v, mask, causal, math);
 }
 
+namespace {
+// Layer `layer`'s decode cache as the kernels read it: the static buffers, or the paged pools
+// with this step's block tables.
+kernels::DecodeKv decode_kv(int64_t layer, const ForwardState& s) {
+  if (const PagedDecode* pd = s.paged_decode) {
+    const PagedKVCache& c = *pd->cache;
+    return {c.k_pool(layer), c.v_pool(layer), pd->block_tables, c.block_size()};
+  }
+  return {s.cache->k_buffer(layer), s.cache->v_buffer(layer), {}, 0};
+}
+}  // namespace
+
+void AttentionImpl::write_decode_kv(const at::Tensor& k, const at::Tensor& v,
+                                    ForwardState& s) const {
+  const auto& [cos, sin] = sliding_ ? s.rope_sliding : s.rope_global;
+  if (const PagedDecode* pd = s.paged_decode) {
+    auto write = [&](const at::Tensor& pool, const at::Tensor& x, const char* what) {
+      UNIATTN_CHECK(pool.defined(), "paged KV cache: layer ", layer_, " keeps no ", what);
+      pool.index_copy_(0, pd->write_slots, x.reshape({x.size(0), x.size(1), x.size(3)}));
+    };
+    if (k.defined()) write(pd->cache->k_pool(layer_), apply_rotary(k, cos, sin), "K");
+    write(pd->cache->v_pool(layer_), v, "V");
+    return;
+  }
+  const auto& pos = s.decode_position;
+  if (k.defined()) {
+    // RoPE writes K straight into its cache slot (one kernel, no intermediate K tensor).
+    UNIATTN_CHECK(s.cache->has_k(layer_), "KV cache: layer ", layer_, " keeps no K");
+    apply_rotary_into(k, cos, sin, s.cache->k_buffer(layer_), pos);
+  }
+  s.cache->write_v_at(layer_, v, pos);
+}
+
 at::Tensor AttentionImpl::decode_attention(const at::Tensor& xn, const at::Tensor& v_lin,
                                            ForwardState& s) {
   const auto& c = *cfg_;
   const auto p = kernel_params();
-  const auto& pos = s.decode_position;
   if (!is_follower()) {
     auto [q_lin, k, v] = project_qkv(xn);
     auto q = rope_and_norm(q_lin, q_norm_, s).contiguous();
     if (k_norm_.defined()) k = rms_norm(k, k_norm_, c.rms_norm_eps, c.norm_plus_one);
-    // RoPE writes K straight into its cache slot (one kernel, no intermediate K tensor).
-    const auto& [cos, sin] = sliding_ ? s.rope_sliding : s.rope_global;
-    UNIATTN_CHECK(s.cache->has_k(layer_), "KV cache: layer ", layer_, " keeps no K");
-    const auto& kbuf = s.cache->k_buffer(layer_);
-    apply_rotary_into(k, cos, sin, kbuf, pos);
-    const auto& vbuf = s.cache->write_v_at(layer_, v, pos);
+    write_decode_kv(k, v, s);
+    const auto kv = decode_kv(layer_, s);
     // A leader's kernel also writes the normalised probability row its followers reuse; a layer
     // whose followers reuse no probabilities (none, or CLA ones that read K and V) skips that row.
-    if (role_.reuse != Reuse::Softmax) {
-      auto out = kernels::decode_attention(q, kbuf, vbuf, s.cache_seqlens, p);
-      if (role_.has_followers()) s.shared[layer_] = SharedAttention{q, kbuf, vbuf, {}, {}};
-      return out;
-    }
-    auto [out, p_row] = kernels::decode_leader(q, kbuf, vbuf, s.cache_seqlens, p);
-    s.shared[layer_] = SharedAttention{q, kbuf, vbuf, p_row, {}};
+    if (role_.reuse != Reuse::Softmax) return kernels::decode_attention(q, kv, s.cache_seqlens, p);
+    auto [out, p_row] = kernels::decode_leader(q, kv, s.cache_seqlens, p);
+    s.shared[layer_] = SharedAttention{q, kv.k, kv.v, p_row, {}};
     return out;
   }
-  const SharedAttention& lead = s.shared[role_.leader];
   if (role_.reuse == Reuse::KeyValue) {
     // A CLA follower's probabilities are read by nobody: the kernel without the P row (no P
-    // writes, no normalisation pass), O bit for bit the same.
+    // writes, no normalisation pass), O bit for bit the same. It reads its leader's K and V.
     auto q = rope_and_norm(project(q_proj, xn, c.num_heads), q_norm_, s).contiguous();
-    return kernels::decode_attention(q, lead.k, lead.v, s.cache_seqlens, p);
+    return kernels::decode_attention(q, decode_kv(role_.leader, s), s.cache_seqlens, p);
   }
-  const auto& vbuf = s.cache->write_v_at(layer_, follower_v(xn, v_lin), pos);
+  write_decode_kv({}, follower_v(xn, v_lin), s);
   // Reads only this layer's V: P_row . V.
-  return kernels::decode_follower(lead.probs, vbuf, s.cache_seqlens, c.num_heads);
+  return kernels::decode_follower(s.shared[role_.leader].probs, decode_kv(layer_, s),
+                                  s.cache_seqlens, c.num_heads);
 }
 
 DecoderLayerImpl::DecoderLayerImpl(std::shared_ptr<const ModelConfig> cp, int64_t layer,

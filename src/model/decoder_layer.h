@@ -35,8 +35,12 @@ class AttentionImpl : public torch::nn::Module {
   // v_lin: a Softmax/UniAttn follower's v_proj(xn) [B, T, kv_out] when forward() has already
   // computed it (together with W_c xn); undefined otherwise.
   at::Tensor prefill_attention(const at::Tensor& xn, const at::Tensor& v_lin, ForwardState& s);
-  // Graph-safe single-token step over the whole cache buffers with device-side lengths.
+  // Graph-safe single-token step over the whole cache buffers (static or paged) with device-side
+  // lengths.
   at::Tensor decode_attention(const at::Tensor& xn, const at::Tensor& v_lin, ForwardState& s);
+  // Writes a decode step's new K (k [B,Hkv,1,D] before RoPE; undefined for a follower) and V
+  // into this layer's cache, static or paged.
+  void write_decode_kv(const at::Tensor& k, const at::Tensor& v, ForwardState& s) const;
   // A follower's V heads [B, Hkv, T, D]: from v_lin when given, else its own projection.
   at::Tensor follower_v(const at::Tensor& xn, const at::Tensor& v_lin) const;
   kernels::AttnParams kernel_params() const;

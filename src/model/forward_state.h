@@ -27,6 +27,14 @@ struct PagedStep {
   at::Tensor write_v(int64_t layer, const at::Tensor& x) const;
 };
 
+// The graph-safe paged decode step (paged_decode_forward): one new token per row, everything on
+// the device, so the step can be captured in a CUDA graph per batch size and replayed.
+struct PagedDecode {
+  PagedKVCache* cache = nullptr;
+  at::Tensor block_tables;  // int32 [B, M]: row i's blocks (-1: none)
+  at::Tensor write_slots;   // int64 [B]: the pool slot of row i's new token
+};
+
 // A leader's attention inputs, kept for its followers during one forward pass.
 struct SharedAttention {
   at::Tensor q;      // [B, Hq, T, D], after RoPE (and q-norm)
@@ -39,7 +47,8 @@ struct ForwardState {
   int64_t past = 0;    // tokens already in the cache
   int64_t tokens = 0;  // new tokens this pass
   KVCache* cache = nullptr;
-  const PagedStep* paged = nullptr;  // instead of `cache` on the paged path
+  const PagedStep* paged = nullptr;           // instead of `cache` on the paged path
+  const PagedDecode* paged_decode = nullptr;  // instead of `cache` on the paged decode path
   AttentionPath path = AttentionPath::Fused;
   // bool [B|1, 1, T, S], true where a query may attend a key; one for global, one for sliding
   // layers (undefined when the model has none of that kind).
@@ -50,9 +59,9 @@ struct ForwardState {
   // at least T): SDPA may run is_causal (its flash kernel) instead of taking the mask.
   bool causal_global = false, causal_sliding = false;
   // Graph-safe decode (ForwardOptions::decode_position): position int64 [1], and the per-row
-  // number of valid keys int32 [B] after this token is written.
+  // number of valid keys int32 [B] after this token is written (also set by paged_decode).
   at::Tensor decode_position, cache_seqlens;
-  bool decode() const { return decode_position.defined(); }
+  bool decode() const { return decode_position.defined() || paged_decode; }
   std::pair<at::Tensor, at::Tensor> rope_global, rope_sliding;
   std::vector<SharedAttention> shared;  // indexed by layer
   // Calibration hooks: when set, run_layer stores the post-attention residual and the normed

@@ -18,7 +18,7 @@ PagedKVCache::PagedKVCache(const ModelConfig& c, int64_t num_blocks, int64_t blo
   UNIATTN_CHECK(num_blocks > 0 && block_size > 0, "paged KV cache: num_blocks (", num_blocks,
                 ") and block_size (", block_size, ") must be positive");
   auto opts = at::TensorOptions().dtype(dtype).device(device);
-  const int64_t slots = num_blocks * block_size;
+  const int64_t slots = num_blocks * block_size + 1;  // + scratch_slot()
   for (const LayerRole& r : layer_roles(c)) {
     if (r.keeps_k) k_[r.layer] = at::zeros({slots, c.num_kv_heads, c.head_dim}, opts);
     if (r.keeps_v) v_[r.layer] = at::zeros({slots, c.num_kv_heads, c.head_dim}, opts);
@@ -136,6 +136,84 @@ at::Tensor PagedStep::write_v(int64_t layer, const at::Tensor& x) const {
   return write_and_gather(cache->v_pool(layer), *this, x, layer, "V");
 }
 
+PagedDecodeInputs paged_decode_inputs(const PagedKVCache& cache, const PagedBatch& pb, int64_t rows,
+                                      int64_t max_blocks) {
+  const size_t b = pb.query_lens.size();
+  UNIATTN_CHECK(pb.context_lens.size() == b && pb.block_tables.size() == b,
+                "paged batch: context_lens, query_lens and block_tables differ in length");
+  UNIATTN_CHECK(rows >= int64_t(b), "paged decode: ", rows, " rows cannot hold a batch of ", b);
+  for (const auto& t : pb.block_tables)
+    max_blocks = std::max<int64_t>(max_blocks, int64_t(t.size()));
+  const int64_t bs = cache.block_size(), nb = cache.num_blocks();
+  auto i32 = at::TensorOptions().dtype(at::kInt);
+  PagedDecodeInputs in{at::full({rows, std::max<int64_t>(max_blocks, 1)}, -1, i32),
+                       at::zeros({rows}, i32),
+                       at::full({rows}, cache.scratch_slot(), i32.dtype(at::kLong))};
+  auto table = in.block_tables.accessor<int32_t, 2>();
+  auto seqlens = in.seqlens.accessor<int32_t, 1>();
+  auto write_slots = in.write_slots.accessor<int64_t, 1>();
+  for (size_t i = 0; i < b; ++i) {
+    const int64_t ctx = pb.context_lens[i];
+    UNIATTN_CHECK(pb.query_lens[i] == 1 && ctx >= 0, "paged decode: row ", i, " has query_len ",
+                  pb.query_lens[i], " and context_len ", ctx, " (one new token per row)");
+    const auto& bt = pb.block_tables[i];
+    UNIATTN_CHECK(int64_t(bt.size()) <= max_blocks, "paged decode: row ", i, "'s block table has ",
+                  bt.size(), " blocks, more than max_blocks = ", max_blocks);
+    // Every block the kernels read (from the oldest kept key on) or write must be in the pool.
+    for (int64_t pos = cache.first_key(ctx) / bs * bs; pos <= ctx; pos += bs)
+      slot_of(bt, pos, bs, nb, i);
+    for (size_t j = 0; j < bt.size(); ++j) table[int64_t(i)][int64_t(j)] = bt[j];
+    UNIATTN_CHECK(ctx < INT32_MAX, "paged decode: row ", i, "'s context_len ", ctx,
+                  " exceeds int32");
+    seqlens[int64_t(i)] = static_cast<int32_t>(ctx + 1);
+    write_slots[int64_t(i)] = slot_of(bt, ctx, bs, nb, i);
+  }
+  return in;
+}
+
+at::Tensor paged_decode_forward(CausalLM& model, const at::Tensor& tokens, PagedKVCache& cache,
+                                const PagedDecodeInputs& in) {
+  auto& m = *model;
+  const auto& c = m.config();
+  const int64_t b = tokens.size(0);
+  UNIATTN_CHECK(tokens.dim() == 2 && tokens.size(1) == 1 && in.block_tables.dim() == 2 &&
+                    in.block_tables.size(0) == b && in.seqlens.numel() == b &&
+                    in.write_slots.numel() == b,
+                "paged_decode_forward: tokens ", tokens.sizes(), " (one per row), block_tables ",
+                in.block_tables.sizes(), ", seqlens ", in.seqlens.sizes(), " and write_slots ",
+                in.write_slots.sizes(), " must agree in rows");
+  const PagedDecode pd{&cache, in.block_tables, in.write_slots};
+  ForwardState s;
+  s.tokens = 1;
+  s.paged_decode = &pd;
+  s.cache_seqlens = in.seqlens;
+  s.shared.resize(c.num_layers);
+  const auto positions = (in.seqlens.to(at::kLong) - 1).clamp_min(0).view({b, 1});
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const bool sliding = c.layer_is_sliding(l);
+    auto& tables = sliding ? s.rope_sliding : s.rope_global;
+    if (!tables.first.defined())
+      tables = rope_tables(cache.inv_freq(sliding), positions, m.dtype());
+  }
+  auto x = m.embed(tokens);
+  at::Tensor pending;
+  for (int64_t l = 0; l < c.num_layers; ++l)
+    std::tie(x, pending) = m.layer(l)->forward_deferred(x, pending, s);
+  return m.logits(x + pending, false);
+}
+
+namespace {
+// A decode batch (one token per row) through paged_decode_forward.
+at::Tensor decode_batch(CausalLM& model, const at::Tensor& input_ids, PagedKVCache& cache,
+                        const PagedBatch& pb) {
+  const auto in = paged_decode_inputs(cache, pb, int64_t(pb.query_lens.size()), 0);
+  const auto dev = input_ids.device();
+  return paged_decode_forward(
+      model, input_ids, cache,
+      {in.block_tables.to(dev), in.seqlens.to(dev), in.write_slots.to(dev)});
+}
+}  // namespace
+
 at::Tensor paged_forward(CausalLM& model, const at::Tensor& input_ids, PagedKVCache& cache,
                          const PagedBatch& pb, bool last_only) {
   auto& m = *model;
@@ -143,6 +221,7 @@ at::Tensor paged_forward(CausalLM& model, const at::Tensor& input_ids, PagedKVCa
   UNIATTN_CHECK(input_ids.dim() == 2 && input_ids.size(0) == int64_t(pb.query_lens.size()),
                 "paged_forward: input_ids ", input_ids.sizes(), " do not match a batch of ",
                 pb.query_lens.size(), " rows");
+  if (input_ids.size(1) == 1) return decode_batch(model, input_ids, cache, pb);
   const auto dev = input_ids.device();
   at::Tensor positions;
   int64_t max_len = 0;

@@ -12,6 +12,7 @@
 #include <map>
 #include <mutex>
 
+#include "decode_runner.h"
 #include "uniattn/error.h"
 #include "uniattn/error_message.h"
 #include "uniattn/model/paged_kv_cache.h"
@@ -107,6 +108,7 @@ struct Engine::Impl {
   EngineOptions opt;
   std::unique_ptr<PagedKVCache> cache;
   std::unique_ptr<BlockAllocator> alloc;
+  std::unique_ptr<DecodeRunner> decoder;
   int64_t vocab = 0;
 
   std::mutex mu;
@@ -119,7 +121,7 @@ struct Engine::Impl {
   // Owned by the stepping thread.
   std::deque<SeqPtr> waiting;
   std::vector<SeqPtr> running;
-  std::atomic<int64_t> n_waiting{0}, n_running{0}, n_free{0}, preemptions{0}, steps{0};
+  std::atomic<int64_t> n_waiting{0}, n_running{0}, n_free{0}, preemptions{0}, steps{0}, n_graphs{0};
 
   // Returns all of `s`'s blocks to the pool.
   void free_blocks(Sequence& s) {
@@ -231,6 +233,8 @@ struct Engine::Impl {
     return rows;
   }
 
+  // Logits of the rows: [B, T, V] or, when last_only, [B, 1, V] (float). A batch of one token
+  // per row is a decode step (the runner's CUDA graphs); others run paged_forward.
   at::Tensor run_rows(const std::vector<Row>& rows, bool last_only) {
     PagedBatch pb;
     int64_t t = 0;
@@ -243,6 +247,7 @@ struct Engine::Impl {
       pb.query_lens.push_back(rows[i].n);
       pb.block_tables.push_back(s.blocks);
     }
+    if (t == 1) return decoder->run(ids, pb).to(at::kFloat);
     auto input = at::tensor(ids, at::TensorOptions().dtype(at::kLong))
                      .view({int64_t(rows.size()), t})
                      .to(model->device());
@@ -380,6 +385,7 @@ struct Engine::Impl {
     n_waiting = int64_t(waiting.size() + incoming.size());
     n_running = int64_t(running.size());
     n_free = alloc->num_free();
+    n_graphs = decoder->graphs();
   }
 };
 
@@ -402,6 +408,9 @@ Engine::Engine(CausalLM model, const EngineOptions& o) : impl_(std::make_unique<
   m.cache =
       std::make_unique<PagedKVCache>(c, m.opt.num_blocks, o.block_size, dt, m.model->device());
   m.alloc = std::make_unique<BlockAllocator>(m.opt.num_blocks);
+  m.decoder =
+      std::make_unique<DecodeRunner>(m.model, *m.cache, m.opt.max_seqs,
+                                     blocks_for(m.opt.max_model_len, o.block_size), o.cuda_graphs);
   m.vocab = c.vocab_size;
   m.publish();
 }
@@ -500,6 +509,7 @@ EngineStats Engine::stats() const {
   s.blocks_free = m.n_free;
   s.preemptions = m.preemptions;
   s.steps = m.steps;
+  s.decode_graphs = m.n_graphs;
   return s;
 }
 

@@ -262,6 +262,49 @@ TEST_P(DecodeKernel, LeaderAndFollowerMeetErrorRule) {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, DecodeKernel, ::testing::Range<size_t>(0, 9));
 
+// The paged path of the decode kernels (K/V read through block tables, vLLM's layout) computes
+// what the static path computes, bit for bit: each case's caches (capacity rounded up to blocks of
+// 16) scattered over pools in shuffled blocks whose other slots are NaN. The static path meets
+// the error rule above.
+class PagedDecodeKernel : public ::testing::TestWithParam<size_t> {};
+
+TEST_P(PagedDecodeKernel, EqualsStaticKernel) {
+  SKIP_WITHOUT_GPU();
+  const auto cases = decode_cases();
+  if (GetParam() >= cases.size()) GTEST_SKIP() << "not in this shape set";
+  const DCase c = cases[GetParam()];
+  const int64_t bs = 16, m = (c.Smax + bs - 1) / bs, s = m * bs, blocks = c.B * m + 3;
+  at::manual_seed(300 + GetParam());
+  auto opt = at::TensorOptions().device(at::kCUDA).dtype(c.dt);
+  auto q = at::randn({c.B, c.Hq, 1, c.D}, opt);
+  auto order = at::randperm(blocks, at::TensorOptions().dtype(at::kLong).device(at::kCUDA));
+  auto table = order.narrow(0, 0, c.B * m).view({c.B, m});
+  auto slots = (table.unsqueeze(2) * bs + at::arange(bs, table.options())).reshape({-1});
+  auto to_pool = [&](const at::Tensor& x) {  // x [B, Hkv, S, D]
+    auto pool = at::full({blocks * bs, c.Hkv, c.D}, NAN, opt);
+    pool.index_copy_(0, slots, x.transpose(1, 2).reshape({c.B * s, c.Hkv, c.D}));
+    return pool;
+  };
+  auto kc = at::randn({c.B, c.Hkv, s, c.D}, opt), vc = at::randn({c.B, c.Hkv, s, c.D}, opt);
+  auto v2 = at::randn({c.B, c.Hkv, s, c.D}, opt);
+  const uk::DecodeKv kv{to_pool(kc), to_pool(vc), table.to(at::kInt), bs};
+  const uk::DecodeKv kv2{{}, to_pool(v2), kv.block_tables, bs};
+  auto lens = at::tensor(c.lens, at::kInt).to(at::kCUDA);
+  const uk::AttnParams p{static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.D))), c.softcap,
+                         c.window};
+  auto [o, prow] = uk::decode_leader(q, kc, vc, lens, p);
+  auto [po, pprow] = uk::decode_leader(q, kv, lens, p);
+  const std::string name = "paged case " + std::to_string(GetParam());
+  EXPECT_TRUE(at::equal(po, o)) << name << " leader O";
+  EXPECT_TRUE(at::equal(filled(pprow, lens), filled(prow, lens))) << name << " p_row";
+  EXPECT_TRUE(at::equal(uk::decode_attention(q, kv, lens, p), o)) << name << " plain O";
+  EXPECT_TRUE(at::equal(uk::decode_follower(pprow, kv2, lens, c.Hq),
+                        uk::decode_follower(prow, v2, lens, c.Hq)))
+      << name << " follower O";
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, PagedDecodeKernel, ::testing::Range<size_t>(0, 9));
+
 // Decode must replay from a CUDA graph with new device-side lengths and no recapture.
 TEST(DecodeGraph, ReplayFollowsDeviceLengths) {
   SKIP_WITHOUT_GPU();

@@ -3,9 +3,10 @@
 // reach the leader's projections through its followers, and cached decoding equals a full pass.
 #include <cstdio>
 
-#include "model_test_util.h"
 #include "model/decoder_layer.h"
+#include "model_test_util.h"
 #include "uniattn/model/checkpoint.h"
+#include "uniattn/model/paged_kv_cache.h"
 
 using namespace uniattn;
 
@@ -23,7 +24,8 @@ CausalLM load(const std::string& arch, Variant v, at::ScalarType dtype = at::kFl
   LoadOptions o;
   o.dtype = dtype;
   auto base = load_config(dir);
-  o.uniattn = v == Variant::None ? UniAttnSpec{} : UniAttnSpec::parse(v, groups_for(arch), base.num_layers);
+  o.uniattn =
+      v == Variant::None ? UniAttnSpec{} : UniAttnSpec::parse(v, groups_for(arch), base.num_layers);
   auto m = load_model(dir, o);
   if (v == Variant::UniAttn) {
     // Random compensation so W_c is exercised.
@@ -79,7 +81,8 @@ TEST_P(Variants, CachedDecodeEqualsFullForward) {
     auto full = m->forward(ids, nullptr, o);
     KVCache cache(m->config(), ids.size(0), 32, at::kFloat, at::kCPU);
     std::vector<at::Tensor> parts{m->forward(ids.narrow(1, 0, 9), &cache, o)};
-    for (int64_t t = 9; t < ids.size(1); ++t) parts.push_back(m->forward(ids.narrow(1, t, 1), &cache, o));
+    for (int64_t t = 9; t < ids.size(1); ++t)
+      parts.push_back(m->forward(ids.narrow(1, t, 1), &cache, o));
     EXPECT_EQ(cache.length(), ids.size(1));
     double d = test::max_abs_diff(at::cat(parts, 1), full);
     EXPECT_LT(d, 1e-5) << (path == AttentionPath::Fused ? "fused" : "reference");
@@ -107,6 +110,35 @@ TEST_P(Variants, DeviceSideDecodeEqualsFullForward) {
   EXPECT_LT(d, 1e-5);
 }
 
+// The paged decode step (decode kernels, or their fallbacks on the CPU, reading the pools
+// through block tables) gives the logits of a full pass: prompts prefilled through paged_forward
+// into blocks of 4 in shuffled order (block 0 included), then one token per step through
+// paged_decode_forward with two padding rows, whose writes must land in the scratch slot only.
+TEST_P(Variants, PagedDecodeEqualsFullForward) {
+  const auto& [arch, variant] = GetParam();
+  auto m = load(arch, variant);
+  at::NoGradGuard ng;
+  auto ids = ids_for(arch);
+  const int64_t b = ids.size(0), n = ids.size(1), bs = 4, per_row = (n + bs - 1) / bs;
+  PagedKVCache cache(m->config(), b * per_row + 3, bs, at::kFloat, at::kCPU);
+  PagedBatch pb;
+  for (int64_t i = 0; i < b; ++i) {
+    std::vector<int32_t> table;
+    for (int64_t j = per_row - 1; j >= 0; --j) table.push_back(int32_t(j * b + i));
+    pb.block_tables.push_back(table);
+    pb.context_lens.push_back(0);
+    pb.query_lens.push_back(9);
+  }
+  std::vector<at::Tensor> parts{paged_forward(m, ids.narrow(1, 0, 9), cache, pb, false)};
+  for (int64_t t = 9; t < n; ++t) {
+    for (int64_t i = 0; i < b; ++i) pb.context_lens[i] = t, pb.query_lens[i] = 1;
+    const auto in = paged_decode_inputs(cache, pb, b + 2, per_row + 1);
+    auto tokens = at::cat({ids.narrow(1, t, 1), at::zeros({2, 1}, ids.options())});
+    parts.push_back(paged_decode_forward(m, tokens, cache, in).narrow(0, 0, b));
+  }
+  EXPECT_LT(test::max_abs_diff(at::cat(parts, 1), m->forward(ids)), 1e-5);
+}
+
 TEST_P(Variants, FollowersOwnOnlyWhatTheyUse) {
   const auto& [arch, variant] = GetParam();
   auto m = load(arch, variant);
@@ -115,7 +147,8 @@ TEST_P(Variants, FollowersOwnOnlyWhatTheyUse) {
   for (const auto& p : m->named_parameters()) names.insert(p.key());
   for (int64_t l = 0; l < m->config().num_layers; ++l) {
     auto has = [&](const std::string& what) {
-      return names.count("model.layers." + std::to_string(l) + ".self_attn." + what + ".weight") > 0;
+      return names.count("model.layers." + std::to_string(l) + ".self_attn." + what + ".weight") >
+             0;
     };
     const bool f = spec.is_follower(l);
     EXPECT_EQ(has("q_proj"), !f || variant == Variant::Cla) << l;
@@ -161,7 +194,7 @@ TEST(UniAttn, ZeroCompensationIsSoftmaxSharing) {
     LoadReport report;
     auto soft = load_model(dir, a);
     auto uni = load_model(dir, b, &report);
-    EXPECT_EQ(report.zero_filled.size(), 2u);  // one W_c per follower
+    EXPECT_EQ(report.zero_filled.size(), 2u);                      // one W_c per follower
     EXPECT_EQ(report.dropped.size(), arch == "gemma2" ? 4u : 4u);  // q_proj + k_proj each
     at::NoGradGuard ng;
     auto ids = ids_for(arch);
@@ -177,43 +210,42 @@ TEST(UniAttn, ZeroCompensationIsSoftmaxSharing) {
 // gradient comes from followers. Checked against central finite differences in fp64.
 TEST(UniAttn, LeaderGradientIncludesFollowers) {
   for (Variant v : {Variant::None, Variant::Softmax, Variant::UniAttn}) {
-   for (auto path : {AttentionPath::Fused, AttentionPath::Reference}) {
-    auto m = load("llama", v, at::kDouble);
-    auto lead = m->layer(2)->self_attn;
-    if (v != Variant::None) {
+    for (auto path : {AttentionPath::Fused, AttentionPath::Reference}) {
+      auto m = load("llama", v, at::kDouble);
+      auto lead = m->layer(2)->self_attn;
+      if (v != Variant::None) {
+        at::NoGradGuard ng;
+        lead->v_proj->weight.zero_();
+      }
+      auto ids = ids_for("llama").narrow(0, 0, 1).narrow(1, 0, 10);
+      auto r =
+          at::randn({1, 10, m->config().vocab_size}, at::TensorOptions().dtype(at::kDouble)) / 10.0;
+      ForwardOptions o;
+      o.path = path;
+      auto loss_fn = [&] { return (m->forward(ids, nullptr, o) * r).sum(); };
+      auto& w = lead->q_proj->weight;
+      m->zero_grad();
+      loss_fn().backward();
+      auto g = w.grad().clone();
+      EXPECT_GT(g.abs().max().item<double>(), 1e-6) << "no gradient reached the leader's q_proj";
       at::NoGradGuard ng;
-      lead->v_proj->weight.zero_();
+      const double eps = 1e-6;
+      double worst = 0;
+      for (int64_t idx : {0L, 17L, 200L, 1000L, 4000L}) {
+        auto flat = w.view(-1);
+        const double orig = flat[idx].item<double>();
+        flat[idx] = orig + eps;
+        double up = loss_fn().item<double>();
+        flat[idx] = orig - eps;
+        double down = loss_fn().item<double>();
+        flat[idx] = orig;
+        double fd = (up - down) / (2 * eps);
+        double ad = g.view(-1)[idx].item<double>();
+        worst = std::max(worst, std::abs(fd - ad) / std::max(1e-8, std::abs(fd)));
+        EXPECT_NEAR(ad, fd, 1e-6 + 1e-4 * std::abs(fd)) << "element " << idx;
+      }
+      std::printf("%s %d: worst relative FD error %.3g\n", variant_name(v), (int)path, worst);
     }
-    auto ids = ids_for("llama").narrow(0, 0, 1).narrow(1, 0, 10);
-    auto r = at::randn({1, 10, m->config().vocab_size},
-                       at::TensorOptions().dtype(at::kDouble)) /
-             10.0;
-    ForwardOptions o;
-    o.path = path;
-    auto loss_fn = [&] { return (m->forward(ids, nullptr, o) * r).sum(); };
-    auto& w = lead->q_proj->weight;
-    m->zero_grad();
-    loss_fn().backward();
-    auto g = w.grad().clone();
-    EXPECT_GT(g.abs().max().item<double>(), 1e-6) << "no gradient reached the leader's q_proj";
-    at::NoGradGuard ng;
-    const double eps = 1e-6;
-    double worst = 0;
-    for (int64_t idx : {0L, 17L, 200L, 1000L, 4000L}) {
-      auto flat = w.view(-1);
-      const double orig = flat[idx].item<double>();
-      flat[idx] = orig + eps;
-      double up = loss_fn().item<double>();
-      flat[idx] = orig - eps;
-      double down = loss_fn().item<double>();
-      flat[idx] = orig;
-      double fd = (up - down) / (2 * eps);
-      double ad = g.view(-1)[idx].item<double>();
-      worst = std::max(worst, std::abs(fd - ad) / std::max(1e-8, std::abs(fd)));
-      EXPECT_NEAR(ad, fd, 1e-6 + 1e-4 * std::abs(fd)) << "element " << idx;
-    }
-    std::printf("%s %d: worst relative FD error %.3g\n", variant_name(v), (int)path, worst);
-   }
   }
 }
 

@@ -7,9 +7,12 @@
 // are never read again, so the blocks holding only such keys may be freed (kept_window()).
 //
 // paged_forward() runs the model over a batch whose rows each have their own cached length (the
-// paged counterpart of CausalLM::forward with a KVCache). Its attention path is the ATen
-// reference: each layer scatters the new K/V into their slots and gathers every row's context
-// through its block table into a padded [B, H, L, D] view, masked by length (and window).
+// paged counterpart of CausalLM::forward with a KVCache). Rows that feed several tokens (chunked
+// prefill) take the ATen path: each layer scatters the new K/V into their slots and gathers every
+// row's context through its block table into a padded [B, H, L, D] view, masked by length (and
+// window). A batch of one token per row (decode) takes paged_decode_forward(): the decode kernels
+// read the pools through the block tables (shared_softmax.h's DecodeKv), and every input lives on
+// the device, so a server can capture the step in a CUDA graph per batch size.
 #pragma once
 #include <ATen/core/Tensor.h>
 
@@ -23,8 +26,9 @@ namespace uniattn {
 
 class PagedKVCache {
  public:
-  // Allocates, per layer that keeps K (V), a pool [num_blocks * block_size, num_kv_heads,
-  // head_dim] of `dtype` on `device`. Throws uniattn::Error when num_blocks or block_size < 1.
+  // Allocates, per layer that keeps K (V), a pool [num_blocks * block_size + 1, num_kv_heads,
+  // head_dim] of `dtype` on `device` (the last slot is scratch_slot()). Throws uniattn::Error when
+  // num_blocks or block_size < 1.
   PagedKVCache(const ModelConfig& config, int64_t num_blocks, int64_t block_size,
                at::ScalarType dtype, at::Device device);
 
@@ -32,8 +36,11 @@ class PagedKVCache {
   int64_t block_size() const { return block_size_; }
   bool has_k(int64_t layer) const { return k_[layer].defined(); }
   bool has_v(int64_t layer) const { return v_[layer].defined(); }
-  // Slot-major pools [num_blocks * block_size, heads, head_dim]; undefined where the layer keeps
-  // none. Slot s of a sequence is block_table[s / block_size] * block_size + s % block_size.
+  // Slot-major pools [num_blocks * block_size + 1, heads, head_dim]; undefined where the layer
+  // keeps none. Slot s of a sequence is block_table[s / block_size] * block_size + s % block_size.
+  // A slot outside every block: the padding rows of a decode step (a CUDA graph's batch size
+  // above the running batch) write their K/V there.
+  int64_t scratch_slot() const { return num_blocks_ * block_size_; }
   const at::Tensor& k_pool(int64_t layer) const { return k_[layer]; }
   const at::Tensor& v_pool(int64_t layer) const { return v_[layer]; }
   // Bytes of one block summed over layers (K and V where kept).
@@ -80,5 +87,29 @@ struct PagedBatch {
 // when the batch is inconsistent (sizes, a block table too short, a block id outside the pool).
 at::Tensor paged_forward(CausalLM& model, const at::Tensor& input_ids, PagedKVCache& cache,
                          const PagedBatch& batch, bool last_only);
+
+// The inputs of one decode step (vLLM's decode AttentionMetadata), as tensors the step reads on
+// the device: a CUDA graph captured with one set replays with new values copied into it.
+struct PagedDecodeInputs {
+  at::Tensor block_tables;  // int32 [B, M]: row i's block table, -1 past its end
+  at::Tensor seqlens;       // int32 [B]: keys of row i once its token is written (context + 1);
+                            // 0 for a padding row
+  at::Tensor write_slots;   // int64 [B]: the slot row i's new token goes to (padding rows:
+                            // scratch_slot())
+};
+
+// Host-side (CPU) inputs of a decode batch (every query_len 1) padded to `rows` >= its size with
+// padding rows, block tables to `max_blocks` columns (0: the longest table). Throws
+// uniattn::Error when the batch is inconsistent (as paged_forward), a row is not a one-token
+// row, a table is longer than max_blocks, or a block the step reads or writes is outside the pool.
+PagedDecodeInputs paged_decode_inputs(const PagedKVCache& cache, const PagedBatch& batch,
+                                      int64_t rows, int64_t max_blocks);
+
+// One decode step over tokens [B, 1] (int64, on the cache's device) with `inputs` on that device:
+// writes each row's new K/V and attends through the block tables. Returns logits [B, 1, vocab]
+// (dtype as paged_forward). Nothing is read on the host, so the call can be captured in a CUDA
+// graph. Throws uniattn::Error on inconsistent shapes.
+at::Tensor paged_decode_forward(CausalLM& model, const at::Tensor& tokens, PagedKVCache& cache,
+                                const PagedDecodeInputs& inputs);
 
 }  // namespace uniattn

@@ -25,6 +25,9 @@ struct EngineOptions {
   int64_t max_seqs = 16;       // running sequences at most
   int64_t prefill_chunk = 64;  // prompt tokens prefilled per step (over all prefilling rows)
   int64_t max_model_len = 0;   // prompt + output tokens; 0: the config's max_position_embeddings
+  // Decode steps on a CUDA device replay CUDA graphs captured per batch-size bucket (vLLM's
+  // default; false is its --enforce-eager).
+  bool cuda_graphs = true;
 };
 
 struct EngineRequest {
@@ -60,6 +63,7 @@ struct EngineStats {
   int64_t waiting = 0, running = 0;
   int64_t blocks_total = 0, blocks_free = 0;
   int64_t preemptions = 0, steps = 0;
+  int64_t decode_graphs = 0;  // CUDA graphs captured for decode steps
 };
 
 // Thread safety: add/abort/stats may be called from any thread; step() from one thread at a

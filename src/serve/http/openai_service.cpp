@@ -413,6 +413,8 @@ std::string OpenAIService::metrics() const {
         s.blocks_total - s.blocks_free);
   gauge("uniattn_num_preemptions_total", "counter", "Sequences preempted (recomputed later).",
         s.preemptions);
+  gauge("uniattn_decode_cuda_graphs", "gauge", "CUDA graphs captured for decode steps.",
+        s.decode_graphs);
   o << ttft_.render("uniattn_time_to_first_token_seconds", "Time to first token.");
   o << itl_.render("uniattn_inter_token_latency_seconds", "Time between output tokens.");
   return o.str();
