@@ -221,7 +221,8 @@ def main():
                 log(f"[{v}] {la.label}: {r['output_tokens_per_s']} tok/s, TTFT p50 "
                     f"{r['ttft_ms']['p50']} ms, ITL p50 {r['itl_ms']['p50']} ms, "
                     f"decode {r['decode_tokens_per_s_from_itl']} tok/s, blocks max "
-                    f"{r['kv_blocks']['used_max']}, errors {r['errors']}, cut {r['cut']}")
+                    f"{r['kv_blocks']['used_max']}, errors {r['errors']}, cut {r['cut']}, "
+                    f"host ms per decode step {r.get('engine_decode_step_ms')}")
         finally:
             srv.stop()
         flush()

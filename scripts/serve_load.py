@@ -262,7 +262,28 @@ def run_load(args):
             t.join(5)
     sampler.stop.set()
     sampler.join(5)
-    return summarize(args, requests, sampler.samples, before, t0, cut)
+    out = summarize(args, requests, sampler.samples, before, t0, cut)
+    try:
+        out["engine_decode_step_ms"] = engine_phases(before, parse_metrics(target.get("/metrics")[1]))
+    except Exception:
+        out["engine_decode_step_ms"] = None
+    return out
+
+
+def engine_phases(before, after):
+    """Host milliseconds per decode step in each phase over the run (the server's
+    uniattn_engine_step_seconds_total counters): schedule, forward (inputs and launch or CUDA-graph
+    replay), sample (waits for the device), emit (callbacks into the HTTP layer)."""
+    steps = (after.get("uniattn_engine_decode_steps_total", 0)
+             - before.get("uniattn_engine_decode_steps_total", 0))
+    if steps <= 0:
+        return None
+    out = {"decode_steps": int(steps)}
+    for phase in ("schedule", "forward", "sample", "emit"):
+        k = f'uniattn_engine_step_seconds_total{{group="decode",phase="{phase}"}}'
+        if k in after:
+            out[phase] = round((after[k] - before.get(k, 0)) / steps * 1e3, 3)
+    return out
 
 
 def summarize(args, requests, samples, before, t0, cut):

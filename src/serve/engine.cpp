@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <map>
@@ -77,7 +78,7 @@ struct Row {
 // A row whose sequence has fed all its tokens and gets its next one in this step.
 struct Ready {
   Sequence* seq = nullptr;
-  at::Tensor logits;  // float [V] of its last position (a view into the step's logits)
+  int64_t row = 0;  // its row of the step's last-position logits
 };
 
 // Greedy with no penalty: the token is the argmax of the raw logits, so these rows of a step share
@@ -88,6 +89,17 @@ bool plain_greedy(const EngineRequest& r) {
 }
 
 int64_t blocks_for(int64_t tokens, int64_t bs) { return (tokens + bs - 1) / bs; }
+
+// Host time of a step's phases, accumulated in nanoseconds (EngineStats' seconds).
+enum Phase { kSchedule, kForward, kSample, kEmit, kPhases };
+struct PhaseClock {
+  std::chrono::steady_clock::time_point t = std::chrono::steady_clock::now();
+  void lap(std::atomic<int64_t>& total_ns) {
+    const auto now = std::chrono::steady_clock::now();
+    total_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(now - t).count();
+    t = now;
+  }
+};
 
 TokenLogprob logprob_of(const at::Tensor& logp_row, int32_t token, int64_t top_n) {
   TokenLogprob out;
@@ -121,7 +133,9 @@ struct Engine::Impl {
   // Owned by the stepping thread.
   std::deque<SeqPtr> waiting;
   std::vector<SeqPtr> running;
-  std::atomic<int64_t> n_waiting{0}, n_running{0}, n_free{0}, preemptions{0}, steps{0}, n_graphs{0};
+  std::atomic<int64_t> n_waiting{0}, n_running{0}, n_free{0}, preemptions{0}, steps{0}, n_graphs{0},
+      decode_steps{0};
+  std::atomic<int64_t> phase_ns[2][kPhases] = {};  // [decode, prefill][Phase]
 
   // Returns all of `s`'s blocks to the pool.
   void free_blocks(Sequence& s) {
@@ -233,8 +247,8 @@ struct Engine::Impl {
     return rows;
   }
 
-  // Logits of the rows: [B, T, V] or, when last_only, [B, 1, V] (float). A batch of one token
-  // per row is a decode step (the runner's CUDA graphs); others run paged_forward.
+  // Logits of the rows (model dtype): [B, T, V] or, when last_only, [B, 1, V]. A batch of one
+  // token per row is a decode step (the runner's CUDA graphs); others run paged_forward.
   at::Tensor run_rows(const std::vector<Row>& rows, bool last_only) {
     PagedBatch pb;
     int64_t t = 0;
@@ -247,16 +261,16 @@ struct Engine::Impl {
       pb.query_lens.push_back(rows[i].n);
       pb.block_tables.push_back(s.blocks);
     }
-    if (t == 1) return decoder->run(ids, pb).to(at::kFloat);
+    if (t == 1) return decoder->run(ids, pb);
     auto input = at::tensor(ids, at::TensorOptions().dtype(at::kLong))
                      .view({int64_t(rows.size()), t})
                      .to(model->device());
-    return paged_forward(model, input, *cache, pb, last_only).to(at::kFloat);
+    return paged_forward(model, input, *cache, pb, last_only);
   }
 
   void record_prompt_logprobs(Sequence& s, const at::Tensor& logits_row, int64_t n) {
     const int64_t plen = int64_t(s.req.prompt.size());
-    auto logp = at::log_softmax(logits_row.narrow(0, 0, n), -1).cpu();
+    auto logp = at::log_softmax(logits_row.narrow(0, 0, n).to(at::kFloat), -1).cpu();
     for (int64_t j = 0; j < n; ++j) {
       const int64_t next = s.computed + j + 1;
       if (next < plen)
@@ -265,24 +279,42 @@ struct Engine::Impl {
   }
 
   // Advances every row by the tokens it fed (recording echo's prompt log-probabilities) and
-  // returns the rows that caught up, with the logits of their last position.
+  // returns the rows that caught up.
   std::vector<Ready> advance(const std::vector<Row>& rows, const at::Tensor& logits, bool full) {
     std::vector<Ready> ready;
     for (size_t i = 0; i < rows.size(); ++i) {
       Sequence& s = *rows[i].seq;
       const int64_t n = rows[i].n;
       if (full && s.req.prompt_logprobs && !s.prompt_lp_done)
-        record_prompt_logprobs(s, logits[i], n);
+        record_prompt_logprobs(s, logits[int64_t(i)], n);
       s.computed += n;
-      if (s.computed >= s.total()) ready.push_back({&s, logits[i][full ? n - 1 : 0]});
+      if (s.computed >= s.total()) ready.push_back({&s, int64_t(i)});
     }
     return ready;
+  }
+
+  // Logits [B, V] at each row's last fed position: one view (last_only) or one gather (full).
+  static at::Tensor last_logits(const std::vector<Row>& rows, const at::Tensor& logits, bool full) {
+    if (!full) return logits.select(1, 0);
+    std::vector<int64_t> last;
+    for (const Row& r : rows) last.push_back(r.n - 1);
+    const auto idx = at::tensor(last).to(logits.device());
+    return logits.gather(1, idx.view({-1, 1, 1}).expand({logits.size(0), 1, logits.size(2)}))
+        .select(1, 0);
+  }
+
+  // The rows `want` of `last` ([B, V]): `last` itself when they are all of its rows in order,
+  // else one index_select.
+  static at::Tensor rows_of(const at::Tensor& last, const std::vector<int64_t>& want) {
+    bool all = int64_t(want.size()) == last.size(0);
+    for (size_t k = 0; all && k < want.size(); ++k) all = want[k] == int64_t(k);
+    return all ? last : last.index_select(0, at::tensor(want).to(last.device()));
   }
 
   // A row that samples or has penalties keeps its own generator and `seen` mask, so it is drawn
   // alone (a draw shared by rows would change each seeded stream). The token stays on the device.
   static at::Tensor sample_row(Sequence& s, const at::Tensor& row) {
-    auto logits = row.unsqueeze(0);
+    auto logits = row.unsqueeze(0).to(at::kFloat);
     if (s.req.frequency_penalty != 0 || s.req.presence_penalty != 0) {
       logits = logits.clone();
       for (auto [tok, c] : s.counts)
@@ -292,20 +324,23 @@ struct Engine::Impl {
   }
 
   // Reading each row's token with .item() costs one device sync per row and step (32 per decode
-  // step at 32 running sequences on a GPU). Instead the plain greedy rows share one argmax, the
-  // other rows' tokens stay on the device, and all come to the host in one copy.
-  static std::vector<int32_t> next_tokens(const std::vector<Ready>& ready) {
-    std::vector<at::Tensor> greedy_rows, parts;
+  // step at 32 running sequences on a GPU), and per-row tensor views cost host time of their own.
+  // Instead the plain greedy rows share one argmax over `last` (the model's dtype: converting
+  // to float changes no argmax), the other rows' tokens stay on the device, and all come to the
+  // host in one copy.
+  static std::vector<int32_t> next_tokens(const std::vector<Ready>& ready, const at::Tensor& last) {
+    std::vector<at::Tensor> parts;
+    std::vector<int64_t> greedy_rows;
     std::vector<size_t> order;  // the ready row of each token of cat(parts)
     for (size_t j = 0; j < ready.size(); ++j) {
       if (!plain_greedy(ready[j].seq->req)) continue;
-      greedy_rows.push_back(ready[j].logits);
+      greedy_rows.push_back(ready[j].row);
       order.push_back(j);
     }
-    if (!greedy_rows.empty()) parts.push_back(at::argmax(at::stack(greedy_rows), -1));
+    if (!greedy_rows.empty()) parts.push_back(at::argmax(rows_of(last, greedy_rows), -1));
     for (size_t j = 0; j < ready.size(); ++j) {
       if (plain_greedy(ready[j].seq->req)) continue;
-      parts.push_back(sample_row(*ready[j].seq, ready[j].logits));
+      parts.push_back(sample_row(*ready[j].seq, last[ready[j].row]));
       order.push_back(j);
     }
     const auto host = at::cat(parts).to(at::kCPU, at::kLong).contiguous();
@@ -317,12 +352,14 @@ struct Engine::Impl {
 
   // Log-softmax of the raw logits of the rows that asked for log-probabilities: one op and one
   // copy to the host for all of them, not one per row. Undefined for the other rows.
-  static std::vector<at::Tensor> output_logprobs(const std::vector<Ready>& ready) {
-    std::vector<at::Tensor> rows, out(ready.size());
+  static std::vector<at::Tensor> output_logprobs(const std::vector<Ready>& ready,
+                                                 const at::Tensor& last) {
+    std::vector<int64_t> rows;
+    std::vector<at::Tensor> out(ready.size());
     for (const Ready& r : ready)
-      if (r.seq->req.logprobs >= 0) rows.push_back(r.logits);
+      if (r.seq->req.logprobs >= 0) rows.push_back(r.row);
     if (rows.empty()) return out;
-    const auto logp = at::log_softmax(at::stack(rows), -1).cpu();
+    const auto logp = at::log_softmax(rows_of(last, rows).to(at::kFloat), -1).cpu();
     for (size_t j = 0, k = 0; j < ready.size(); ++j)
       if (ready[j].seq->req.logprobs >= 0) out[j] = logp[int64_t(k++)];
     return out;
@@ -353,22 +390,33 @@ struct Engine::Impl {
   }
 
   // After a forward: advance each row; rows that caught up get their next token.
-  void postprocess(const std::vector<Row>& rows, const at::Tensor& logits, bool full) {
+  // Sampling waits for the device; `times` gets the sample and emit phases.
+  void postprocess(const std::vector<Row>& rows, const at::Tensor& logits, bool full,
+                   PhaseClock& clock, std::atomic<int64_t>* times) {
     const auto ready = advance(rows, logits, full);
     if (!ready.empty()) {
-      const auto tokens = next_tokens(ready);
-      const auto logp = output_logprobs(ready);
+      const auto last = last_logits(rows, logits, full);
+      const auto tokens = next_tokens(ready, last);
+      const auto logp = output_logprobs(ready, last);
+      clock.lap(times[kSample]);
       for (size_t j = 0; j < ready.size(); ++j) emit(*ready[j].seq, tokens[j], logp[j]);
     }
     std::erase_if(running, [](const SeqPtr& s) { return s->done; });
+    clock.lap(times[kEmit]);
   }
 
-  void run_group(const std::vector<Row>& rows) {
+  // Runs one group of the step: decode (every row one token) or prefill.
+  void run_group(const std::vector<Row>& rows, bool decode) {
     if (rows.empty()) return;
     bool full = false;
     for (const Row& r : rows) full = full || (r.seq->req.prompt_logprobs && !r.seq->prompt_lp_done);
+    auto* times = phase_ns[decode ? 0 : 1];
     try {
-      postprocess(rows, run_rows(rows, !full), full);
+      PhaseClock clock;
+      const auto logits = run_rows(rows, !full);
+      clock.lap(times[kForward]);
+      postprocess(rows, logits, full, clock, times);
+      if (decode) ++decode_steps;
     } catch (const std::exception& e) {
       // An internal error fails the sequences of this group; the engine goes on.
       for (const Row& r : rows) {
@@ -463,6 +511,7 @@ void Engine::abort(uint64_t id) {
 bool Engine::step() {
   auto& m = *impl_;
   c10::InferenceMode guard;
+  PhaseClock clock;
   m.drain_incoming();
   auto rows = m.schedule();
   if (rows.empty()) {
@@ -471,8 +520,9 @@ bool Engine::step() {
   }
   std::vector<Row> decode, prefill;
   for (auto& r : rows) (r.n == 1 && !r.seq->req.prompt_logprobs ? decode : prefill).push_back(r);
-  m.run_group(decode);
-  m.run_group(prefill);
+  clock.lap(m.phase_ns[decode.empty() ? 1 : 0][kSchedule]);
+  m.run_group(decode, true);
+  m.run_group(prefill, false);
   ++m.steps;
   m.publish();
   return true;
@@ -510,6 +560,11 @@ EngineStats Engine::stats() const {
   s.preemptions = m.preemptions;
   s.steps = m.steps;
   s.decode_graphs = m.n_graphs;
+  s.decode_steps = m.decode_steps;
+  for (int g = 0; g < 2; ++g) {
+    auto sec = [&](int p) { return double(m.phase_ns[g][p].load()) * 1e-9; };
+    s.seconds[g] = {sec(kSchedule), sec(kForward), sec(kSample), sec(kEmit)};
+  }
   return s;
 }
 

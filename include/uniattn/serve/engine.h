@@ -64,6 +64,15 @@ struct EngineStats {
   int64_t blocks_total = 0, blocks_free = 0;
   int64_t preemptions = 0, steps = 0;
   int64_t decode_graphs = 0;  // CUDA graphs captured for decode steps
+  int64_t decode_steps = 0;   // steps that ran a decode group
+  // Host seconds in each phase of the steps, cumulative (vLLM's step-time metrics), for the
+  // decode groups [0] and the prefill groups [1]: scheduling (counted under decode when the step
+  // has decode rows), the forward call (inputs, launch or CUDA-graph replay), sampling (which
+  // waits for the device) and emitting tokens to the callbacks.
+  struct PhaseSeconds {
+    double schedule = 0, forward = 0, sample = 0, emit = 0;
+  };
+  PhaseSeconds seconds[2];
 };
 
 // Thread safety: add/abort/stats may be called from any thread; step() from one thread at a

@@ -415,6 +415,19 @@ std::string OpenAIService::metrics() const {
         s.preemptions);
   gauge("uniattn_decode_cuda_graphs", "gauge", "CUDA graphs captured for decode steps.",
         s.decode_graphs);
+  gauge("uniattn_engine_decode_steps_total", "counter", "Engine steps with decode rows.",
+        s.decode_steps);
+  o << "# HELP uniattn_engine_step_seconds_total Host seconds per step phase and row group.\n"
+    << "# TYPE uniattn_engine_step_seconds_total counter\n";
+  const char* groups[2] = {"decode", "prefill"};
+  for (int g = 0; g < 2; ++g) {
+    const auto& t = s.seconds[g];
+    for (const auto& [phase, v] :
+         {std::pair{"schedule", t.schedule}, std::pair{"forward", t.forward},
+          std::pair{"sample", t.sample}, std::pair{"emit", t.emit}})
+      o << "uniattn_engine_step_seconds_total{group=\"" << groups[g] << "\",phase=\"" << phase
+        << "\"} " << v << "\n";
+  }
   o << ttft_.render("uniattn_time_to_first_token_seconds", "Time to first token.");
   o << itl_.render("uniattn_inter_token_latency_seconds", "Time between output tokens.");
   return o.str();
