@@ -4,6 +4,7 @@
 // stdout once bound. SIGTERM/SIGINT: new requests get 503, running ones finish, then it exits.
 #include <httplib.h>
 #include <signal.h>
+#include <sys/socket.h>
 
 #include <CLI/CLI.hpp>
 
@@ -248,9 +249,20 @@ int run(int argc, char** argv) {
   svr.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   std::atomic<bool> draining{false};
   add_routes(svr, service, draining);
+  // cpp-httplib listens with a backlog of 5 (CPPHTTPLIB_LISTEN_BACKLOG, compiled into Debian's
+  // libcpp-httplib): 128 clients connecting at once overflowed it and saw connection resets.
+  // Linux lets listen() be called again on a listening socket to raise the backlog, so the
+  // socket is noted when cpp-httplib sets its options and listened on again after the bind.
+  int listen_fd = -1;
+  svr.set_socket_options([&listen_fd](socket_t sock) {
+    httplib::default_socket_options(sock);
+    listen_fd = sock;
+  });
   const int port =
       a.port == 0 ? svr.bind_to_any_port(a.host) : (svr.bind_to_port(a.host, a.port) ? a.port : -1);
   if (port < 0) uniattn::fail("cannot listen on ", a.host, ":", a.port);
+  if (listen_fd < 0 || ::listen(listen_fd, SOMAXCONN) != 0)
+    std::fprintf(stderr, "uniattn-serve: warning: the listen backlog stays at 5\n");
   std::thread engine_thread([&] { engine.run(); });
   std::thread drainer = drain_on_signal(svr, engine, service, draining, set);
   std::fprintf(stderr, "uniattn-serve: %s, %lld KV blocks of %lld tokens, max_model_len %lld\n",

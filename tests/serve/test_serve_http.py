@@ -109,9 +109,18 @@ def tokens_and_text(resp):
     return ch["logprobs"]["tokens"], ch["text"], ch["finish_reason"]
 
 
+def listen_backlog(port):
+    """The accept-queue limit of the socket listening on `port` (ss's Send-Q column)."""
+    out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True,
+                         check=True).stdout.split()
+    return int(out[2])
+
+
 def test_basic(s):
     status, text = s.request("GET", "/health")
     check(status == 200, "/health 200")
+    # cpp-httplib alone listens with a backlog of 5: a burst of 128 clients overflowed it.
+    check(listen_backlog(s.port) >= 128, f"listen backlog {listen_backlog(s.port)} >= 128")
     status, models = s.request("GET", "/v1/models")
     check(status == 200 and json.loads(models)["data"][0]["id"] == "smol", "/v1/models lists smol")
 
