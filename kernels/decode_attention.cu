@@ -46,8 +46,14 @@ struct KvRows {
   const int* table;  // the row's block table; nullptr: static layout
   int64_t stride;    // elements between consecutive positions (within a block)
   int block_size;
+  int shift;  // log2(block_size) when it is a power of two (no division per key), else -1
   __device__ KvRows(const DecodeArgs& a, const void* cache, int b, int hk)
-      : base(static_cast<const T*>(cache)), table(nullptr), stride(a.D), block_size(a.block_size) {
+      : base(static_cast<const T*>(cache)),
+        table(nullptr),
+        stride(a.D),
+        block_size(a.block_size),
+        shift(a.block_size > 0 && (a.block_size & (a.block_size - 1)) == 0 ? __ffs(a.block_size) - 1
+                                                                           : -1) {
     if (a.block_table) {  // pool [slots, Hkv, D]
       base += static_cast<int64_t>(hk) * a.D;
       table = a.block_table + static_cast<int64_t>(b) * a.max_blocks;
@@ -58,12 +64,14 @@ struct KvRows {
   }
   __device__ __forceinline__ const T* operator()(int j) const {
     if (!table) return base + j * stride;
-    const int64_t slot = static_cast<int64_t>(table[j / block_size]) * block_size + j % block_size;
-    return base + slot * stride;
+    const int blk = shift >= 0 ? table[j >> shift] : table[j / block_size];
+    const int off = shift >= 0 ? j & (block_size - 1) : j % block_size;
+    return base + (static_cast<int64_t>(blk) * block_size + off) * stride;
   }
-  // The tile of keys [j0, j0 + n): its row r at (*this)(j0 + r).
+  // The tile of keys [j0, j0 + n): its row r at rows(j0 + r). A copy, not `this`, so the rows
+  // stay in registers.
   __device__ __forceinline__ auto from(int j0) const {
-    return [this, j0](int r) { return (*this)(j0 + r); };
+    return [rows = *this, j0](int r) { return rows(j0 + r); };
   }
 };
 

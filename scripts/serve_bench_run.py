@@ -99,7 +99,7 @@ def run_static(a, out, deadline):
     res = {"command": " ".join(cmd), "exit": rc, "seconds": round(time.time() - t0, 1)}
     if os.path.exists(path):
         rows = json.load(open(path)).get("rows", [])
-        res["rows"] = [r for r in rows if "/decode/" in r.get("case", "")]
+        res["rows"] = [r for r in rows if "decode/" in r.get("case", "")]
     else:
         res["log_tail"] = tail
     log("static done:", rc, f"{res['seconds']} s")

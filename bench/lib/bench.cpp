@@ -12,8 +12,10 @@
 namespace uniattn {
 
 std::string BenchCase::name(const std::string& model) const {
-  return model + (kind == BenchKind::Prefill ? "/prefill" : "/decode") +
-         "/S=" + std::to_string(seq) + "/B=" + std::to_string(batch);
+  const char* k = kind == BenchKind::Prefill  ? "/prefill"
+                  : kind == BenchKind::Decode ? "/decode"
+                                              : "/paged_decode";
+  return model + k + "/S=" + std::to_string(seq) + "/B=" + std::to_string(batch);
 }
 
 namespace {
@@ -75,7 +77,8 @@ BenchCase parse_bench_case(const std::string& spec) {
   BenchCase c;
   const auto a = spec.find(':'), b = spec.find(':', a == std::string::npos ? a : a + 1);
   auto bad = [&](const char* why) {
-    fail("benchmark case '", spec, "': ", why, " (expected prefill:BATCH:SEQ or decode:BATCH:SEQ)");
+    fail("benchmark case '", spec, "': ", why,
+         " (expected prefill:BATCH:SEQ, decode:BATCH:SEQ or paged_decode:BATCH:SEQ)");
   };
   if (a == std::string::npos || b == std::string::npos) bad("wrong form");
   const std::string kind = spec.substr(0, a);
@@ -83,6 +86,8 @@ BenchCase parse_bench_case(const std::string& spec) {
     c.kind = BenchKind::Prefill;
   } else if (kind == "decode") {
     c.kind = BenchKind::Decode;
+  } else if (kind == "paged_decode") {
+    c.kind = BenchKind::PagedDecode;
   } else {
     bad("unknown kind");
   }

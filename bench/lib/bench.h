@@ -23,19 +23,23 @@
 
 namespace uniattn {
 
-enum class BenchKind { Prefill, Decode };
+enum class BenchKind { Prefill, Decode, PagedDecode };
 
 // One measured shape: a prefill of `seq` tokens per row, or one decode step over a cache that
-// already holds `seq` tokens per row.
+// already holds `seq` tokens per row: the static KVCache (Decode), or uniattn-serve's paged cache
+// (PagedDecode: blocks of 16 interleaved across rows as a busy server leaves them, the block
+// table widened to the serving bucket, paged_decode_forward replayed from a CUDA graph).
 struct BenchCase {
   BenchKind kind = BenchKind::Prefill;
   int64_t batch = 1;
   int64_t seq = 0;
-  // "<model>/prefill/S=4096/B=1" or "<model>/decode/S=16384/B=8".
+  // "<model>/prefill/S=4096/B=1", "<model>/decode/S=16384/B=8" or
+  // "<model>/paged_decode/S=640/B=32".
   std::string name(const std::string& model) const;
 };
 
-// Parses "prefill:B:S" or "decode:B:S" (batch B, sequence S; both positive, S <= 1M, B <= 4096).
+// Parses "prefill:B:S", "decode:B:S" or "paged_decode:B:S" (batch B, sequence S; both positive,
+// S <= 1M, B <= 4096).
 // Throws uniattn::Error naming the spec otherwise.
 BenchCase parse_bench_case(const std::string& spec);
 

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <memory>
 
 #include "bench.h"
@@ -19,6 +20,7 @@
 #include "uniattn/io/file_io.h"
 #include "uniattn/model/checkpoint.h"
 #include "uniattn/model/kv_cache.h"
+#include "uniattn/model/paged_kv_cache.h"
 
 #ifdef UNIATTN_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -165,14 +167,7 @@ void run_prefill(Ctx& ctx, CausalLM& model, const ModelFootprint& fp, const Benc
 // `decode_iters` steps, in ms. The cache holds `seq` random tokens (their values do not change
 // the work); every step writes position `seq` again and nothing advances, so each timed step sees
 // the same shape.
-std::vector<double> time_decode(const BenchOptions& opt, CausalLM& model, KVCache& cache,
-                                const at::Tensor& tokens, const at::Tensor& position) {
-  auto step = [&] {
-    ForwardOptions fo;
-    fo.last_only = true;
-    fo.decode_position = position;
-    return model->forward(tokens, &cache, fo);
-  };
+std::vector<double> time_decode(const BenchOptions& opt, const std::function<at::Tensor()>& step) {
 #ifdef UNIATTN_WITH_CUDA
   if (opt.device.is_cuda()) {
     // As in the CUDA-graph decoder: warm up eagerly on a side stream (lazy initialisation must
@@ -238,13 +233,53 @@ void run_decode(Ctx& ctx, CausalLM& model, const ModelFootprint& fp, const Bench
   cache.advance(bc.seq);
   auto tokens = random_ids(c, bc.batch, 1, opt.device);
   auto position = at::full({1}, bc.seq, at::TensorOptions().dtype(at::kLong).device(opt.device));
-  const auto s = summarize(time_decode(opt, model, cache, tokens, position));
+  const auto s = summarize(time_decode(opt, [&] {
+    ForwardOptions fo;
+    fo.last_only = true;
+    fo.decode_position = position;
+    return model->forward(tokens, &cache, fo);
+  }));
   const double t = s.mean;
   ctx.add_time(name, "decode_step_ms", s);
   ctx.add(name, "tokens_per_s", static_cast<double>(bc.batch) * 1e3 / t, "tokens/s");
   const double roof = decode_roofline_ms(fp.decode_read_bytes, cache.bytes_per_token(), bc.batch,
                                          bc.seq, ctx.result.ceilings.copy_bytes_per_s);
   ctx.add(name, "roofline_fraction", roof / t, "fraction");
+}
+
+// The same step through uniattn-serve's paged cache: each row's `seq` tokens in blocks of 16,
+// block ids interleaved across rows (block j of row i is j * batch + i), the table `width` the
+// serving bucket's (DecodeRunner: the next power of two of the blocks, at least 16).
+void run_paged_decode(Ctx& ctx, CausalLM& model, const ModelFootprint& fp, const BenchCase& bc,
+                      const std::string& name) {
+  const auto& opt = ctx.opt;
+  const int64_t bs = 16, per_row = bc.seq / bs + 1;
+  int64_t width = 16;
+  while (width < per_row) width *= 2;
+  PagedKVCache cache(model->config(), bc.batch * per_row, bs, opt.dtype, opt.device);
+  for (int64_t l = 0; l < model->config().num_layers; ++l) {
+    if (cache.has_k(l)) cache.k_pool(l).normal_();
+    if (cache.has_v(l)) cache.v_pool(l).normal_();
+  }
+  PagedBatch pb;
+  for (int64_t i = 0; i < bc.batch; ++i) {
+    std::vector<int32_t> table;
+    for (int64_t j = 0; j < per_row; ++j) table.push_back(static_cast<int32_t>(j * bc.batch + i));
+    pb.block_tables.push_back(std::move(table));
+    pb.context_lens.push_back(bc.seq);
+    pb.query_lens.push_back(1);
+  }
+  const auto host = paged_decode_inputs(cache, pb, bc.batch, width);
+  const PagedDecodeInputs in{host.block_tables.to(opt.device), host.seqlens.to(opt.device),
+                             host.write_slots.to(opt.device)};
+  auto tokens = random_ids(model->config(), bc.batch, 1, opt.device);
+  const auto s =
+      summarize(time_decode(opt, [&] { return paged_decode_forward(model, tokens, cache, in); }));
+  ctx.add_time(name, "decode_step_ms", s);
+  ctx.add(name, "tokens_per_s", static_cast<double>(bc.batch) * 1e3 / s.mean, "tokens/s");
+  const double roof = decode_roofline_ms(fp.decode_read_bytes, cache.bytes_per_block() / bs,
+                                         bc.batch, bc.seq, ctx.result.ceilings.copy_bytes_per_s);
+  ctx.add(name, "roofline_fraction", roof / s.mean, "fraction");
 }
 
 void run_model_variant(Ctx& ctx, const BenchModel& m, Variant variant) {
@@ -278,8 +313,10 @@ void run_model_variant(Ctx& ctx, const BenchModel& m, Variant variant) {
     try {
       if (bc.kind == BenchKind::Prefill) {
         run_prefill(ctx, model, fp, bc, name);
-      } else {
+      } else if (bc.kind == BenchKind::Decode) {
         run_decode(ctx, model, fp, bc, name);
+      } else {
+        run_paged_decode(ctx, model, fp, bc, name);
       }
     } catch (const std::exception& e) {
       const bool oom = is_oom(e);

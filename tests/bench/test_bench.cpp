@@ -83,7 +83,8 @@ BenchModel tiny_model() {
   m.cases = {{BenchKind::Prefill, 1, 16},
              {BenchKind::Prefill, 2, 8},
              {BenchKind::Decode, 1, 12},
-             {BenchKind::Decode, 3, 20}};
+             {BenchKind::Decode, 3, 20},
+             {BenchKind::PagedDecode, 3, 20}};
   return m;
 }
 
@@ -316,6 +317,9 @@ TEST(Bench, ParsesCaseSpecs) {
   const auto d = parse_bench_case("decode:8:16384");
   EXPECT_EQ(d.kind, BenchKind::Decode);
   EXPECT_EQ(d.name("m"), "m/decode/S=16384/B=8");
+  const auto pd = parse_bench_case("paged_decode:32:640");
+  EXPECT_EQ(pd.kind, BenchKind::PagedDecode);
+  EXPECT_EQ(pd.name("m"), "m/paged_decode/S=640/B=32");
   for (const char* bad : {"", "prefill", "prefill:1", "train:1:2", "decode:0:5", "decode:1:-5",
                           "decode:1:5x", "decode:1:99999999999", "decode:5000:8", "decode::8"})
     EXPECT_THROW(parse_bench_case(bad), Error) << bad;
