@@ -185,6 +185,7 @@ cuda::DecodeArgs decode_args(const at::Tensor& v_cache, const at::Tensor& seqlen
   if (block_tables) {
     a.block_table = block_tables->data_ptr<int>();
     a.block_size = to_int(block_size, "block size");
+    a.block_shift = (block_size & (block_size - 1)) == 0 ? __builtin_ctzll(block_size) : -1;
     a.max_blocks = to_int(block_tables->size(1), "blocks per row");
     a.B = to_int(block_tables->size(0), "batch");
     a.S = to_int(block_tables->size(1) * block_size, "cache length");

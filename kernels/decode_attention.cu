@@ -52,8 +52,7 @@ struct KvRows {
         table(nullptr),
         stride(a.D),
         block_size(a.block_size),
-        shift(a.block_size > 0 && (a.block_size & (a.block_size - 1)) == 0 ? __ffs(a.block_size) - 1
-                                                                           : -1) {
+        shift(a.block_shift) {
     if (a.block_table) {  // pool [slots, Hkv, D]
       base += static_cast<int64_t>(hk) * a.D;
       table = a.block_table + static_cast<int64_t>(b) * a.max_blocks;

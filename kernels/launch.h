@@ -43,6 +43,7 @@ struct DecodeArgs {
   // S = max_blocks * block_size. nullptr: the static layout.
   const int* block_table;
   int block_size, max_blocks;
+  int block_shift;  // log2(block_size) for a power of two (shift and mask per key), else -1
 };
 
 // Chooses the split-K partition of the S key positions: it depends on S (the cache capacity), not
