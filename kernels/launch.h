@@ -46,8 +46,9 @@ struct DecodeArgs {
   int block_shift;  // log2(block_size) for a power of two (shift and mask per key), else -1
 };
 
-// Chooses the split-K partition of the S key positions: it depends on S (the cache capacity), not
-// on the actual lengths, so a captured graph stays valid when the lengths change.
+// Chooses the number of split-K partitions from S (the cache capacity), not from the lengths, so a
+// captured graph stays valid when the lengths change; each row's filled keys are then shared
+// evenly among the splits on the device (a.chunk is the share at full capacity).
 void plan_decode(DecodeArgs& a, int num_sms, bool leader);
 int64_t decode_workspace_floats(const DecodeArgs& a);
 
