@@ -76,6 +76,7 @@ struct KvRows {
   __device__ __forceinline__ const T* operator()(int j) const {
     if (!table) return base + j * stride;
     const int blk = shift >= 0 ? table[j >> shift] : table[j / block_size];
+    if (blk < 0) return nullptr;  // given back: only keys outside the window lived there
     const int off = shift >= 0 ? j & (block_size - 1) : j % block_size;
     return base + (static_cast<int64_t>(blk) * block_size + off) * stride;
   }
@@ -356,8 +357,11 @@ __global__ void __launch_bounds__(kThreads) decode_follower_kernel(const DecodeA
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {  // issue every load first: more bytes in flight
       const int j = j0 + u * KP + kq;
-      const bool ok = j < hi;
-      vu[u] = ok ? *reinterpret_cast<const uint4*>(vc(j) + sl * 8) : make_uint4(0, 0, 0, 0);
+      // The follower reads [0, len): a block given back (below the window, where p is 0) is
+      // skipped, not read through its -1 entry.
+      const T* src = j < hi ? vc(j) : nullptr;
+      const bool ok = src != nullptr;
+      vu[u] = ok ? *reinterpret_cast<const uint4*>(src + sl * 8) : make_uint4(0, 0, 0, 0);
 #pragma unroll
       for (int g = 0; g < GT; ++g)
         p[u][g] = (ok && g < ng) ? prow[static_cast<int64_t>(g) * a.S + j] : 0.f;

@@ -84,9 +84,10 @@ void decode_follower_out(const at::Tensor& p_row, const at::Tensor& v_cache,
 // One layer's cache as the decode kernels read it. Static: k/v [B,Hkv,S,D] as above. Paged: k/v
 // are pools [num_slots, Hkv, D] shared by all sequences, and row b's key j sits in slot
 // block_tables[b][j / block_size] * block_size + j % block_size; the logical capacity is
-// S = M * block_size (p_row is [B,Hq,S]). Only the entries covering a row's keys inside its window
-// and below its length are read; the others may be anything (-1 marks a block given back, and the
-// fallback reads zeros there).
+// S = M * block_size (p_row is [B,Hq,S]). Entries past a row's length are never read. Below its
+// window an entry may be -1 (a block given back): the leader does not read there, the follower
+// (whose probabilities are 0 there) skips it, and the fallback reads zeros. Other entries must
+// name blocks of the pools.
 struct DecodeKv {
   at::Tensor k, v;          // k undefined for a follower (V only)
   at::Tensor block_tables;  // int32 [B, M] on the pools' device; undefined: static layout

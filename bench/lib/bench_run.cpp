@@ -270,8 +270,7 @@ void run_paged_decode(Ctx& ctx, CausalLM& model, const ModelFootprint& fp, const
     pb.query_lens.push_back(1);
   }
   const auto host = paged_decode_inputs(cache, pb, bc.batch, width);
-  const PagedDecodeInputs in{host.block_tables.to(opt.device), host.seqlens.to(opt.device),
-                             host.write_slots.to(opt.device)};
+  const PagedDecodeInputs in = host.to(opt.device);
   auto tokens = random_ids(model->config(), bc.batch, 1, opt.device);
   const auto s =
       summarize(time_decode(opt, [&] { return paged_decode_forward(model, tokens, cache, in); }));

@@ -189,7 +189,7 @@ namespace {
 kernels::DecodeKv decode_kv(int64_t layer, const ForwardState& s) {
   if (const PagedDecode* pd = s.paged_decode) {
     const PagedKVCache& c = *pd->cache;
-    return {c.k_pool(layer), c.v_pool(layer), pd->block_tables, c.block_size()};
+    return {c.k_pool(layer), c.v_pool(layer), pd->block_tables[c.group_of(layer)], c.block_size()};
   }
   return {s.cache->k_buffer(layer), s.cache->v_buffer(layer), {}, 0};
 }
@@ -201,7 +201,8 @@ void AttentionImpl::write_decode_kv(const at::Tensor& k, const at::Tensor& v,
   if (const PagedDecode* pd = s.paged_decode) {
     auto write = [&](const at::Tensor& pool, const at::Tensor& x, const char* what) {
       UNIATTN_CHECK(pool.defined(), "paged KV cache: layer ", layer_, " keeps no ", what);
-      pool.index_copy_(0, pd->write_slots, x.reshape({x.size(0), x.size(1), x.size(3)}));
+      const auto& slots = pd->write_slots[pd->cache->group_of(layer_)];
+      pool.index_copy_(0, slots, x.reshape({x.size(0), x.size(1), x.size(3)}));
     };
     if (k.defined()) write(pd->cache->k_pool(layer_), apply_rotary(k, cos, sin), "K");
     write(pd->cache->v_pool(layer_), v, "V");

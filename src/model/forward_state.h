@@ -17,10 +17,12 @@ class PagedKVCache;
 // the block pool and which slots each row's context is read from.
 struct PagedStep {
   PagedKVCache* cache = nullptr;
-  at::Tensor write_rows;   // int64 [N]: the real tokens' rows in the flattened [B * T] input
-  at::Tensor write_slots;  // int64 [N]: their slots in the pool
-  at::Tensor read_slots;   // int64 [B, L]: row i's slots for keys 0..L-1 (masked past its length)
-  at::Tensor key_start;    // int64 [B]: the position of row i's key 0 (0 unless a kept window)
+  at::Tensor write_rows;     // int64 [N]: the real tokens' rows in the flattened [B * T] input
+  struct Group {             // per block group of the cache (PagedKVCache::group_of)
+    at::Tensor write_slots;  // int64 [N]: the real tokens' slots in the group's pools
+    at::Tensor read_slots;   // int64 [B, L]: row i's slots for keys 0..L-1 (masked past its end)
+    at::Tensor key_start;    // int64 [B]: the position of row i's key 0 (0 unless a kept window)
+  } group[2];
   // Writes x [B, H, T, D] (the new tokens' K or V) into the layer's pool and returns the rows'
   // contexts [B, H, L, D] gathered through their block tables.
   at::Tensor write_k(int64_t layer, const at::Tensor& x) const;
@@ -31,8 +33,8 @@ struct PagedStep {
 // the device, so the step can be captured in a CUDA graph per batch size and replayed.
 struct PagedDecode {
   PagedKVCache* cache = nullptr;
-  at::Tensor block_tables;  // int32 [B, M]: row i's blocks (-1: none)
-  at::Tensor write_slots;   // int64 [B]: the pool slot of row i's new token
+  at::Tensor block_tables[2];  // per block group, int32 [B, M]: row i's blocks (-1: none)
+  at::Tensor write_slots[2];   // per block group, int64 [B]: the slot of row i's new token
 };
 
 // A leader's attention inputs, kept for its followers during one forward pass.

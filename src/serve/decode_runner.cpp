@@ -3,8 +3,10 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cstdio>
 
 #include "uniattn/error.h"
+#include "uniattn/error_message.h"
 
 #ifdef UNIATTN_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -27,36 +29,49 @@ int64_t next_pow2(int64_t n) {
 struct DecodeRunner::CudaPool {
   at::cuda::MempoolId_t id = at::cuda::graph_pool_handle();
 };
-// The inputs live in two device buffers, int32 [block tables | lengths] and int64 [tokens |
-// write slots], filled from pinned host copies of the same layout: two asynchronous copies per
-// step instead of four synchronous ones.
+// The inputs live in two device buffers, int32 [block tables of each group | lengths] and int64
+// [tokens | write slots of each group], filled from pinned host copies of the same layout: two
+// asynchronous copies per step instead of one synchronous copy per tensor.
 struct DecodeRunner::Graph {
   at::Tensor ints, longs, host_ints, host_longs;
   PagedDecodeInputs in;  // views of ints and longs: what the captured step reads
   at::Tensor tokens, logits;
-  std::unique_ptr<at::cuda::CUDAGraph> graph;
-  at::cuda::CUDAEvent copied;  // the last copies out of the pinned buffers
+  std::unique_ptr<at::cuda::CUDAGraph> graph;  // null: this bucket's capture failed, run eagerly
+  at::cuda::CUDAEvent copied;                  // the last copies out of the pinned buffers
 
-  Graph(int64_t rows, int64_t width, at::Device dev) {
+  Graph(int64_t rows, int64_t width, int groups, at::Device dev) {
     auto pinned = at::TensorOptions().pinned_memory(true);
-    host_ints = at::empty({rows * width + rows}, pinned.dtype(at::kInt));
-    host_longs = at::empty({2 * rows}, pinned.dtype(at::kLong));
-    ints = at::empty_like(host_ints, at::TensorOptions().device(dev).pinned_memory(false));
-    longs = at::empty_like(host_longs, at::TensorOptions().device(dev).pinned_memory(false));
-    in = {ints.narrow(0, 0, rows * width).view({rows, width}), ints.narrow(0, rows * width, rows),
-          longs.narrow(0, rows, rows)};
+    const int64_t cells = rows * width;
+    host_ints = at::empty({groups * cells + rows}, pinned.dtype(at::kInt));
+    host_longs = at::empty({(1 + groups) * rows}, pinned.dtype(at::kLong));
+    ints = at::empty(host_ints.sizes(), at::TensorOptions().dtype(at::kInt).device(dev));
+    longs = at::empty(host_longs.sizes(), at::TensorOptions().dtype(at::kLong).device(dev));
     tokens = longs.narrow(0, 0, rows).view({rows, 1});
+    in.block_tables = ints.narrow(0, 0, cells).view({rows, width});
+    in.seqlens = ints.narrow(0, groups * cells, rows);
+    in.write_slots = longs.narrow(0, rows, rows);
+    if (groups == 2) {
+      in.sliding_block_tables = ints.narrow(0, cells, cells).view({rows, width});
+      in.sliding_write_slots = longs.narrow(0, 2 * rows, rows);
+    }
   }
   // Stages one step's inputs (CPU tensors of this bucket's shapes) and copies them over.
   void load(const PagedDecodeInputs& host, const std::vector<int64_t>& padded) {
-    const int64_t rows = in.seqlens.size(0), cells = in.block_tables.numel();
     copied.synchronize();  // a no-op unless a copy from the pinned buffers is still pending
-    auto* i32 = host_ints.data_ptr<int32_t>();
-    std::copy_n(host.block_tables.data_ptr<int32_t>(), cells, i32);
-    std::copy_n(host.seqlens.data_ptr<int32_t>(), rows, i32 + cells);
-    auto* i64 = host_longs.data_ptr<int64_t>();
-    std::copy_n(padded.data(), rows, i64);
-    std::copy_n(host.write_slots.data_ptr<int64_t>(), rows, i64 + rows);
+    auto stage = [](const at::Tensor& src, const at::Tensor& dst, const at::Tensor& host_buf,
+                    const at::Tensor& dev_buf) {
+      if (!dst.defined()) return;
+      UNIATTN_CHECK(src.sizes() == dst.sizes(), "decode runner: input ", src.sizes(),
+                    " does not fit its graph buffer ", dst.sizes());
+      const int64_t offset = dst.storage_offset() - dev_buf.storage_offset();
+      host_buf.narrow(0, offset, dst.numel()).copy_(src.reshape({-1}));
+    };
+    stage(host.block_tables, in.block_tables, host_ints, ints);
+    stage(host.sliding_block_tables, in.sliding_block_tables, host_ints, ints);
+    stage(host.seqlens, in.seqlens, host_ints, ints);
+    stage(at::tensor(padded).view({-1, 1}), tokens, host_longs, longs);
+    stage(host.write_slots, in.write_slots, host_longs, longs);
+    stage(host.sliding_write_slots, in.sliding_write_slots, host_longs, longs);
     ints.copy_(host_ints, /*non_blocking=*/true);
     longs.copy_(host_longs, /*non_blocking=*/true);
     copied.record();
@@ -83,7 +98,15 @@ DecodeRunner::DecodeRunner(CausalLM model, PagedKVCache& cache, int64_t max_rows
 
 DecodeRunner::~DecodeRunner() = default;
 
-int64_t DecodeRunner::graphs() const { return static_cast<int64_t>(graphs_.size()); }
+int64_t DecodeRunner::graphs() const {
+  return std::count_if(graphs_.begin(), graphs_.end(), [](const auto& kv) {
+#ifdef UNIATTN_WITH_CUDA
+    return kv.second->graph != nullptr;
+#else
+    return kv.second != nullptr;
+#endif
+  });
+}
 
 std::pair<int64_t, int64_t> DecodeRunner::bucket(int64_t rows, int64_t blocks) const {
   return {std::min(next_pow2(rows), max_rows_),
@@ -106,9 +129,7 @@ at::Tensor DecodeRunner::eager(const std::vector<int64_t>& tokens, const PagedBa
   const auto dev = model_->device();
   const auto n = static_cast<int64_t>(tokens.size());
   const auto in = paged_decode_inputs(cache_, batch, n, blocks);
-  return paged_decode_forward(
-      model_, at::tensor(tokens).view({n, 1}).to(dev), cache_,
-      {in.block_tables.to(dev), in.seqlens.to(dev), in.write_slots.to(dev)});
+  return paged_decode_forward(model_, at::tensor(tokens).view({n, 1}).to(dev), cache_, in.to(dev));
 }
 
 #ifdef UNIATTN_WITH_CUDA
@@ -125,12 +146,12 @@ at::Tensor DecodeRunner::replay(const std::vector<int64_t>& tokens, const PagedB
   padded.resize(size_t(rows), 0);
   if (auto it = graphs_.find({rows, width}); it != graphs_.end()) {
     Graph& g = *it->second;
+    if (!g.graph) return eager(tokens, batch, blocks);
     g.load(host, padded);
     g.graph->replay();
     return g.logits.narrow(0, 0, int64_t(tokens.size()));
   }
-  // A failed capture leaves no entry behind: the next step of this bucket tries again.
-  auto g = std::make_unique<Graph>(rows, width, model_->device());
+  auto g = std::make_unique<Graph>(rows, width, cache_.num_groups(), model_->device());
   g->load(host, padded);
   if (!pool_) pool_ = std::make_unique<CudaPool>();
   auto stream = at::cuda::getStreamFromPool();
@@ -142,8 +163,24 @@ at::Tensor DecodeRunner::replay(const std::vector<int64_t>& tokens, const PagedB
     stream.synchronize();
     g->graph = std::make_unique<at::cuda::CUDAGraph>();
     g->graph->capture_begin(pool_->id, cudaStreamCaptureModeThreadLocal);
-    g->logits = paged_decode_forward(model_, g->tokens, cache_, g->in);
-    g->graph->capture_end();
+    try {
+      g->logits = paged_decode_forward(model_, g->tokens, cache_, g->in);
+      g->graph->capture_end();
+    } catch (const std::exception& e) {
+      // Leave capture mode (and the allocator's graph pool) so the engine goes on; the bucket
+      // then runs eagerly. The warm-up above already computed this step.
+      try {
+        g->graph->capture_end();
+      } catch (...) {
+      }
+      std::fprintf(stderr,
+                   "uniattn: decode graph capture for %lld rows x %lld blocks failed (%s); "
+                   "that bucket runs eagerly\n",
+                   static_cast<long long>(rows), static_cast<long long>(width),
+                   error_message(e).c_str());
+      g->graph.reset();
+      g->logits = at::Tensor();
+    }
   }
   stream.synchronize();
   graphs_[{rows, width}] = std::move(g);

@@ -52,9 +52,10 @@ struct Sequence {
   EngineRequest req;
   Engine::Callback cb;
   std::vector<int32_t> output;
-  std::vector<int32_t> blocks;  // block table; -1: given back (left the kept window)
-  int64_t released = 0;         // blocks[0, released) are -1
-  int64_t computed = 0;         // tokens whose K/V are in the cache
+  // Block tables per block group (PagedKVCache::group_of); -1: given back (left the window).
+  std::vector<int32_t> blocks[2];
+  int64_t released[2] = {0, 0};  // blocks[g][0, released[g]) are -1
+  int64_t computed = 0;          // tokens whose K/V are in the cache
   at::Generator gen;
   at::Tensor seen;                    // bool [1, V] when repetition_penalty != 1
   std::map<int32_t, int64_t> counts;  // output token counts (frequency/presence penalties)
@@ -119,7 +120,8 @@ struct Engine::Impl {
   CausalLM model{nullptr};
   EngineOptions opt;
   std::unique_ptr<PagedKVCache> cache;
-  std::unique_ptr<BlockAllocator> alloc;
+  std::unique_ptr<BlockAllocator> alloc[2];  // per block group
+  int groups = 1;
   std::unique_ptr<DecodeRunner> decoder;
   int64_t vocab = 0;
 
@@ -134,13 +136,27 @@ struct Engine::Impl {
   std::deque<SeqPtr> waiting;
   std::vector<SeqPtr> running;
   std::atomic<int64_t> n_waiting{0}, n_running{0}, n_free{0}, preemptions{0}, steps{0}, n_graphs{0},
-      decode_steps{0};
+      decode_steps{0}, n_free_sliding{0};
   std::atomic<int64_t> phase_ns[2][kPhases] = {};  // [decode, prefill][Phase]
 
   // Returns all of `s`'s blocks to the pool.
   void free_blocks(Sequence& s) {
-    alloc->release(s.blocks);
-    s.released = 0;
+    for (int g = 0; g < groups; ++g) {
+      alloc[g]->release(s.blocks[g]);
+      s.released[g] = 0;
+    }
+  }
+
+  // Extends every block table of `s` to hold `tokens`: all groups or none (false).
+  bool grow(Sequence& s, int64_t tokens) {
+    int64_t need[2] = {0, 0};
+    for (int g = 0; g < groups; ++g) {
+      need[g] =
+          std::max<int64_t>(blocks_for(tokens, opt.block_size) - int64_t(s.blocks[g].size()), 0);
+      if (need[g] > alloc[g]->num_free()) return false;
+    }
+    for (int g = 0; g < groups; ++g) alloc[g]->allocate(need[g], s.blocks[g]);
+    return true;
   }
 
   void finish(const SeqPtr& s, Finish f, std::string error = {}) {
@@ -189,8 +205,7 @@ struct Engine::Impl {
   // Grows `s`'s block table to hold `tokens`; preempts newer sequences when blocks run out.
   // False when `s` itself had to be preempted.
   bool reserve(const SeqPtr& s, int64_t tokens) {
-    const int64_t need = blocks_for(tokens, opt.block_size) - int64_t(s->blocks.size());
-    while (!alloc->allocate(std::max<int64_t>(need, 0), s->blocks)) {
+    while (!grow(*s, tokens)) {
       const bool self = running.back() == s;
       preempt_newest();
       if (self) return false;
@@ -198,14 +213,19 @@ struct Engine::Impl {
     return true;
   }
 
-  // With a kept window (every layer sliding, PagedKVCache::kept_window), gives back the blocks
-  // that hold only positions before the oldest key this step's queries of `s` read
-  // (PagedKVCache::first_key, which paged_forward reads from).
+  // In each block group with a kept window (every layer sliding, or the sliding layers' own
+  // group: PagedKVCache::kept_window), gives back the blocks that hold only positions before the
+  // oldest key this step's queries of `s` read (PagedKVCache::first_key, which paged_forward
+  // reads from).
   void release_outside_window(Sequence& s) {
-    const int64_t oldest = cache->first_key(s.computed), bs = opt.block_size;
-    for (; s.released < int64_t(s.blocks.size()) && (s.released + 1) * bs <= oldest; ++s.released) {
-      alloc->release_one(s.blocks[s.released]);
-      s.blocks[s.released] = -1;
+    const int64_t bs = opt.block_size;
+    for (int g = 0; g < groups; ++g) {
+      const int64_t oldest = cache->first_key(s.computed, g);
+      auto& table = s.blocks[g];
+      for (int64_t& r = s.released[g]; r < int64_t(table.size()) && (r + 1) * bs <= oldest; ++r) {
+        alloc[g]->release_one(table[r]);
+        table[r] = -1;
+      }
     }
   }
 
@@ -237,8 +257,7 @@ struct Engine::Impl {
     while (!preempted && !waiting.empty() && budget > 0 && int64_t(running.size()) < opt.max_seqs) {
       SeqPtr s = waiting.front();
       const int64_t n = std::min(s->total() - s->computed, budget);
-      const int64_t need = blocks_for(s->computed + n, opt.block_size) - int64_t(s->blocks.size());
-      if (!alloc->allocate(need, s->blocks)) break;
+      if (!grow(*s, s->computed + n)) break;
       waiting.pop_front();
       running.push_back(s);
       budget -= n;
@@ -259,7 +278,8 @@ struct Engine::Impl {
       for (int64_t j = 0; j < rows[i].n; ++j) ids[i * t + j] = s.token(s.computed + j);
       pb.context_lens.push_back(s.computed);
       pb.query_lens.push_back(rows[i].n);
-      pb.block_tables.push_back(s.blocks);
+      pb.block_tables.push_back(s.blocks[0]);
+      if (groups == 2) pb.sliding_block_tables.push_back(s.blocks[1]);
     }
     if (t == 1) return decoder->run(ids, pb);
     auto input = at::tensor(ids, at::TensorOptions().dtype(at::kLong))
@@ -432,10 +452,48 @@ struct Engine::Impl {
     std::lock_guard<std::mutex> lock(mu);
     n_waiting = int64_t(waiting.size() + incoming.size());
     n_running = int64_t(running.size());
-    n_free = alloc->num_free();
+    n_free = alloc[0]->num_free();
+    n_free_sliding = groups == 2 ? alloc[1]->num_free() : 0;
     n_graphs = decoder->graphs();
   }
 };
+
+namespace {
+// The blocks a sequence of max_model_len tokens holds at once in the sliding layers' group: its
+// window, a prefill chunk past it, and a partial block at each end.
+int64_t sliding_blocks_per_sequence(const EngineOptions& o, const ModelConfig& c) {
+  return std::min(blocks_for(o.max_model_len, o.block_size),
+                  blocks_for(c.sliding_window + o.prefill_chunk, o.block_size) + 2);
+}
+
+// Fills num_blocks (and num_sliding_blocks, for models that mix sliding and global layers) from
+// kv_memory_bytes where they are 0: the memory is split so that both groups run out at the same
+// number of sequences of max_model_len tokens. Throws when a pool cannot hold one such sequence.
+void size_pools(EngineOptions& o, const ModelConfig& c, at::ScalarType dt) {
+  const bool split = o.num_sliding_blocks >= 0 && PagedKVCache::mixes_windows(c);
+  const int64_t per_seq = blocks_for(o.max_model_len, o.block_size);
+  const int64_t per_seq_sliding = split ? sliding_blocks_per_sequence(o, c) : 0;
+  if (!split) {
+    o.num_sliding_blocks = 0;
+    if (o.num_blocks <= 0)
+      o.num_blocks = o.kv_memory_bytes / PagedKVCache::bytes_per_block(c, o.block_size, dt);
+  } else if (o.num_blocks <= 0) {
+    const int64_t seq_bytes =
+        per_seq * PagedKVCache::bytes_per_block(c, o.block_size, dt, false) +
+        per_seq_sliding * PagedKVCache::bytes_per_block(c, o.block_size, dt, true);
+    const double seqs = double(o.kv_memory_bytes) / double(seq_bytes);
+    o.num_blocks = int64_t(seqs * double(per_seq));
+    if (o.num_sliding_blocks == 0) o.num_sliding_blocks = int64_t(seqs * double(per_seq_sliding));
+  } else if (o.num_sliding_blocks == 0) {
+    o.num_sliding_blocks = o.num_blocks;
+  }
+  UNIATTN_CHECK(o.num_blocks >= per_seq && o.num_sliding_blocks >= per_seq_sliding,
+                "engine: a KV pool of ", o.num_blocks, " blocks (", o.num_sliding_blocks,
+                " for the sliding layers) of ", o.block_size,
+                " tokens cannot hold one sequence of max_model_len ", o.max_model_len, " tokens (",
+                per_seq, " and ", per_seq_sliding, " blocks)");
+}
+}  // namespace
 
 Engine::Engine(CausalLM model, const EngineOptions& o) : impl_(std::make_unique<Impl>()) {
   auto& m = *impl_;
@@ -445,17 +503,13 @@ Engine::Engine(CausalLM model, const EngineOptions& o) : impl_(std::make_unique<
   UNIATTN_CHECK(o.block_size >= 1 && o.max_seqs >= 1 && o.prefill_chunk >= 1,
                 "engine: block_size, max_seqs and prefill_chunk must be >= 1");
   if (m.opt.max_model_len <= 0) m.opt.max_model_len = c.max_position_embeddings;
-  const auto dt = m.model->dtype();
-  if (m.opt.num_blocks <= 0)
-    m.opt.num_blocks = o.kv_memory_bytes / PagedKVCache::bytes_per_block(c, o.block_size, dt);
-  UNIATTN_CHECK(m.opt.num_blocks * o.block_size >= m.opt.max_model_len, "engine: a KV pool of ",
-                m.opt.num_blocks, " blocks of ", o.block_size,
-                " tokens cannot hold one sequence of max_model_len ", m.opt.max_model_len,
-                " tokens");
+  size_pools(m.opt, c, m.model->dtype());
   c10::InferenceMode guard;
-  m.cache =
-      std::make_unique<PagedKVCache>(c, m.opt.num_blocks, o.block_size, dt, m.model->device());
-  m.alloc = std::make_unique<BlockAllocator>(m.opt.num_blocks);
+  m.cache = std::make_unique<PagedKVCache>(c, m.opt.num_blocks, o.block_size, m.model->dtype(),
+                                           m.model->device(), m.opt.num_sliding_blocks);
+  m.groups = m.cache->num_groups();
+  for (int g = 0; g < m.groups; ++g)
+    m.alloc[g] = std::make_unique<BlockAllocator>(m.cache->num_blocks(g));
   m.decoder =
       std::make_unique<DecodeRunner>(m.model, *m.cache, m.opt.max_seqs,
                                      blocks_for(m.opt.max_model_len, o.block_size), o.cuda_graphs);
@@ -555,8 +609,10 @@ EngineStats Engine::stats() const {
   EngineStats s;
   s.waiting = m.n_waiting;
   s.running = m.n_running;
-  s.blocks_total = m.opt.num_blocks;
-  s.blocks_free = m.n_free;
+  s.sliding_blocks_total = m.groups == 2 ? m.opt.num_sliding_blocks : 0;
+  s.sliding_blocks_free = m.n_free_sliding;
+  s.blocks_total = m.opt.num_blocks + s.sliding_blocks_total;
+  s.blocks_free = m.n_free + s.sliding_blocks_free;
   s.preemptions = m.preemptions;
   s.steps = m.steps;
   s.decode_graphs = m.n_graphs;

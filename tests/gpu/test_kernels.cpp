@@ -264,7 +264,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, DecodeKernel, ::testing::Range<size_t>(0, 9));
 
 // The paged path of the decode kernels (K/V read through block tables, vLLM's layout) computes
 // what the static path computes, bit for bit: each case's caches (capacity rounded up to blocks of
-// 16) scattered over pools in shuffled blocks whose other slots are NaN. The static path meets
+// 16) scattered over pools in shuffled blocks whose other slots are NaN (and those past each
+// length; blocks below a window given back as -1). The static path meets
 // the error rule above.
 class PagedDecodeKernel : public ::testing::TestWithParam<size_t> {};
 
@@ -287,8 +288,24 @@ TEST_P(PagedDecodeKernel, EqualsStaticKernel) {
   };
   auto kc = at::randn({c.B, c.Hkv, s, c.D}, opt), vc = at::randn({c.B, c.Hkv, s, c.D}, opt);
   auto v2 = at::randn({c.B, c.Hkv, s, c.D}, opt);
-  const uk::DecodeKv kv{to_pool(kc), to_pool(vc), table.to(at::kInt), bs};
-  const uk::DecodeKv kv2{{}, to_pool(v2), kv.block_tables, bs};
+  // Slots of positions at or past each row's length hold NaN in the pools, and with a window
+  // the blocks wholly below it are given back (-1), as the serving engine leaves them: neither
+  // may be read.
+  auto pos = at::arange(s, table.options()).view({1, s});
+  auto lens_l = at::tensor(std::vector<int64_t>(c.lens.begin(), c.lens.end())).to(at::kCUDA);
+  auto past = (pos >= lens_l.view({-1, 1})).reshape({-1});
+  auto gone = at::zeros({c.B, m}, table.options().dtype(at::kBool));
+  if (c.window > 0) {
+    auto first = (lens_l - c.window).clamp_min(0).view({-1, 1});  // oldest key in the window
+    gone = (at::arange(m, table.options()).view({1, m}) + 1) * bs <= first;
+  }
+  auto poison = [&](at::Tensor pool) {
+    pool.index_fill_(0, slots.masked_select(past), NAN);
+    return pool;
+  };
+  auto tables = at::where(gone, at::full({}, -1, table.options()), table).to(at::kInt);
+  const uk::DecodeKv kv{poison(to_pool(kc)), poison(to_pool(vc)), tables, bs};
+  const uk::DecodeKv kv2{{}, poison(to_pool(v2)), tables, bs};
   auto lens = at::tensor(c.lens, at::kInt).to(at::kCUDA);
   const uk::AttnParams p{static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.D))), c.softcap,
                          c.window};

@@ -75,6 +75,8 @@ Sequences prefill(CausalLM& m, PagedKVCache& cache) {
     const int64_t n = 20 + 20 * i;
     std::vector<int32_t> table;
     for (int64_t j = 0; j < 8; ++j) table.push_back(int32_t(j * 5 + (4 - i)));  // 8 x 16 slots
+    // The last row's table runs 16 blocks past what it uses: its steps take a 32-block bucket.
+    for (int64_t j = 0; i == 4 && j < 16; ++j) table.push_back(int32_t(40 + j));
     s.batch.block_tables.push_back(table);
     s.batch.context_lens.push_back(0);
     s.batch.query_lens.push_back(n);
@@ -93,8 +95,7 @@ at::Tensor eager_step(CausalLM& m, PagedKVCache& cache, const Sequences& s,
   auto tokens = s.tokens;
   tokens.resize(size_t(rows), 0);
   auto dev = at::Device(at::kCUDA);
-  return paged_decode_forward(m, at::tensor(tokens).view({rows, 1}).to(dev), cache,
-                              {in.block_tables.to(dev), in.seqlens.to(dev), in.write_slots.to(dev)})
+  return paged_decode_forward(m, at::tensor(tokens).view({rows, 1}).to(dev), cache, in.to(dev))
       .narrow(0, 0, int64_t(s.tokens.size()));
 }
 
@@ -102,7 +103,7 @@ TEST_P(ServeGraphs, ReplayEqualsEagerStep) {
   SKIP_WITHOUT_KERNELS();
   auto m = random_model(GetParam());
   c10::InferenceMode guard;
-  PagedKVCache cache(m->config(), 48, 16, at::kBFloat16, at::kCUDA);
+  PagedKVCache cache(m->config(), 64, 16, at::kBFloat16, at::kCUDA);
   auto seqs = prefill(m, cache);
   serve::DecodeRunner runner(m, cache, 8, 32, true);
   seqs.step(5, 1);
@@ -112,11 +113,24 @@ TEST_P(ServeGraphs, ReplayEqualsEagerStep) {
   EXPECT_TRUE(at::equal(runner.run(seqs.tokens, seqs.batch), first));
   for (int64_t salt = 2; salt < 6; ++salt) {  // new tokens and lengths; 3 rows: bucket of 4
     seqs.step(salt < 4 ? 5 : 3, salt);
-    const auto want = eager_step(m, cache, seqs, runner.bucket(int64_t(seqs.tokens.size()), 8));
+    int64_t widest = 0;
+    for (const auto& t : seqs.batch.block_tables) widest = std::max<int64_t>(widest, t.size());
+    const auto bucket = runner.bucket(int64_t(seqs.tokens.size()), widest);
+    const auto want = eager_step(m, cache, seqs, bucket);
+    // Erase what the eager step wrote: the replay must write this step's K/V again (each query
+    // attends to its own key), or its logits differ.
+    const auto slots = paged_decode_inputs(cache, seqs.batch, bucket.first, bucket.second)
+                           .write_slots.narrow(0, 0, int64_t(seqs.tokens.size()))
+                           .to(at::kCUDA);
+    for (int64_t l = 0; l < m->config().num_layers; ++l) {
+      if (cache.has_k(l)) cache.k_pool(l).index_fill_(0, slots, 0);
+      if (cache.has_v(l)) cache.v_pool(l).index_fill_(0, slots, 0);
+    }
     EXPECT_TRUE(at::equal(runner.run(seqs.tokens, seqs.batch), want)) << "step " << salt;
   }
   EXPECT_EQ(runner.graphs(), 2);
   EXPECT_EQ(runner.bucket(3, 8), std::make_pair(int64_t(4), int64_t(16)));
+  EXPECT_EQ(runner.bucket(5, 24), std::make_pair(int64_t(8), int64_t(32)));
 }
 
 // The engine with graphs: 10 requests of 3 to 120 prompt tokens and 6 to 42 new tokens through 8

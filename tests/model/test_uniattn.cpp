@@ -113,19 +113,27 @@ TEST_P(Variants, DeviceSideDecodeEqualsFullForward) {
 // The paged decode step (decode kernels, or their fallbacks on the CPU, reading the pools
 // through block tables) gives the logits of a full pass: prompts prefilled through paged_forward
 // into blocks of 4 in shuffled order (block 0 included), then one token per step through
-// paged_decode_forward with two padding rows, whose writes must land in the scratch slot only.
+// paged_decode_forward with two padding rows, whose writes must land in the scratch slot only;
+// Gemma-2/3 with the sliding layers in a block group of their own.
 TEST_P(Variants, PagedDecodeEqualsFullForward) {
   const auto& [arch, variant] = GetParam();
   auto m = load(arch, variant);
   at::NoGradGuard ng;
   auto ids = ids_for(arch);
   const int64_t b = ids.size(0), n = ids.size(1), bs = 4, per_row = (n + bs - 1) / bs;
-  PagedKVCache cache(m->config(), b * per_row + 3, bs, at::kFloat, at::kCPU);
+  // Gemma-2/3 mix sliding and global layers: their sliding layers get blocks of their own,
+  // numbered in another order.
+  const bool mixed = PagedKVCache::mixes_windows(m->config());
+  PagedKVCache cache(m->config(), b * per_row + 3, bs, at::kFloat, at::kCPU,
+                     mixed ? b * per_row + 1 : 0);
+  ASSERT_EQ(cache.num_groups(), mixed ? 2 : 1);
   PagedBatch pb;
   for (int64_t i = 0; i < b; ++i) {
-    std::vector<int32_t> table;
+    std::vector<int32_t> table, sliding;
     for (int64_t j = per_row - 1; j >= 0; --j) table.push_back(int32_t(j * b + i));
+    for (int64_t j = 0; j < per_row; ++j) sliding.push_back(int32_t((i + 1) * per_row - 1 - j));
     pb.block_tables.push_back(table);
+    if (mixed) pb.sliding_block_tables.push_back(sliding);
     pb.context_lens.push_back(0);
     pb.query_lens.push_back(9);
   }

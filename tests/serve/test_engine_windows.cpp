@@ -89,28 +89,43 @@ TEST_P(EngineWindows, InterleavedEqualsFullForwardGreedy) {
     EXPECT_EQ(tokens_[i], reference(prompts()[i])) << "prompt " << i;
     EXPECT_EQ(finish_[i], Finish::Length) << "prompt " << i;
   }
-  EXPECT_EQ(e.stats().blocks_free, o.num_blocks);
+  EXPECT_EQ(e.stats().blocks_free, e.stats().blocks_total);
 }
 
 // The longest prompt alone: 17 + 8 tokens, of which the cache holds 24 (the last token is never
-// fed back), 6 blocks of 4. With every layer sliding over 6 tokens and chunks of 5, a step reads
-// keys from computed - 5 through computed + 4: at most 10 positions, so 4 blocks. With global
-// layers every block stays.
+// fed back), 6 blocks of 4. With a sliding window of at most 6 tokens and chunks of 5, a step
+// reads keys from computed - 5 through computed + 4: at most 10 positions, so 4 blocks. Mistral
+// (every layer slides) holds that many in its one group; Gemma's global layers keep all 6 blocks
+// and its sliding layers, in a group of their own, at most 4. With num_sliding_blocks = -1 Gemma
+// keeps one group of 6.
 TEST_P(EngineWindows, BlocksHeldFollowTheKeptWindow) {
-  const auto o = small_blocks(64);
-  Engine e(model_, o);
-  add(e, 3);
-  int64_t most = 0;
-  while (e.step()) most = std::max(most, o.num_blocks - e.stats().blocks_free);
-  EXPECT_EQ(tokens_[3], reference(prompts()[3]));
   const bool all_sliding = PagedKVCache::kept_window(model_->config()) > 0;
   EXPECT_EQ(all_sliding, std::string(GetParam()) == "mistral");
-  if (all_sliding) {
-    EXPECT_LE(most, 4);
-  } else {
-    EXPECT_EQ(most, 6);
+  EXPECT_EQ(PagedKVCache::mixes_windows(model_->config()), !all_sliding);
+  for (int64_t sliding_blocks : {int64_t(0), int64_t(-1)}) {
+    auto o = small_blocks(64);
+    o.num_sliding_blocks = sliding_blocks;
+    Engine e(model_, o);
+    const bool split = !all_sliding && sliding_blocks == 0;
+    EXPECT_EQ(e.stats().sliding_blocks_total, split ? 64 : 0);
+    add(e, 3);
+    int64_t most = 0, most_sliding = 0;
+    while (e.step()) {
+      const auto s = e.stats();
+      most = std::max(most, o.num_blocks - (s.blocks_free - s.sliding_blocks_free));
+      most_sliding = std::max(most_sliding, s.sliding_blocks_total - s.sliding_blocks_free);
+    }
+    EXPECT_EQ(tokens_[3], reference(prompts()[3])) << "sliding blocks " << sliding_blocks;
+    tokens_.clear();
+    if (all_sliding) {
+      EXPECT_LE(most, 4);
+    } else {
+      EXPECT_EQ(most, 6);
+      EXPECT_LE(most_sliding, 4);
+      EXPECT_EQ(most_sliding > 0, split);
+    }
+    EXPECT_EQ(e.stats().blocks_free, e.stats().blocks_total);
   }
-  EXPECT_EQ(e.stats().blocks_free, o.num_blocks);
 }
 
 // A pool of 5 blocks (20 slots) for three sequences of 11, 17 and 17 tokens: with every layer

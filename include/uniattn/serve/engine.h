@@ -21,6 +21,12 @@ namespace uniattn::serve {
 struct EngineOptions {
   int64_t block_size = 16;  // token slots per KV block
   int64_t num_blocks = 0;   // pool size; 0: from kv_memory_bytes
+  // Models that mix sliding-window and global layers (Gemma-2/3): blocks of the sliding layers'
+  // own group, which keeps only each sequence's window (vLLM's hybrid KV cache groups). 0: from
+  // kv_memory_bytes (split with num_blocks so both run out at the same number of sequences of
+  // max_model_len tokens), or as many as num_blocks when that is given; -1: no group of their
+  // own (every block holds every layer). Ignored for other models.
+  int64_t num_sliding_blocks = 0;
   int64_t kv_memory_bytes = int64_t(1) << 30;
   int64_t max_seqs = 16;       // running sequences at most
   int64_t prefill_chunk = 64;  // prompt tokens prefilled per step (over all prefilling rows)
@@ -61,7 +67,8 @@ struct SeqOutput {
 
 struct EngineStats {
   int64_t waiting = 0, running = 0;
-  int64_t blocks_total = 0, blocks_free = 0;
+  int64_t blocks_total = 0, blocks_free = 0;                  // both block groups together
+  int64_t sliding_blocks_total = 0, sliding_blocks_free = 0;  // the sliding layers' group
   int64_t preemptions = 0, steps = 0;
   int64_t decode_graphs = 0;  // CUDA graphs captured for decode steps
   int64_t decode_steps = 0;   // steps that ran a decode group

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <iomanip>
 #include <map>
 #include <mutex>
 #include <random>
@@ -426,7 +427,7 @@ std::string OpenAIService::metrics() const {
          {std::pair{"schedule", t.schedule}, std::pair{"forward", t.forward},
           std::pair{"sample", t.sample}, std::pair{"emit", t.emit}})
       o << "uniattn_engine_step_seconds_total{group=\"" << groups[g] << "\",phase=\"" << phase
-        << "\"} " << v << "\n";
+        << "\"} " << std::setprecision(15) << v << "\n";
   }
   o << ttft_.render("uniattn_time_to_first_token_seconds", "Time to first token.");
   o << itl_.render("uniattn_inter_token_latency_seconds", "Time between output tokens.");
