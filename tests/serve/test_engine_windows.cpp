@@ -149,8 +149,59 @@ TEST_P(EngineAllSliding, SmallPoolPreemptsAndRecomputes) {
   EXPECT_EQ(e.stats().blocks_free, o.num_blocks);
 }
 
+// Gemma with room for every global block but a sliding group of 5 blocks (what one sequence
+// needs at most): four sequences of 17 and 22 tokens wait for sliding blocks, the group fills,
+// and every sequence still gives the tokens of a full forward pass.
+class EngineMixedWindows : public EngineWindows {};
+
+TEST_P(EngineMixedWindows, SmallSlidingGroupLimitsTheBatch) {
+  auto o = small_blocks(64);
+  o.num_sliding_blocks = 5;
+  o.max_model_len = 24;
+  Engine e(model_, o);
+  EXPECT_EQ(e.stats().sliding_blocks_total, 5);
+  add(e, 1);
+  add(e, 2);
+  add(e, 1, 100);
+  add(e, 2, 200);
+  int64_t most = 0;
+  while (e.step()) most = std::max(most, 5 - e.stats().sliding_blocks_free);
+  EXPECT_EQ(most, 5);
+  EXPECT_EQ(tokens_[1], reference(prompts()[1]));
+  EXPECT_EQ(tokens_[2], reference(prompts()[2]));
+  EXPECT_EQ(tokens_[100], reference(prompts()[1]));
+  EXPECT_EQ(tokens_[200], reference(prompts()[2]));
+  EXPECT_EQ(e.stats().blocks_free, e.stats().blocks_total);
+}
+
+// Sized from the same memory, the sliding layers' own group fits more sequences of
+// max_model_len tokens than one group does, and both groups fit that many.
+TEST_P(EngineMixedWindows, SlidingGroupFitsMoreSequencesInTheSameMemory) {
+  const auto& c = model_->config();
+  serve::EngineOptions o;
+  o.block_size = 4;
+  o.prefill_chunk = 5;
+  o.max_model_len = 64;
+  o.kv_memory_bytes = 64 * PagedKVCache::bytes_per_block(c, 4, at::kFloat);  // 64 whole blocks
+  auto fits = [&](const EngineStats& s) {
+    const int64_t per_seq = 64 / 4, sliding = s.sliding_blocks_total;
+    const int64_t global = s.blocks_total - sliding;
+    if (sliding == 0) return global / per_seq;
+    const int64_t per_seq_sliding = (c.sliding_window + 5 + 3) / 4 + 2;
+    return std::min(global / per_seq, sliding / per_seq_sliding);
+  };
+  auto one = o;
+  one.num_sliding_blocks = -1;
+  const auto split = Engine(model_, o).stats(), single = Engine(model_, one).stats();
+  EXPECT_EQ(single.sliding_blocks_total, 0);
+  EXPECT_EQ(single.blocks_total, 64);
+  EXPECT_GT(split.sliding_blocks_total, 0);
+  EXPECT_GT(fits(split), fits(single));
+}
+
 INSTANTIATE_TEST_SUITE_P(Families, EngineWindows, ::testing::Values("gemma2", "gemma3", "mistral"));
 INSTANTIATE_TEST_SUITE_P(Mistral, EngineAllSliding, ::testing::Values("mistral"));
+INSTANTIATE_TEST_SUITE_P(Gemma, EngineMixedWindows, ::testing::Values("gemma2", "gemma3"));
 
 }  // namespace
 }  // namespace uniattn
