@@ -133,10 +133,19 @@ def test_concurrent_equals_sequential(s):
         seq.append(tokens_and_text(r))
         check(r["usage"]["completion_tokens"] == len(r["choices"][0]["logprobs"]["tokens"]),
               "usage counts the completion tokens")
+    before = s.metrics()
     with ThreadPoolExecutor(16) as ex:
         conc = list(ex.map(lambda p: s.post("/v1/completions", greedy(p)), PROMPTS))
     for p, a, (status, r) in zip(PROMPTS, seq, conc):
         check(status == 200 and tokens_and_text(r) == a, f"concurrent == sequential for {p!r}")
+    # The engine's step counters: decode steps ran, and their host phases took time.
+    after = s.metrics()
+    steps = "uniattn_engine_decode_steps_total"
+    check(after[steps] > before[steps], "/metrics counts decode steps")
+    for phase in ("schedule", "forward", "sample", "emit"):
+        k = f'uniattn_engine_step_seconds_total{{group="decode",phase="{phase}"}}'
+        check(after[k] > before[k], f"/metrics times the decode {phase} phase")
+    check(after["uniattn_decode_cuda_graphs"] == 0, "no CUDA graphs on the CPU")
     return seq
 
 
