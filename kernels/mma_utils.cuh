@@ -43,23 +43,10 @@ __device__ __forceinline__ uint32_t swz(int r, int c) {
   return static_cast<uint32_t>(r * D * 2 + ((c ^ (r & 7)) << 4));
 }
 
-// Copies rows [0, ROWS) of a [*, D] tile from src with NT threads (rows >= valid are zero-filled).
-template <typename T, int ROWS, int D, int NT>
-__device__ __forceinline__ void load_tile(uint32_t dst, const T* src, int valid, int tid) {
-  constexpr int kChunks = D / 8;
-  static_assert((ROWS * kChunks) % NT == 0, "tile must split evenly over the threads");
-#pragma unroll
-  for (int it = 0; it < ROWS * kChunks / NT; ++it) {
-    const int i = tid + it * NT;
-    const int r = i / kChunks, c = i % kChunks;
-    const bool ok = r < valid;
-    cp_async16(dst + swz<D>(r, c), ok ? src + static_cast<int64_t>(r) * D + c * 8 : src, ok);
-  }
-}
-
-// load_tile with each row at its own address: row(r) returns the source of row r (called for
-// r = 0 in place of rows >= valid, which are zero-filled; valid >= 1). Paged KV caches, whose
-// consecutive positions may sit in different blocks.
+// Copies rows [0, ROWS) of a [*, D] tile into shared memory with NT threads, row r from
+// row(r) (a source pointer; called for r = 0 in place of rows >= valid, which are zero-filled, so
+// row(0) must be a valid address). Rows may sit anywhere: a paged KV cache's consecutive
+// positions may be in different blocks.
 template <typename T, int ROWS, int D, int NT, typename RowPtr>
 __device__ __forceinline__ void load_tile_rows(uint32_t dst, const RowPtr& row, int valid,
                                                int tid) {
@@ -72,6 +59,13 @@ __device__ __forceinline__ void load_tile_rows(uint32_t dst, const RowPtr& row, 
     const bool ok = r < valid;
     cp_async16(dst + swz<D>(r, c), row(ok ? r : 0) + c * 8, ok);
   }
+}
+
+// load_tile_rows of a contiguous [*, D] tile at src.
+template <typename T, int ROWS, int D, int NT>
+__device__ __forceinline__ void load_tile(uint32_t dst, const T* src, int valid, int tid) {
+  load_tile_rows<T, ROWS, D, NT>(
+      dst, [src](int r) { return src + static_cast<int64_t>(r) * D; }, valid, tid);
 }
 
 template <typename T>
