@@ -35,7 +35,7 @@ struct Args {
   int port = 8000;
   double kv_memory_gb = 1.0;
   int64_t max_seqs = 16, block_size = 16, prefill_chunk = 64, max_model_len = 0, threads = 64;
-  bool enforce_eager = false;
+  bool enforce_eager = false, disable_hybrid_kv_cache = false;
 };
 
 void add_options(CLI::App& app, Args& a) {
@@ -56,6 +56,10 @@ void add_options(CLI::App& app, Args& a) {
   app.add_option("--http-threads", a.threads, "HTTP worker threads (64)");
   app.add_flag("--enforce-eager", a.enforce_eager,
                "Run decode steps eagerly, without CUDA graphs (as vLLM's flag)");
+  app.add_flag("--disable-hybrid-kv-cache", a.disable_hybrid_kv_cache,
+               "Models mixing sliding and global layers (Gemma-2/3): one block group for all "
+               "layers instead of a window-sized one for the sliding layers (as vLLM's "
+               "--disable-hybrid-kv-cache-manager)");
   app.add_option("--random-weights", a.random_weights,
                  "Serve a model of uniattn-bench's shape NAME (llama8b | smollm2) with random "
                  "N(0, 0.02) weights and token-id text, for load tests; --superblocks defaults "
@@ -234,6 +238,7 @@ int run(int argc, char** argv) {
   eo.prefill_chunk = a.prefill_chunk;
   eo.max_model_len = a.max_model_len;
   eo.cuda_graphs = !a.enforce_eager;
+  if (a.disable_hybrid_kv_cache) eo.num_sliding_blocks = -1;
   uniattn::serve::Engine engine(model, eo);
   auto so = random ? uniattn::serve::ServiceOptions{}
                    : service_options(a, path, model, *tok, tmpl ? &*tmpl : nullptr,
@@ -265,9 +270,14 @@ int run(int argc, char** argv) {
     std::fprintf(stderr, "uniattn-serve: warning: the listen backlog stays at 5\n");
   std::thread engine_thread([&] { engine.run(); });
   std::thread drainer = drain_on_signal(svr, engine, service, draining, set);
-  std::fprintf(stderr, "uniattn-serve: %s, %lld KV blocks of %lld tokens, max_model_len %lld\n",
+  const auto blocks = engine.stats();
+  const std::string sliding =
+      blocks.sliding_blocks_total > 0
+          ? " (" + std::to_string(blocks.sliding_blocks_total) + " for the sliding layers)"
+          : "";
+  std::fprintf(stderr, "uniattn-serve: %s, %lld KV blocks%s of %lld tokens, max_model_len %lld\n",
                service.models()["data"][0]["id"].get<std::string>().c_str(),
-               static_cast<long long>(engine.stats().blocks_total),
+               static_cast<long long>(blocks.blocks_total), sliding.c_str(),
                static_cast<long long>(a.block_size),
                static_cast<long long>(engine.options().max_model_len));
   std::printf("listening on %d\n", port);
