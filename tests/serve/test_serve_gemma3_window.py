@@ -3,7 +3,9 @@
 about 1,100 tokens, past the 512-token window of the model's 15 sliding layers, equals
 uniattn-generate's (which decodes over a static cache holding every position). The server keeps
 the sliding layers in a block group of their own and gives back the blocks that left the window
-(its startup line names that group); afterwards every block is free again.
+(its startup line names that group); afterwards every block is free again. With
+--disable-hybrid-kv-cache the server keeps one group, holds fewer blocks in the same memory and
+serves the same completion.
 
 Usage: test_serve_gemma3_window.py --serve build/uniattn-serve --generate build/uniattn-generate
        [--model GGUF]   (default: $UNIATTN_TEST_DATA/gemma3_270m/gemma-3-270m-q4_k_m.gguf)
@@ -30,10 +32,10 @@ def get(port, path, body=None):
         return r.read().decode()
 
 
-def served(exe, model):
+def served(exe, model, extra=()):
     """The server's completion, the prompt's token count, the startup line, blocks total/free."""
     proc = subprocess.Popen([exe, "--model", model, "--port", "0", "--kv-memory-gb", "0.25",
-                             "--max-model-len", "4096", "--prefill-chunk", "256"],
+                             "--max-model-len", "4096", "--prefill-chunk", "256", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         m = re.match(r"listening on (\d+)", proc.stdout.readline())
@@ -72,7 +74,14 @@ def main():
         fails.append(f"{total - free:.0f} blocks still held after the request")
     if not text or not out.rstrip("\n").endswith(text):
         fails.append(f"served {text!r}, uniattn-generate printed {out[-200:]!r}")
-    print(f"prompt {prompt_tokens} tokens; served {text!r}; {startup}")
+    one_text, _, one_startup, one_total, one_free = served(a.serve, model,
+                                                           ["--disable-hybrid-kv-cache"])
+    if "sliding" in one_startup or one_total >= total or one_free != one_total:
+        fails.append(f"--disable-hybrid-kv-cache: {one_startup!r}, {one_free:.0f} of "
+                     f"{one_total:.0f} blocks free (hybrid: {total:.0f})")
+    if one_text != text:
+        fails.append(f"--disable-hybrid-kv-cache served {one_text!r}, the hybrid cache {text!r}")
+    print(f"prompt {prompt_tokens} tokens; served {text!r}; {startup}; one group: {one_startup}")
     for f in fails:
         print("FAIL:", f)
     return 1 if fails else 0
