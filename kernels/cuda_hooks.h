@@ -52,6 +52,8 @@ struct CudaHooks {
 
 CudaHooks& cuda_hooks();
 
+// "[2,8,1,128]" for error messages; "undefined" for an undefined tensor.
+std::string shape_str(const at::Tensor& t);
 // Throws uniattn::Error, naming `fn`, unless p's scale is finite, softcap >= 0 and window >= 0.
 void check_params(const char* fn, const AttnParams& p);
 // The kernel runs when it accepts t (cuda_kernel_supports) and the device takes op's kernel path

@@ -23,15 +23,17 @@ CudaHooks& cuda_hooks() {
   static CudaHooks hooks;
   return hooks;
 }
-}  // namespace detail
-
-namespace {
-
 std::string shape_str(const at::Tensor& t) {
+  if (!t.defined()) return "undefined";
   std::string s = "[";
   for (int64_t i = 0; i < t.dim(); ++i) s += (i ? "," : "") + std::to_string(t.size(i));
   return s + "]";
 }
+}  // namespace detail
+
+namespace {
+
+using detail::shape_str;
 
 void check_float_4d(const char* fn, const char* name, const at::Tensor& t) {
   UNIATTN_CHECK(t.defined(), fn, ": tensor '", name, "' is undefined");
@@ -72,7 +74,7 @@ void check_lse(const char* fn, const at::Tensor& lse, const at::Tensor& q) {
   UNIATTN_CHECK(lse.defined() && lse.dim() == 3 && lse.size(0) == q.size(0) &&
                     lse.size(1) == q.size(1) && lse.size(2) == q.size(2),
                 fn, ": tensor 'lse_leader' must be [B,Hq,T] = [", q.size(0), ",", q.size(1), ",",
-                q.size(2), "], got ", lse.defined() ? shape_str(lse) : std::string("undefined"));
+                q.size(2), "], got ", shape_str(lse));
   UNIATTN_CHECK(lse.scalar_type() == at::kFloat, fn, ": 'lse_leader' must be fp32, got ",
                 lse.scalar_type());
   UNIATTN_CHECK(lse.device() == q.device(), fn, ": 'lse_leader' is on ", lse.device(),
@@ -82,8 +84,7 @@ void check_lse(const char* fn, const at::Tensor& lse, const at::Tensor& q) {
 void check_seqlens(const char* fn, const at::Tensor& lens, int64_t batch, const at::Device& dev,
                    bool need_int32) {
   UNIATTN_CHECK(lens.defined() && lens.dim() == 1 && lens.size(0) == batch, fn,
-                ": tensor 'cache_seqlens' must be 1-D [", batch, "], got ",
-                lens.defined() ? shape_str(lens) : std::string("undefined"));
+                ": tensor 'cache_seqlens' must be 1-D [", batch, "], got ", shape_str(lens));
   UNIATTN_CHECK(at::isIntegralType(lens.scalar_type(), /*includeBool=*/false), fn,
                 ": 'cache_seqlens' must be an integer tensor, got ", lens.scalar_type());
   if (need_int32) {
@@ -111,8 +112,7 @@ void check_decode_follower(const char* fn, const at::Tensor& p_row, const at::Te
   UNIATTN_CHECK(p_row.defined() && p_row.dim() == 3 && p_row.size(0) == v.size(0) &&
                     p_row.size(1) == num_q_heads && p_row.size(2) == v.size(2),
                 fn, ": tensor 'p_row' must be [B,Hq,S_max] = [", v.size(0), ",", num_q_heads, ",",
-                v.size(2), "], got ",
-                p_row.defined() ? shape_str(p_row) : std::string("undefined"));
+                v.size(2), "], got ", shape_str(p_row));
   UNIATTN_CHECK(at::isFloatingType(p_row.scalar_type()), fn, ": 'p_row' must be floating, got ",
                 p_row.scalar_type());
   UNIATTN_CHECK(p_row.device() == v.device(), fn, ": 'p_row' is on ", p_row.device(),

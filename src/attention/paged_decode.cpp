@@ -19,16 +19,11 @@ int64_t DecodeKv::batch() const { return paged() ? block_tables.size(0) : v.size
 
 namespace {
 
-std::string sizes_of(const at::Tensor& t) {
-  if (!t.defined()) return "undefined";
-  std::string s = "[";
-  for (int64_t i = 0; i < t.dim(); ++i) s += (i ? "," : "") + std::to_string(t.size(i));
-  return s + "]";
-}
+using detail::shape_str;
 
 void check_pool(const char* fn, const char* name, const at::Tensor& pool, const DecodeKv& kv) {
   UNIATTN_CHECK(pool.defined() && pool.dim() == 3, fn, ": paged '", name,
-                "' must be a pool [slots, kv_heads, head_dim], got ", sizes_of(pool));
+                "' must be a pool [slots, kv_heads, head_dim], got ", shape_str(pool));
   UNIATTN_CHECK(pool.size(0) >= kv.block_size, fn, ": paged '", name, "' holds ", pool.size(0),
                 " slots, less than one block of ", kv.block_size);
   UNIATTN_CHECK(pool.device() == kv.block_tables.device(), fn, ": '", name, "' is on ",
@@ -42,12 +37,12 @@ void check_paged(const char* fn, const DecodeKv& kv, bool need_k) {
   const auto& bt = kv.block_tables;
   UNIATTN_CHECK(bt.dim() == 2 && bt.scalar_type() == at::kInt, fn,
                 ": 'block_tables' must be int32 [batch, max_blocks], got ", bt.scalar_type(), " ",
-                sizes_of(bt));
+                shape_str(bt));
   check_pool(fn, "v", kv.v, kv);
   if (!need_k) return;
   check_pool(fn, "k", kv.k, kv);
   UNIATTN_CHECK(kv.k.sizes() == kv.v.sizes() && kv.k.scalar_type() == kv.v.scalar_type(), fn,
-                ": paged 'k' ", sizes_of(kv.k), " and 'v' ", sizes_of(kv.v),
+                ": paged 'k' ", shape_str(kv.k), " and 'v' ", shape_str(kv.v),
                 " must match in shape and dtype");
 }
 
@@ -56,7 +51,7 @@ void check_query(const char* fn, const at::Tensor& q, const DecodeKv& kv) {
   UNIATTN_CHECK(q.defined() && q.dim() == 4 && q.size(2) == 1 && q.size(0) == kv.batch() &&
                     q.size(3) == kv.v.size(2),
                 fn, ": 'q' must be [", kv.batch(), ", heads, 1, ", kv.v.size(2), "], got ",
-                sizes_of(q));
+                shape_str(q));
   UNIATTN_CHECK(q.size(1) % kv.v.size(1) == 0, fn, ": ", q.size(1),
                 " query heads are not a multiple of ", kv.v.size(1), " KV heads");
   UNIATTN_CHECK(q.scalar_type() == kv.v.scalar_type() && q.device() == kv.v.device(), fn, ": 'q' (",
@@ -78,7 +73,7 @@ std::tuple<at::Tensor, at::Tensor> paged_leader(const char* fn, const at::Tensor
   check_query(fn, q, kv);
   detail::check_params(fn, p);
   UNIATTN_CHECK(lens.defined() && lens.dim() == 1 && lens.size(0) == kv.batch(), fn,
-                ": 'cache_seqlens' must be [", kv.batch(), "], got ", sizes_of(lens));
+                ": 'cache_seqlens' must be [", kv.batch(), "], got ", shape_str(lens));
   if (!kernel_takes(KernelOp::DecodeLeader, kv.v, lens))
     return decode_leader_fallback(q, gather_paged(kv.k, kv), gather_paged(kv.v, kv), lens, p);
   auto out = at::empty(q.sizes(), q.options().memory_format(at::MemoryFormat::Contiguous));
@@ -130,9 +125,9 @@ at::Tensor decode_follower(const at::Tensor& p_row, const DecodeKv& kv,
   UNIATTN_CHECK(p_row.defined() && p_row.dim() == 3 && p_row.size(0) == b &&
                     p_row.size(1) == num_q_heads && p_row.size(2) == kv.capacity(),
                 fn, ": 'p_row' must be [", b, ", ", num_q_heads, ", ", kv.capacity(), "], got ",
-                sizes_of(p_row));
+                shape_str(p_row));
   UNIATTN_CHECK(cache_seqlens.defined() && cache_seqlens.dim() == 1 && cache_seqlens.size(0) == b,
-                fn, ": 'cache_seqlens' must be [", b, "], got ", sizes_of(cache_seqlens));
+                fn, ": 'cache_seqlens' must be [", b, "], got ", shape_str(cache_seqlens));
   if (!(kernel_takes(KernelOp::DecodeFollower, kv.v, cache_seqlens) &&
         p_row.scalar_type() == at::kFloat && p_row.device() == kv.v.device()))
     return decode_follower_fallback(p_row, gather_paged(kv.v, kv), cache_seqlens, num_q_heads);

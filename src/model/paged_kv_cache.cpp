@@ -224,10 +224,11 @@ PagedDecodeInputs paged_decode_inputs(const PagedKVCache& cache, const PagedBatc
   check_batch(cache, pb);
   const size_t b = pb.query_lens.size();
   UNIATTN_CHECK(rows >= int64_t(b), "paged decode: ", rows, " rows cannot hold a batch of ", b);
-  const bool want_width = max_blocks <= 0;
-  for (size_t i = 0; i < b && want_width; ++i)
-    for (int g = 0; g < cache.num_groups(); ++g)
-      max_blocks = std::max<int64_t>(max_blocks, int64_t(pb.table(i, g).size()));
+  if (max_blocks <= 0) {  // the longest table of any group
+    for (size_t i = 0; i < b; ++i)
+      for (int g = 0; g < cache.num_groups(); ++g)
+        max_blocks = std::max<int64_t>(max_blocks, int64_t(pb.table(i, g).size()));
+  }
   max_blocks = std::max<int64_t>(max_blocks, 1);
   PagedDecodeInputs in;
   in.seqlens = at::zeros({rows}, at::TensorOptions().dtype(at::kInt));

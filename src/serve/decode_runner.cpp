@@ -39,6 +39,8 @@ struct DecodeRunner::Graph {
   std::unique_ptr<at::cuda::CUDAGraph> graph;  // null: this bucket's capture failed, run eagerly
   at::cuda::CUDAEvent copied;                  // the last copies out of the pinned buffers
 
+  bool captured() const { return graph != nullptr; }
+
   Graph(int64_t rows, int64_t width, int groups, at::Device dev) {
     auto pinned = at::TensorOptions().pinned_memory(true);
     const int64_t cells = rows * width;
@@ -79,7 +81,9 @@ struct DecodeRunner::Graph {
 };
 #else
 struct DecodeRunner::CudaPool {};
-struct DecodeRunner::Graph {};
+struct DecodeRunner::Graph {
+  bool captured() const { return false; }
+};
 #endif
 
 DecodeRunner::DecodeRunner(CausalLM model, PagedKVCache& cache, int64_t max_rows,
@@ -99,13 +103,8 @@ DecodeRunner::DecodeRunner(CausalLM model, PagedKVCache& cache, int64_t max_rows
 DecodeRunner::~DecodeRunner() = default;
 
 int64_t DecodeRunner::graphs() const {
-  return std::count_if(graphs_.begin(), graphs_.end(), [](const auto& kv) {
-#ifdef UNIATTN_WITH_CUDA
-    return kv.second->graph != nullptr;
-#else
-    return kv.second != nullptr;
-#endif
-  });
+  return std::count_if(graphs_.begin(), graphs_.end(),
+                       [](const auto& kv) { return kv.second->captured(); });
 }
 
 std::pair<int64_t, int64_t> DecodeRunner::bucket(int64_t rows, int64_t blocks) const {
@@ -121,15 +120,13 @@ at::Tensor DecodeRunner::run(const std::vector<int64_t>& tokens, const PagedBatc
                 " rows exceed max_rows ", max_rows_);
   int64_t blocks = 0;
   for (const auto& t : batch.block_tables) blocks = std::max<int64_t>(blocks, int64_t(t.size()));
-  return cuda_graphs_ ? replay(tokens, batch, blocks) : eager(tokens, batch, blocks);
+  return cuda_graphs_ ? replay(tokens, batch, blocks) : eager(tokens, batch);
 }
 
-at::Tensor DecodeRunner::eager(const std::vector<int64_t>& tokens, const PagedBatch& batch,
-                               int64_t blocks) {
-  const auto dev = model_->device();
-  const auto n = static_cast<int64_t>(tokens.size());
-  const auto in = paged_decode_inputs(cache_, batch, n, blocks);
-  return paged_decode_forward(model_, at::tensor(tokens).view({n, 1}).to(dev), cache_, in.to(dev));
+// paged_forward sends a one-token batch through paged_decode_forward.
+at::Tensor DecodeRunner::eager(const std::vector<int64_t>& tokens, const PagedBatch& batch) {
+  const auto ids = at::tensor(tokens).view({int64_t(tokens.size()), 1}).to(model_->device());
+  return paged_forward(model_, ids, cache_, batch, true);
 }
 
 #ifdef UNIATTN_WITH_CUDA
@@ -146,7 +143,7 @@ at::Tensor DecodeRunner::replay(const std::vector<int64_t>& tokens, const PagedB
   padded.resize(size_t(rows), 0);
   if (auto it = graphs_.find({rows, width}); it != graphs_.end()) {
     Graph& g = *it->second;
-    if (!g.graph) return eager(tokens, batch, blocks);
+    if (!g.graph) return eager(tokens, batch);
     g.load(host, padded);
     g.graph->replay();
     return g.logits.narrow(0, 0, int64_t(tokens.size()));
@@ -189,7 +186,7 @@ at::Tensor DecodeRunner::replay(const std::vector<int64_t>& tokens, const PagedB
 #else
 at::Tensor DecodeRunner::replay(const std::vector<int64_t>& tokens, const PagedBatch& batch,
                                 int64_t blocks) {
-  return eager(tokens, batch, blocks);
+  return eager(tokens, batch);
 }
 #endif
 

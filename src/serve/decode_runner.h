@@ -40,7 +40,7 @@ class DecodeRunner {
  private:
   struct Graph;     // one bucket's input buffers, output and CUDA graph
   struct CudaPool;  // the memory pool the graphs share (they never run at once)
-  at::Tensor eager(const std::vector<int64_t>& tokens, const PagedBatch& batch, int64_t blocks);
+  at::Tensor eager(const std::vector<int64_t>& tokens, const PagedBatch& batch);
   at::Tensor replay(const std::vector<int64_t>& tokens, const PagedBatch& batch, int64_t blocks);
 
   CausalLM model_;
