@@ -140,11 +140,19 @@ struct Engine::Impl {
   std::atomic<int64_t> phase_ns[2][kPhases] = {};  // [decode, prefill][Phase]
 
   // Returns all of `s`'s blocks to the pool.
+  // The free counts stats() reports are updated here too, before the sequence's last callback:
+  // a client that saw its request end must not read its blocks as still held.
   void free_blocks(Sequence& s) {
     for (int g = 0; g < groups; ++g) {
       alloc[g]->release(s.blocks[g]);
       s.released[g] = 0;
     }
+    publish_free();
+  }
+
+  void publish_free() {
+    n_free = alloc[0]->num_free();
+    n_free_sliding = groups == 2 ? alloc[1]->num_free() : 0;
   }
 
   // Extends every block table of `s` to hold `tokens`: all groups or none (false).
@@ -452,8 +460,7 @@ struct Engine::Impl {
     std::lock_guard<std::mutex> lock(mu);
     n_waiting = int64_t(waiting.size() + incoming.size());
     n_running = int64_t(running.size());
-    n_free = alloc[0]->num_free();
-    n_free_sliding = groups == 2 ? alloc[1]->num_free() : 0;
+    publish_free();
     n_graphs = decoder->graphs();
   }
 };
