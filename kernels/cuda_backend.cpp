@@ -30,12 +30,18 @@ int to_int(int64_t v, const char* what) {
   return static_cast<int>(v);
 }
 
-// ---- library fast path (plain causal prefill: T == S, no softcap, no window) ----------------
+// ---- library fast path (plain causal prefill: T <= S, no softcap, no window) ----------------
 // Leader: PyTorch's fused cuDNN or flash attention, which also return the row log-sum-exp.
 // Each candidate is validated once per process against our kernel (lse layout and log base are
 // library internals); a candidate that throws or disagrees is dropped for good.
-// Follower: at::scaled_dot_product_attention(q_leader, k_leader, v_follower) is the same function
+// Follower: the same call on (q_leader, k_leader, v_follower) is the same function
 // (softmax(q k^T) v_f == exp(logits - lse) v_f) and needs no lse.
+// A chunk of a longer prompt (T < S: the queries are the last T of S positions) needs the causal
+// mask aligned to the bottom right, as FlashAttention 2 defines is_causal for T != S
+// (flash_api.cpp; torch.nn.attention.bias.causal_lower_right calls it so), while SDPA's own
+// is_causal is aligned to the top left. Those calls keep a candidate state of their own, validated
+// on their first chunk: a library whose mask is top-left there disagrees and is dropped for
+// chunks only.
 enum class Lib { kCudnn, kFlash, kCudnnRepeat, kFlashRepeat, kNone };
 struct LibState {
   std::mutex mu;
@@ -43,9 +49,9 @@ struct LibState {
   bool validated = false;
   std::string note = "untested";
 };
-LibState& lib_state() {
-  static LibState s;
-  return s;
+LibState& lib_state(bool chunk) {
+  static LibState square, chunked;
+  return chunk ? chunked : square;
 }
 const char* lib_name(Lib l) {
   switch (l) {
@@ -63,7 +69,7 @@ const char* lib_name(Lib l) {
 }
 
 bool library_applies(const at::Tensor& q, const at::Tensor& k, const AttnParams& p) {
-  return p.softcap == 0.f && p.window == 0 && q.size(2) == k.size(2) && q.size(2) > 0;
+  return p.softcap == 0.f && p.window == 0 && q.size(2) > 0 && q.size(2) <= k.size(2);
 }
 
 // Runs one candidate; returns {O, lse [B,Hq,T]} or throws / returns undefined tensors.
@@ -99,7 +105,7 @@ void prefill_kernel_only(const at::Tensor& q, const at::Tensor& k, const at::Ten
 
 bool try_library_leader(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                         const AttnParams& p, at::Tensor& out, at::Tensor& lse_out) {
-  auto& st = lib_state();
+  auto& st = lib_state(q.size(2) != k.size(2));
   std::lock_guard<std::mutex> lock(st.mu);
   while (st.current != Lib::kNone) {
     try {
@@ -131,19 +137,35 @@ bool try_library_leader(const at::Tensor& q, const at::Tensor& k, const at::Tens
   return false;
 }
 
+// A follower's chunk (T < S) through the chunk state's library, once a leader's chunk validated
+// it; false leaves the work to our kernel.
+bool try_library_follower_chunk(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                const AttnParams& p, at::Tensor& out) {
+  auto& st = lib_state(true);
+  std::lock_guard<std::mutex> lock(st.mu);
+  if (!st.validated || st.current == Lib::kNone) return false;
+  auto o = run_lib(st.current, q, k, v, static_cast<double>(p.scale)).first;
+  if (!o.defined()) return false;
+  out.copy_(o);
+  return true;
+}
+
 void prefill_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   const at::Tensor* lse_in, const AttnParams& p, bool allow_library,
                   at::Tensor& out, at::Tensor* lse_out) {
   const c10::cuda::CUDAGuard guard(q.device());
   detail::count_kernel_call(KernelOp::PrefillAttention);
   if (allow_library && library_applies(q, k, p)) {
-    if (lse_in) {  // follower
+    if (!lse_in) {
+      if (try_library_leader(q, k, v, p, out, *lse_out)) return;
+    } else if (q.size(2) == k.size(2)) {
       out.copy_(at::scaled_dot_product_attention(q, k, v, std::nullopt, 0.0, /*is_causal=*/true,
                                                  static_cast<double>(p.scale),
                                                  /*enable_gqa=*/true));
       return;
+    } else if (try_library_follower_chunk(q, k, v, p, out)) {
+      return;
     }
-    if (try_library_leader(q, k, v, p, out, *lse_out)) return;
   }
   prefill_kernel_only(q, k, v, lse_in, p, out, lse_out);
 }
@@ -279,9 +301,14 @@ std::string probe(KernelOp op, int index) {
 
 // Fills the hook table when the library is loaded.
 std::string library_status() {
-  auto& st = lib_state();
-  std::lock_guard<std::mutex> lock(st.mu);
-  return std::string("current: ") + lib_name(st.current) + "; " + st.note;
+  std::string s;
+  for (bool chunk : {false, true}) {
+    auto& st = lib_state(chunk);
+    std::lock_guard<std::mutex> lock(st.mu);
+    s += std::string(chunk ? " | chunks (T < S): " : "full prompts: ") + "current " +
+         lib_name(st.current) + "; " + st.note;
+  }
+  return s;
 }
 
 [[maybe_unused]] const bool registered = [] {

@@ -13,7 +13,8 @@ namespace uniattn::kernels::detail {
 // head_dim; outputs are allocated by the caller.
 struct CudaHooks {
   // allow_library: may use PyTorch's fused flash kernel where it computes the same function
-  // (no softcap, no window, T == S); out/lse_out are then replaced by its results.
+  // (no softcap, no window; T < S once validated with the bottom-right causal mask); out/lse_out
+  // are then replaced by its results.
   void (*prefill)(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   const at::Tensor* lse_in, const AttnParams& p, bool allow_library,
                   at::Tensor& out, at::Tensor* lse_out) = nullptr;

@@ -55,7 +55,8 @@ int run(int argc, char** argv) {
   app.add_flag("--unfused-baseline", unfused_baseline,
                "also time `none` with the fused RMSNorm/RoPE/activation kernels off");
   app.add_option("--cases", cases,
-                 "comma list replacing each model's shapes: prefill:B:S or decode:B:S");
+                 "comma list replacing each model's shapes: prefill:B:S, decode:B:S, "
+                 "paged_decode:B:S or paged_prefill:B:S");
   app.add_option("--superblocks", superblocks,
                  "SuperBlocks of the unified variants, e.g. 24-27;28-31 (default: groups of 4 "
                  "over the second half)");
@@ -63,6 +64,11 @@ int run(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   app.add_option("--prefill-warmup", prefill_warmup, "untimed prefills per case")
       ->check(CLI::NonNegativeNumber);
+  int64_t prefill_chunk = 2048;
+  app.add_option("--prefill-chunk", prefill_chunk,
+                 "paged_prefill cases: tokens per row and forward call (uniattn-serve's "
+                 "--prefill-chunk)")
+      ->check(CLI::PositiveNumber);
   CLI11_PARSE(app, argc, argv);
 
   uniattn::BenchOptions opt;
@@ -77,6 +83,7 @@ int run(int argc, char** argv) {
     }
   opt.prefill_iters = prefill_iters;
   opt.prefill_warmup = prefill_warmup;
+  opt.prefill_chunk = prefill_chunk;
   opt.variants.clear();
   for (const auto& v : uniattn::cli::split_list(variants))
     opt.variants.push_back(uniattn::parse_variant(v));

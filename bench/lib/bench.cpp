@@ -12,9 +12,10 @@
 namespace uniattn {
 
 std::string BenchCase::name(const std::string& model) const {
-  const char* k = kind == BenchKind::Prefill  ? "/prefill"
-                  : kind == BenchKind::Decode ? "/decode"
-                                              : "/paged_decode";
+  const char* k = kind == BenchKind::Prefill        ? "/prefill"
+                  : kind == BenchKind::Decode       ? "/decode"
+                  : kind == BenchKind::PagedDecode  ? "/paged_decode"
+                                                    : "/paged_prefill";
   return model + k + "/S=" + std::to_string(seq) + "/B=" + std::to_string(batch);
 }
 
@@ -78,7 +79,8 @@ BenchCase parse_bench_case(const std::string& spec) {
   const auto a = spec.find(':'), b = spec.find(':', a == std::string::npos ? a : a + 1);
   auto bad = [&](const char* why) {
     fail("benchmark case '", spec, "': ", why,
-         " (expected prefill:BATCH:SEQ, decode:BATCH:SEQ or paged_decode:BATCH:SEQ)");
+         " (expected prefill:BATCH:SEQ, decode:BATCH:SEQ, paged_decode:BATCH:SEQ or "
+         "paged_prefill:BATCH:SEQ)");
   };
   if (a == std::string::npos || b == std::string::npos) bad("wrong form");
   const std::string kind = spec.substr(0, a);
@@ -88,6 +90,8 @@ BenchCase parse_bench_case(const std::string& spec) {
     c.kind = BenchKind::Decode;
   } else if (kind == "paged_decode") {
     c.kind = BenchKind::PagedDecode;
+  } else if (kind == "paged_prefill") {
+    c.kind = BenchKind::PagedPrefill;
   } else {
     bad("unknown kind");
   }

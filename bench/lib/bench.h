@@ -23,23 +23,25 @@
 
 namespace uniattn {
 
-enum class BenchKind { Prefill, Decode, PagedDecode };
+enum class BenchKind { Prefill, Decode, PagedDecode, PagedPrefill };
 
 // One measured shape: a prefill of `seq` tokens per row, or one decode step over a cache that
 // already holds `seq` tokens per row: the static KVCache (Decode), or uniattn-serve's paged cache
 // (PagedDecode: blocks of 16 interleaved across rows as a busy server leaves them, the block
-// table widened to the serving bucket, paged_decode_forward replayed from a CUDA graph).
+// table widened to the serving bucket, paged_decode_forward replayed from a CUDA graph), or the
+// same prefill through the paged cache in chunks as uniattn-serve runs it (PagedPrefill:
+// BenchOptions::prefill_chunk tokens of every row per paged_forward call).
 struct BenchCase {
   BenchKind kind = BenchKind::Prefill;
   int64_t batch = 1;
   int64_t seq = 0;
-  // "<model>/prefill/S=4096/B=1", "<model>/decode/S=16384/B=8" or
-  // "<model>/paged_decode/S=640/B=32".
+  // "<model>/prefill/S=4096/B=1", "<model>/decode/S=16384/B=8",
+  // "<model>/paged_decode/S=640/B=32" or "<model>/paged_prefill/S=16384/B=1".
   std::string name(const std::string& model) const;
 };
 
-// Parses "prefill:B:S", "decode:B:S" or "paged_decode:B:S" (batch B, sequence S; both positive,
-// S <= 1M, B <= 4096).
+// Parses "prefill:B:S", "decode:B:S", "paged_decode:B:S" or "paged_prefill:B:S" (batch B,
+// sequence S; both positive, S <= 1M, B <= 4096).
 // Throws uniattn::Error naming the spec otherwise.
 BenchCase parse_bench_case(const std::string& spec);
 
@@ -107,6 +109,7 @@ struct BenchOptions {
   int decode_repeats = 5;  // timed windows (the spread is over windows)
   int prefill_warmup = 1;
   int prefill_iters = 5;  // halved (at least 2) for prefills of 8192+ tokens
+  int64_t prefill_chunk = 2048;  // PagedPrefill: tokens per row and paged_forward call
   // Also run `none` with the small fused CUDA ops (RMSNorm, RoPE, gated activation) switched off,
   // as variant "none_unfused": what the fusion buys, measured in the same run.
   bool unfused_baseline = false;

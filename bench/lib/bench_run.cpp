@@ -131,21 +131,11 @@ at::Tensor random_ids(const ModelConfig& c, int64_t b, int64_t s, const at::Devi
   return at::randint(c.vocab_size, {b, s}, at::TensorOptions().dtype(at::kLong).device(dev));
 }
 
-void run_prefill(Ctx& ctx, CausalLM& model, const ModelFootprint& fp, const BenchCase& bc,
-                 const std::string& name) {
+// Times `once` (a whole prefill and the greedy choice of the first token, synchronised) as the
+// case's time to first token, against the GEMM roofline.
+void time_ttft(Ctx& ctx, const ModelFootprint& fp, const BenchCase& bc, const std::string& name,
+               const std::function<void()>& once) {
   const auto& opt = ctx.opt;
-  const auto& c = model->config();
-  KVCache cache(c, bc.batch, bc.seq, opt.dtype, opt.device);
-  auto ids = random_ids(c, bc.batch, bc.seq, opt.device);
-  ForwardOptions fo;
-  fo.last_only = true;
-  // Time to first token: the prefill into an empty cache plus the greedy choice of the token.
-  auto once = [&] {
-    cache.reset();
-    auto next = model->forward(ids, &cache, fo).argmax(-1);
-    sync(opt.device);
-    return next;
-  };
   const int iters = bc.seq >= 8192 ? std::max(2, opt.prefill_iters / 2) : opt.prefill_iters;
   for (int i = 0; i < opt.prefill_warmup; ++i) once();
   std::vector<double> ms;
@@ -161,6 +151,59 @@ void run_prefill(Ctx& ctx, CausalLM& model, const ModelFootprint& fp, const Benc
                               ctx.result.ceilings.gemm_flops_per_s) /
               s.mean,
           "fraction");
+}
+
+void run_prefill(Ctx& ctx, CausalLM& model, const ModelFootprint& fp, const BenchCase& bc,
+                 const std::string& name) {
+  const auto& opt = ctx.opt;
+  const auto& c = model->config();
+  KVCache cache(c, bc.batch, bc.seq, opt.dtype, opt.device);
+  auto ids = random_ids(c, bc.batch, bc.seq, opt.device);
+  ForwardOptions fo;
+  fo.last_only = true;
+  // Time to first token: the prefill into an empty cache plus the greedy choice of the token.
+  time_ttft(ctx, fp, bc, name, [&] {
+    cache.reset();
+    model->forward(ids, &cache, fo).argmax(-1);
+    sync(opt.device);
+  });
+}
+
+// `batch` rows of `per_row` blocks each, block j of row i being j * batch + i: the rows' blocks
+// interleaved as a busy server leaves them. Context and query lengths are left to the caller.
+PagedBatch interleaved_batch(int64_t batch, int64_t per_row) {
+  PagedBatch pb;
+  for (int64_t i = 0; i < batch; ++i) {
+    std::vector<int32_t> table;
+    for (int64_t j = 0; j < per_row; ++j) table.push_back(static_cast<int32_t>(j * batch + i));
+    pb.block_tables.push_back(std::move(table));
+  }
+  pb.context_lens.assign(size_t(batch), 0);
+  pb.query_lens.assign(size_t(batch), 1);
+  return pb;
+}
+
+// The prefill through uniattn-serve's paged cache (blocks of 16, interleaved across rows): every
+// row's prompt fed in chunks of prefill_chunk tokens per paged_forward call, as the server
+// schedules a prompt longer than its chunk.
+void run_paged_prefill(Ctx& ctx, CausalLM& model, const ModelFootprint& fp, const BenchCase& bc,
+                       const std::string& name) {
+  const auto& opt = ctx.opt;
+  const int64_t bs = 16, per_row = bc.seq / bs + 1, chunk = opt.prefill_chunk;
+  PagedKVCache cache(model->config(), bc.batch * per_row, bs, opt.dtype, opt.device);
+  PagedBatch pb = interleaved_batch(bc.batch, per_row);
+  auto ids = random_ids(model->config(), bc.batch, bc.seq, opt.device);
+  time_ttft(ctx, fp, bc, name, [&] {
+    at::Tensor logits;
+    for (int64_t pos = 0; pos < bc.seq; pos += chunk) {
+      const int64_t n = std::min(chunk, bc.seq - pos);
+      pb.context_lens.assign(size_t(bc.batch), pos);
+      pb.query_lens.assign(size_t(bc.batch), n);
+      logits = paged_forward(model, ids.narrow(1, pos, n), cache, pb, true);
+    }
+    logits.argmax(-1);
+    sync(opt.device);
+  });
 }
 
 // Mean time of one decode step at a fixed cache length in each of `decode_repeats` windows of
@@ -261,14 +304,8 @@ void run_paged_decode(Ctx& ctx, CausalLM& model, const ModelFootprint& fp, const
     if (cache.has_k(l)) cache.k_pool(l).normal_();
     if (cache.has_v(l)) cache.v_pool(l).normal_();
   }
-  PagedBatch pb;
-  for (int64_t i = 0; i < bc.batch; ++i) {
-    std::vector<int32_t> table;
-    for (int64_t j = 0; j < per_row; ++j) table.push_back(static_cast<int32_t>(j * bc.batch + i));
-    pb.block_tables.push_back(std::move(table));
-    pb.context_lens.push_back(bc.seq);
-    pb.query_lens.push_back(1);
-  }
+  PagedBatch pb = interleaved_batch(bc.batch, per_row);
+  pb.context_lens.assign(size_t(bc.batch), bc.seq);
   const auto host = paged_decode_inputs(cache, pb, bc.batch, width);
   const PagedDecodeInputs in = host.to(opt.device);
   auto tokens = random_ids(model->config(), bc.batch, 1, opt.device);
@@ -314,8 +351,10 @@ void run_model_variant(Ctx& ctx, const BenchModel& m, Variant variant) {
         run_prefill(ctx, model, fp, bc, name);
       } else if (bc.kind == BenchKind::Decode) {
         run_decode(ctx, model, fp, bc, name);
-      } else {
+      } else if (bc.kind == BenchKind::PagedDecode) {
         run_paged_decode(ctx, model, fp, bc, name);
+      } else {
+        run_paged_prefill(ctx, model, fp, bc, name);
       }
     } catch (const std::exception& e) {
       const bool oom = is_oom(e);

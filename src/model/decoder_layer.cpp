@@ -5,9 +5,27 @@
 #include "attention/reference.h"
 #include "shared_softmax.h"
 #include "uniattn/error.h"
+#include "uniattn/model/kernel_paths.h"
 #include "uniattn/model/paged_kv_cache.h"
 
 namespace uniattn {
+namespace {
+// Our CUDA kernels are forward-only and take one dtype: training (grad mode) and autocast
+// regions (fp32 rotary output next to bf16 projections) take the SDPA / math path.
+bool inference_kernels_allowed() {
+  return !at::GradMode::is_enabled() && !at::autocast::is_autocast_enabled(at::kCUDA);
+}
+
+// A paged prefill step's per-row shapes for `layer` when its attention runs the kernels row by
+// row (inference on inputs the kernels take): SDPA takes no per-row causal offset without a
+// [B, 1, T, L] mask, and with one (and GQA) it runs a slower backend. Else nullptr.
+const PrefillRows* paged_rows(const ForwardState& s, const at::Tensor& q, int64_t layer) {
+  if (!s.paged || s.path == AttentionPath::Reference || !kernels::cuda_kernel_supports(q) ||
+      !kernel_enabled(KernelOp::PrefillAttention, q.device()) || !inference_kernels_allowed())
+    return nullptr;
+  return &s.paged->group[s.paged->cache->group_of(layer)].rows;
+}
+}  // namespace
 
 AttentionImpl::AttentionImpl(std::shared_ptr<const ModelConfig> cp, int64_t layer,
                              const at::TensorOptions& opts)
@@ -133,10 +151,7 @@ at::Tensor AttentionImpl::prefill_attention(const at::Tensor& xn, const at::Tens
   const at::Tensor& mask = sliding_ ? s.mask_sliding : s.mask_global;
   const bool causal = sliding_ ? s.causal_sliding : s.causal_global;
   const bool reference = s.path == AttentionPath::Reference;
-  // Our CUDA kernels are forward-only and take one dtype: training (grad mode) and autocast
-  // regions (fp32 rotary output next to bf16 projections) take the SDPA / math path.
-  const bool kernels = !reference && xn.is_cuda() && s.unpadded && !at::GradMode::is_enabled() &&
-                       !at::autocast::is_autocast_enabled(at::kCUDA);
+  const bool kernels = !reference && xn.is_cuda() && s.unpadded && inference_kernels_allowed();
   const auto p = kernel_params();
   if (!is_follower()) {
     auto [q_lin, k_lin, v] = project_qkv(xn);
@@ -153,6 +168,8 @@ at::Tensor AttentionImpl::prefill_attention(const at::Tensor& xn, const at::Tens
     if (reference) {
       probs = reference_probs(q, k, mask, math);
       out = apply_probs(probs, v);
+    } else if (const PrefillRows* rows = paged_rows(s, q, layer_)) {
+      std::tie(out, lse) = prefill_leader_rows(q, k, v, p, *rows);
     } else if (kernels) {
       q = q.contiguous(), k = k.contiguous(), v = v.contiguous();
       std::tie(out, lse) = kernels::prefill_leader(q, k, v, p);
@@ -166,6 +183,8 @@ at::Tensor AttentionImpl::prefill_attention(const at::Tensor& xn, const at::Tens
   if (role_.reuse == Reuse::KeyValue) {  // CLA: own q against the leader's K and V
     auto q = rope_and_norm(project(q_proj, xn, c.num_heads), q_norm_, s);
     if (reference) return apply_probs(reference_probs(q, lead.k, mask, math), lead.v);
+    if (const PrefillRows* rows = paged_rows(s, q, layer_))
+      return std::get<0>(prefill_leader_rows(q, lead.k, lead.v, p, *rows));
     if (kernels)
       return std::get<0>(
           kernels::prefill_leader(q.contiguous(), lead.k.contiguous(), lead.v.contiguous(), p));
@@ -177,6 +196,8 @@ at::Tensor AttentionImpl::prefill_attention(const at::Tensor& xn, const at::Tens
   // P_leader . V_f == Attention(Q_leader, K_leader, V_f): no q, k or RoPE here.
   if (reference) return apply_probs(lead.probs, v);
   // Callers that assemble the leader's state themselves (calibration) may carry no lse.
+  const PrefillRows* rows = lead.lse.defined() ? paged_rows(s, lead.q, layer_) : nullptr;
+  if (rows) return prefill_follower_rows(lead.q, lead.k, lead.lse, v, p, *rows);
   if (kernels && lead.lse.defined())
     return kernels::prefill_follower(lead.q.contiguous(), lead.k.contiguous(), lead.lse,
                                      v.contiguous(), p);

@@ -5,6 +5,7 @@
 
 #include <vector>
 
+#include "attention/prefill_rows.h"
 #include "layers.h"
 #include "uniattn/model/causal_lm.h"
 #include "uniattn/model/kv_cache.h"
@@ -22,6 +23,9 @@ struct PagedStep {
     at::Tensor write_slots;  // int64 [N]: the real tokens' slots in the group's pools
     at::Tensor read_slots;   // int64 [B, L]: row i's slots for keys 0..L-1 (masked past its end)
     at::Tensor key_start;    // int64 [B]: the position of row i's key 0 (0 unless a kept window)
+    // Row i's real queries (the first query_lens[i] of T) and keys read (the first key_lens[i]
+    // of L), on the host: the attention kernels' per-row shapes.
+    PrefillRows rows;
   } group[2];
   // Writes x [B, H, T, D] (the new tokens' K or V) into the layer's pool and returns the rows'
   // contexts [B, H, L, D] gathered through their block tables.

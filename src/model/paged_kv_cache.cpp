@@ -131,10 +131,13 @@ PagedStep::Group group_step(const PagedKVCache& cache, const PagedBatch& pb, int
     for (int64_t j = 0; j < max_len; ++j)
       read[i * max_len + j] = slot_of(table, std::min(starts[i] + j, len - 1), bs, nb, i);
   }
+  PrefillRows rows{pb.query_lens, {}};
+  for (size_t i = 0; i < b; ++i)
+    rows.key_lens.push_back(pb.context_lens[i] + pb.query_lens[i] - starts[i]);
   auto opts = at::TensorOptions().dtype(at::kLong);
   return {at::tensor(wslots, opts).to(dev),
           at::tensor(read, opts).view({static_cast<int64_t>(b), max_len}).to(dev),
-          at::tensor(starts, opts).to(dev)};
+          at::tensor(starts, opts).to(dev), std::move(rows)};
 }
 
 // The slots of every group, and the positions [B, T] of the new tokens; max_len[g] as above.

@@ -84,7 +84,8 @@ BenchModel tiny_model() {
              {BenchKind::Prefill, 2, 8},
              {BenchKind::Decode, 1, 12},
              {BenchKind::Decode, 3, 20},
-             {BenchKind::PagedDecode, 3, 20}};
+             {BenchKind::PagedDecode, 3, 20},
+             {BenchKind::PagedPrefill, 2, 17}};  // three chunks of 7, 7 and 3 tokens
   return m;
 }
 
@@ -97,6 +98,7 @@ BenchOptions tiny_options(const BenchModel& m) {
   opt.decode_iters = 2;
   opt.decode_repeats = 2;
   opt.prefill_iters = 2;
+  opt.prefill_chunk = 7;
   opt.commit = "test-commit";
   opt.command = "test command";
   opt.run_id = "run-1";
@@ -120,7 +122,7 @@ void check_rooflines(const ModelConfig& c, const std::vector<BenchCase>& cases, 
       ASSERT_TRUE(v.count(name) && v.at(name).count(var));
       const auto& row = v.at(name).at(var);
       EXPECT_FALSE(row.count("oom") || row.count("error"));
-      if (bc.kind == BenchKind::Prefill) {
+      if (bc.kind == BenchKind::Prefill || bc.kind == BenchKind::PagedPrefill) {
         const double t = row.at("ttft_ms");
         EXPECT_GT(t, 0);
         const double flops = 2.0 * (static_cast<double>(e.matmul_params) * bc.batch * bc.seq +
@@ -320,6 +322,9 @@ TEST(Bench, ParsesCaseSpecs) {
   const auto pd = parse_bench_case("paged_decode:32:640");
   EXPECT_EQ(pd.kind, BenchKind::PagedDecode);
   EXPECT_EQ(pd.name("m"), "m/paged_decode/S=640/B=32");
+  const auto pp = parse_bench_case("paged_prefill:2:300");
+  EXPECT_EQ(pp.kind, BenchKind::PagedPrefill);
+  EXPECT_EQ(pp.name("m"), "m/paged_prefill/S=300/B=2");
   for (const char* bad : {"", "prefill", "prefill:1", "train:1:2", "decode:0:5", "decode:1:-5",
                           "decode:1:5x", "decode:1:99999999999", "decode:5000:8", "decode::8"})
     EXPECT_THROW(parse_bench_case(bad), Error) << bad;

@@ -3,11 +3,16 @@
 // lengths, tokens and block tables; each (rows, table width) bucket is captured once. For none,
 // uniattn and cla; a random bf16 model with head_dim 64 takes the CUDA decode kernels through
 // block tables. And the engine with graphs serves requests that join and leave to completion.
+// Chunked paged prefill through the kernels row by row (src/attention/prefill_rows.h) meets the
+// FlashAttention rule against an fp32 copy of the model, with SDPA's masked bf16 path as the
+// same-dtype reference.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/core/InferenceMode.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <map>
 #include <string>
 #include <vector>
@@ -16,6 +21,7 @@
 #include "serve/decode_runner.h"
 #include "shared_softmax.h"
 #include "uniattn/config/superblock.h"
+#include "uniattn/model/kernel_paths.h"
 #include "uniattn/model/paged_kv_cache.h"
 #include "uniattn/serve/engine.h"
 
@@ -160,6 +166,72 @@ TEST_P(ServeGraphs, EngineServesEveryRequest) {
   for (const auto& [key, tokens] : out) EXPECT_EQ(tokens.size(), size_t(6 + 4 * key)) << key;
   EXPECT_GE(e.stats().decode_graphs, 3);
   EXPECT_EQ(e.stats().blocks_free, 256);
+}
+
+// The same model in fp32 (the oracle of the bf16 paths).
+CausalLM to_fp32(CausalLM& m) {
+  CausalLM f(m->config(), at::TensorOptions().dtype(at::kFloat).device(at::kCUDA));
+  at::NoGradGuard ng;
+  auto src = m->named_parameters();
+  for (auto& p : f->named_parameters()) p.value().copy_(src[p.key()]);
+  f->eval();
+  return f;
+}
+
+// Three prompts of 40, 75 and 100 tokens, fed 32 tokens per row and paged_forward call: rows of
+// different lengths after different contexts in one padded batch. Returns each prompt's logits
+// at every position, fp32 [len, V].
+std::vector<at::Tensor> chunked_prefill(CausalLM& m, at::ScalarType dtype) {
+  PagedKVCache cache(m->config(), 24, 16, dtype, at::kCUDA);
+  const std::vector<int64_t> lens{40, 75, 100};
+  std::vector<std::vector<at::Tensor>> parts(lens.size());
+  for (int64_t pos = 0; pos < 100; pos += 32) {
+    PagedBatch pb;
+    std::vector<size_t> rows;
+    for (size_t i = 0; i < lens.size(); ++i) {
+      if (pos >= lens[i]) continue;
+      rows.push_back(i);
+      std::vector<int32_t> table;
+      for (int32_t j = 0; j < 7; ++j) table.push_back(j * 3 + int32_t(2 - i));
+      pb.block_tables.push_back(table);
+      pb.context_lens.push_back(pos);
+      pb.query_lens.push_back(std::min<int64_t>(32, lens[i] - pos));
+    }
+    const int64_t t = *std::max_element(pb.query_lens.begin(), pb.query_lens.end());
+    std::vector<int64_t> ids(rows.size() * size_t(t), 0);
+    for (size_t r = 0; r < rows.size(); ++r)
+      for (int64_t j = 0; j < pb.query_lens[r]; ++j)
+        ids[r * size_t(t) + size_t(j)] = (int64_t(rows[r]) * 13 + (pos + j) * 7) % 512;
+    auto input = at::tensor(ids).view({int64_t(rows.size()), t}).to(at::kCUDA);
+    auto logits = paged_forward(m, input, cache, pb, false).to(at::kFloat);
+    for (size_t r = 0; r < rows.size(); ++r)
+      parts[rows[r]].push_back(logits[int64_t(r)].narrow(0, 0, pb.query_lens[r]));
+  }
+  std::vector<at::Tensor> out;
+  for (auto& p : parts) out.push_back(at::cat(p));
+  return out;
+}
+
+TEST_P(ServeGraphs, ChunkedPrefillKernelsMeetFlashRule) {
+  SKIP_WITHOUT_KERNELS();
+  auto m = random_model(GetParam());
+  auto oracle = to_fp32(m);
+  c10::InferenceMode guard;
+  const auto want = chunked_prefill(oracle, at::kFloat);
+  const uint64_t calls = kernel_call_count(KernelOp::PrefillAttention);
+  const auto rows = chunked_prefill(m, at::kBFloat16);
+  EXPECT_GT(kernel_call_count(KernelOp::PrefillAttention), calls);
+  set_kernel_path_override({std::string("prefill_attention"), std::nullopt});
+  const auto sdpa = chunked_prefill(m, at::kBFloat16);
+  set_kernel_path_override({});
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double e_rows = (rows[i] - want[i]).abs().max().item<double>();
+    const double e_sdpa = (sdpa[i] - want[i]).abs().max().item<double>();
+    EXPECT_LE(e_rows, 2 * e_sdpa) << "prompt " << i << ": kernels " << e_rows << ", SDPA "
+                                  << e_sdpa;
+    std::printf("prompt %zu: max |logit error| kernels %.4g, SDPA %.4g\n", i, e_rows, e_sdpa);
+  }
+  std::printf("prefill library path: %s\n", kernels::prefill_library_status().c_str());
 }
 
 INSTANTIATE_TEST_SUITE_P(Variants, ServeGraphs,
