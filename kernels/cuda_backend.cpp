@@ -37,11 +37,13 @@ int to_int(int64_t v, const char* what) {
 // Follower: the same call on (q_leader, k_leader, v_follower) is the same function
 // (softmax(q k^T) v_f == exp(logits - lse) v_f) and needs no lse.
 // A chunk of a longer prompt (T < S: the queries are the last T of S positions) needs the causal
-// mask aligned to the bottom right, as FlashAttention 2 defines is_causal for T != S
-// (flash_api.cpp; torch.nn.attention.bias.causal_lower_right calls it so), while SDPA's own
-// is_causal is aligned to the top left. Those calls keep a candidate state of their own, validated
-// on their first chunk: a library whose mask is top-left there disagrees and is dropped for
-// chunks only.
+// mask aligned to the bottom right, which the libraries disagree on (cuDNN's and SDPA's is_causal
+// are top-left for T != S, FlashAttention 2's bottom-right). So a chunk runs as two calls of
+// unambiguous meaning: the queries against the S - T context keys without a mask, and against
+// their own T keys with the square causal mask, merged by their log-sum-exps (the merge of
+// attention states of FlashInfer's cascade attention, Ye et al. 2024). That keeps the fastest
+// library (cuDNN on Hopper) for chunks. Chunks keep a candidate state of their own, validated on
+// their first chunk.
 enum class Lib { kCudnn, kFlash, kCudnnRepeat, kFlashRepeat, kNone };
 struct LibState {
   std::mutex mu;
@@ -74,7 +76,7 @@ bool library_applies(const at::Tensor& q, const at::Tensor& k, const AttnParams&
 
 // Runs one candidate; returns {O, lse [B,Hq,T]} or throws / returns undefined tensors.
 std::pair<at::Tensor, at::Tensor> run_lib(Lib l, const at::Tensor& q, const at::Tensor& k,
-                                          const at::Tensor& v, double scale) {
+                                          const at::Tensor& v, double scale, bool causal) {
   at::Tensor kk = k, vv = v;
   if ((l == Lib::kCudnnRepeat || l == Lib::kFlashRepeat) && q.size(1) != k.size(1)) {
     kk = k.repeat_interleave(q.size(1) / k.size(1), 1);
@@ -82,12 +84,12 @@ std::pair<at::Tensor, at::Tensor> run_lib(Lib l, const at::Tensor& q, const at::
   }
   at::Tensor o, lse;
   if (l == Lib::kCudnn || l == Lib::kCudnnRepeat) {
-    auto r = at::_scaled_dot_product_cudnn_attention(q, kk, vv, std::nullopt, true, 0.0, true,
+    auto r = at::_scaled_dot_product_cudnn_attention(q, kk, vv, std::nullopt, true, 0.0, causal,
                                                      false, scale);
     o = std::get<0>(r);
     lse = std::get<1>(r);
   } else {
-    auto r = at::_scaled_dot_product_flash_attention(q, kk, vv, 0.0, true, false, scale);
+    auto r = at::_scaled_dot_product_flash_attention(q, kk, vv, 0.0, causal, false, scale);
     o = std::get<0>(r);
     lse = std::get<1>(r);
   }
@@ -97,6 +99,23 @@ std::pair<at::Tensor, at::Tensor> run_lib(Lib l, const at::Tensor& q, const at::
     return {};
   }
   return {o, lse.narrow(2, 0, q.size(2)).to(at::kFloat)};
+}
+
+// Causal attention of the last T of S positions through candidate l: one call when T == S, else
+// the context part (no mask) and the chunk's own part (square causal) merged by their lse:
+// lse = logaddexp(lse_1, lse_2), O = exp(lse_1 - lse) O_1 + exp(lse_2 - lse) O_2.
+std::pair<at::Tensor, at::Tensor> run_lib_causal(Lib l, const at::Tensor& q, const at::Tensor& k,
+                                                 const at::Tensor& v, double scale) {
+  const int64_t t = q.size(2), ctx = k.size(2) - t;
+  if (ctx == 0) return run_lib(l, q, k, v, scale, true);
+  auto [o1, l1] = run_lib(l, q, k.narrow(2, 0, ctx), v.narrow(2, 0, ctx), scale, false);
+  if (!o1.defined()) return {};
+  auto [o2, l2] = run_lib(l, q, k.narrow(2, ctx, t), v.narrow(2, ctx, t), scale, true);
+  if (!o2.defined()) return {};
+  auto lse = at::logaddexp(l1, l2);
+  auto o = o1.to(at::kFloat).mul_((l1 - lse).exp_().unsqueeze(-1));
+  o.addcmul_(o2.to(at::kFloat), (l2 - lse).exp_().unsqueeze(-1));
+  return {o.to(q.scalar_type()), lse};
 }
 
 void prefill_kernel_only(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -109,7 +128,7 @@ bool try_library_leader(const at::Tensor& q, const at::Tensor& k, const at::Tens
   std::lock_guard<std::mutex> lock(st.mu);
   while (st.current != Lib::kNone) {
     try {
-      auto [o, lse] = run_lib(st.current, q, k, v, static_cast<double>(p.scale));
+      auto [o, lse] = run_lib_causal(st.current, q, k, v, static_cast<double>(p.scale));
       if (!o.defined()) throw std::runtime_error("unexpected output/lse layout");
       if (!st.validated) {
         prefill_kernel_only(q, k, v, nullptr, p, out, &lse_out);
@@ -144,7 +163,7 @@ bool try_library_follower_chunk(const at::Tensor& q, const at::Tensor& k, const 
   auto& st = lib_state(true);
   std::lock_guard<std::mutex> lock(st.mu);
   if (!st.validated || st.current == Lib::kNone) return false;
-  auto o = run_lib(st.current, q, k, v, static_cast<double>(p.scale)).first;
+  auto o = run_lib_causal(st.current, q, k, v, static_cast<double>(p.scale)).first;
   if (!o.defined()) return false;
   out.copy_(o);
   return true;

@@ -35,6 +35,7 @@ struct Args {
   int port = 8000;
   double kv_memory_gb = 1.0;
   int64_t max_seqs = 16, block_size = 16, prefill_chunk = 64, max_model_len = 0, threads = 64;
+  int64_t startup_capture_len = 4096;
   bool enforce_eager = false, disable_hybrid_kv_cache = false;
 };
 
@@ -56,6 +57,10 @@ void add_options(CLI::App& app, Args& a) {
   app.add_option("--http-threads", a.threads, "HTTP worker threads (64)");
   app.add_flag("--enforce-eager", a.enforce_eager,
                "Run decode steps eagerly, without CUDA graphs (as vLLM's flag)");
+  app.add_option("--startup-capture-len", a.startup_capture_len,
+                 "Capture the decode CUDA graphs of every batch size for contexts up to this "
+                 "many tokens before serving (4096; 0: capture each on first use)")
+      ->check(CLI::NonNegativeNumber);
   app.add_flag("--disable-hybrid-kv-cache", a.disable_hybrid_kv_cache,
                "Models mixing sliding and global layers (Gemma-2/3): one block group for all "
                "layers instead of a window-sized one for the sliding layers (as vLLM's "
@@ -238,6 +243,8 @@ int run(int argc, char** argv) {
   eo.prefill_chunk = a.prefill_chunk;
   eo.max_model_len = a.max_model_len;
   eo.cuda_graphs = !a.enforce_eager;
+  eo.startup_capture_len = a.startup_capture_len;
+  const auto engine_start = std::chrono::steady_clock::now();
   if (a.disable_hybrid_kv_cache) eo.num_sliding_blocks = -1;
   uniattn::serve::Engine engine(model, eo);
   auto so = random ? uniattn::serve::ServiceOptions{}
@@ -280,6 +287,11 @@ int run(int argc, char** argv) {
                static_cast<long long>(blocks.blocks_total), sliding.c_str(),
                static_cast<long long>(a.block_size),
                static_cast<long long>(engine.options().max_model_len));
+  if (blocks.decode_graphs > 0)
+    std::fprintf(stderr, "uniattn-serve: %lld decode CUDA graphs captured at startup (%.1f s)\n",
+                 static_cast<long long>(blocks.decode_graphs),
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - engine_start)
+                     .count());
   std::printf("listening on %d\n", port);
   std::fflush(stdout);
   svr.listen_after_bind();

@@ -148,6 +148,11 @@ at::Tensor DecodeRunner::replay(const std::vector<int64_t>& tokens, const PagedB
     g.graph->replay();
     return g.logits.narrow(0, 0, int64_t(tokens.size()));
   }
+  return capture(rows, width, host, padded).narrow(0, 0, int64_t(tokens.size()));
+}
+
+at::Tensor DecodeRunner::capture(int64_t rows, int64_t width, const PagedDecodeInputs& host,
+                                 const std::vector<int64_t>& padded) {
   auto g = std::make_unique<Graph>(rows, width, cache_.num_groups(), model_->device());
   g->load(host, padded);
   if (!pool_) pool_ = std::make_unique<CudaPool>();
@@ -181,13 +186,35 @@ at::Tensor DecodeRunner::replay(const std::vector<int64_t>& tokens, const PagedB
   }
   stream.synchronize();
   graphs_[{rows, width}] = std::move(g);
-  return out.narrow(0, 0, int64_t(tokens.size()));
+  return out;
+}
+
+int64_t DecodeRunner::capture_buckets(int64_t max_tokens) {
+  if (!cuda_graphs_) return 0;
+  const int64_t bs = cache_.block_size();
+  const int64_t widest = bucket(1, (std::max<int64_t>(max_tokens, 1) + bs - 1) / bs).second;
+  int64_t n = 0;
+  for (int64_t rows = 1;; rows = std::min(rows * 2, max_rows_)) {
+    for (int64_t width = 16;; width = std::min(width * 2, widest)) {
+      const auto key = bucket(rows, width);
+      if (!graphs_.count(key)) {
+        // No real rows: every row has length 0 and writes the scratch slot.
+        const auto host = paged_decode_inputs(cache_, PagedBatch{}, key.first, key.second);
+        capture(key.first, key.second, host, std::vector<int64_t>(size_t(key.first), 0));
+        n += graphs_.at(key)->captured();
+      }
+      if (key.second >= widest) break;
+    }
+    if (rows >= max_rows_) break;
+  }
+  return n;
 }
 #else
 at::Tensor DecodeRunner::replay(const std::vector<int64_t>& tokens, const PagedBatch& batch,
                                 int64_t blocks) {
   return eager(tokens, batch);
 }
+int64_t DecodeRunner::capture_buckets(int64_t) { return 0; }
 #endif
 
 }  // namespace uniattn::serve

@@ -33,6 +33,12 @@ class DecodeRunner {
 
   // Graphs captured so far (a metric: each costs one warm-up step and some graph memory).
   int64_t graphs() const;
+  // Captures every bucket whose table is at most `max_tokens` tokens wide (at least one width),
+  // for every batch-size bucket, before the first request (vLLM captures its batch sizes at
+  // startup): the first steps of a busy server then replay instead of capturing. Each capture
+  // runs one step of padding rows that write only the scratch slots. Returns the number of
+  // buckets captured; 0 where graphs are off.
+  int64_t capture_buckets(int64_t max_tokens);
   // The bucket a batch of `rows` rows whose longest table has `blocks` blocks runs in: the next
   // power of two (at least 16 blocks), capped at max_rows / max_blocks.
   std::pair<int64_t, int64_t> bucket(int64_t rows, int64_t blocks) const;
@@ -42,6 +48,9 @@ class DecodeRunner {
   struct CudaPool;  // the memory pool the graphs share (they never run at once)
   at::Tensor eager(const std::vector<int64_t>& tokens, const PagedBatch& batch);
   at::Tensor replay(const std::vector<int64_t>& tokens, const PagedBatch& batch, int64_t blocks);
+  // Captures bucket (rows, width) from this step's inputs and returns the warm-up's logits.
+  at::Tensor capture(int64_t rows, int64_t width, const PagedDecodeInputs& host,
+                     const std::vector<int64_t>& padded);
 
   CausalLM model_;
   PagedKVCache& cache_;

@@ -520,6 +520,8 @@ Engine::Engine(CausalLM model, const EngineOptions& o) : impl_(std::make_unique<
   m.decoder =
       std::make_unique<DecodeRunner>(m.model, *m.cache, m.opt.max_seqs,
                                      blocks_for(m.opt.max_model_len, o.block_size), o.cuda_graphs);
+  if (o.startup_capture_len > 0)
+    m.decoder->capture_buckets(std::min(o.startup_capture_len, m.opt.max_model_len));
   m.vocab = c.vocab_size;
   m.publish();
 }

@@ -105,6 +105,25 @@ at::Tensor eager_step(CausalLM& m, PagedKVCache& cache, const Sequences& s,
       .narrow(0, 0, int64_t(s.tokens.size()));
 }
 
+// The runner's step equals the same step run eagerly on its bucket. What the eager step wrote is
+// erased first: the replay must write this step's K/V again (each query attends to its own key),
+// or its logits differ.
+void expect_replay_equals_eager(serve::DecodeRunner& runner, CausalLM& m, PagedKVCache& cache,
+                                const Sequences& seqs, int64_t step) {
+  int64_t widest = 0;
+  for (const auto& t : seqs.batch.block_tables) widest = std::max<int64_t>(widest, t.size());
+  const auto bucket = runner.bucket(int64_t(seqs.tokens.size()), widest);
+  const auto want = eager_step(m, cache, seqs, bucket);
+  const auto slots = paged_decode_inputs(cache, seqs.batch, bucket.first, bucket.second)
+                         .write_slots.narrow(0, 0, int64_t(seqs.tokens.size()))
+                         .to(at::kCUDA);
+  for (int64_t l = 0; l < m->config().num_layers; ++l) {
+    if (cache.has_k(l)) cache.k_pool(l).index_fill_(0, slots, 0);
+    if (cache.has_v(l)) cache.v_pool(l).index_fill_(0, slots, 0);
+  }
+  EXPECT_TRUE(at::equal(runner.run(seqs.tokens, seqs.batch), want)) << "step " << step;
+}
+
 TEST_P(ServeGraphs, ReplayEqualsEagerStep) {
   SKIP_WITHOUT_KERNELS();
   auto m = random_model(GetParam());
@@ -119,24 +138,29 @@ TEST_P(ServeGraphs, ReplayEqualsEagerStep) {
   EXPECT_TRUE(at::equal(runner.run(seqs.tokens, seqs.batch), first));
   for (int64_t salt = 2; salt < 6; ++salt) {  // new tokens and lengths; 3 rows: bucket of 4
     seqs.step(salt < 4 ? 5 : 3, salt);
-    int64_t widest = 0;
-    for (const auto& t : seqs.batch.block_tables) widest = std::max<int64_t>(widest, t.size());
-    const auto bucket = runner.bucket(int64_t(seqs.tokens.size()), widest);
-    const auto want = eager_step(m, cache, seqs, bucket);
-    // Erase what the eager step wrote: the replay must write this step's K/V again (each query
-    // attends to its own key), or its logits differ.
-    const auto slots = paged_decode_inputs(cache, seqs.batch, bucket.first, bucket.second)
-                           .write_slots.narrow(0, 0, int64_t(seqs.tokens.size()))
-                           .to(at::kCUDA);
-    for (int64_t l = 0; l < m->config().num_layers; ++l) {
-      if (cache.has_k(l)) cache.k_pool(l).index_fill_(0, slots, 0);
-      if (cache.has_v(l)) cache.v_pool(l).index_fill_(0, slots, 0);
-    }
-    EXPECT_TRUE(at::equal(runner.run(seqs.tokens, seqs.batch), want)) << "step " << salt;
+    expect_replay_equals_eager(runner, m, cache, seqs, salt);
   }
   EXPECT_EQ(runner.graphs(), 2);
   EXPECT_EQ(runner.bucket(3, 8), std::make_pair(int64_t(4), int64_t(16)));
   EXPECT_EQ(runner.bucket(5, 24), std::make_pair(int64_t(8), int64_t(32)));
+}
+
+// Buckets captured before any request (padding rows only) replay real steps as buckets captured
+// on first use do, and nothing more is captured for them.
+TEST_P(ServeGraphs, StartupCaptureReplaysRealSteps) {
+  SKIP_WITHOUT_KERNELS();
+  auto m = random_model(GetParam());
+  c10::InferenceMode guard;
+  PagedKVCache cache(m->config(), 64, 16, at::kBFloat16, at::kCUDA);
+  auto seqs = prefill(m, cache);
+  serve::DecodeRunner runner(m, cache, 8, 32, true);
+  EXPECT_EQ(runner.capture_buckets(300), 8);  // rows 1, 2, 4, 8 x widths 16, 32
+  for (int64_t salt = 1; salt < 5; ++salt) {
+    seqs.step(salt < 3 ? 5 : 2, salt);
+    expect_replay_equals_eager(runner, m, cache, seqs, salt);
+  }
+  EXPECT_EQ(runner.graphs(), 8);
+  EXPECT_EQ(runner.capture_buckets(300), 0);
 }
 
 // The engine with graphs: 10 requests of 3 to 120 prompt tokens and 6 to 42 new tokens through 8

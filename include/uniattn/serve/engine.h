@@ -34,6 +34,10 @@ struct EngineOptions {
   // Decode steps on a CUDA device replay CUDA graphs captured per batch-size bucket (vLLM's
   // default; false is its --enforce-eager).
   bool cuda_graphs = true;
+  // With cuda_graphs, the engine's constructor captures every batch-size bucket for block tables
+  // up to this many tokens (as vLLM captures its batch sizes at startup), so early steps replay
+  // instead of capturing; wider tables are captured on first use. 0: all on first use.
+  int64_t startup_capture_len = 4096;
 };
 
 struct EngineRequest {
