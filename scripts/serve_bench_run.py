@@ -71,12 +71,15 @@ class Server:
         self.log.close()
 
 
-def load_args(url, concurrency, n, prompt, output, max_time, seed, label):
+def load_args(url, concurrency, n, prompt, output, max_time, seed, label, per_process):
+    # Client processes: one per `per_process` clients, at most half the cores (the server needs
+    # the rest).
+    processes = max(1, min(-(-concurrency // per_process), (os.cpu_count() or 2) // 2))
     return argparse.Namespace(
         url=url, model="", mode="closed", concurrency=concurrency, rate=1.0, max_in_flight=1024,
         num_requests=n, duration=0, max_time=max_time, prompt_tokens=prompt, output_tokens=output,
         vocab_low=1000, vocab_high=30000, no_ignore_eos=False, seed=seed, metrics_interval=0.25,
-        request_timeout=max_time + 60, label=label)
+        request_timeout=max_time + 60, label=label, processes=processes)
 
 
 def run_static(a, out, deadline):
@@ -134,6 +137,8 @@ def main():
     ap.add_argument("--static-extra", default="")
     ap.add_argument("--static-cap", type=float, default=120)
     ap.add_argument("--start-timeout", type=float, default=180)
+    ap.add_argument("--clients-per-process", type=int, default=8,
+                    help="load generator: closed-loop clients per client process")
     ap.add_argument("--gpu", default="")
     ap.add_argument("--commit", default=os.environ.get("UNIATTN_COMMIT", "unknown"))
     a = ap.parse_args()
@@ -199,10 +204,10 @@ def main():
                     continue
                 if kind == "long":
                     la = load_args(url, c, c, a.long_prompt_tokens, a.long_output_tokens, cap, 7,
-                                   f"{v}/long/c={c}")
+                                   f"{v}/long/c={c}", a.clients_per_process)
                 else:
                     la = load_args(url, c, max(c, 2), a.prompt_tokens, a.output_tokens, cap, c,
-                                   f"{v}/c={c}")
+                                   f"{v}/c={c}", a.clients_per_process)
                 log(f"[{v}] {la.label}: {la.num_requests} requests, cap {cap:.0f} s")
                 try:
                     r = serve_load.run_load(la)

@@ -22,11 +22,14 @@ Usage:
       --prompt-tokens 512 --output-tokens 256 [--duration 30] [--out result.json]
 Bounds: --num-requests (total requests), --duration (no new request after it), --max-time (open
 streams are closed after it and what they produced is counted; the result says "cut": true).
+--processes P spreads a closed loop's clients over P processes: one Python process parses about
+20K streamed events a second, fewer than a small model's server sends to 32 or more clients.
 Prints the result JSON (and writes it to --out).
 """
 import argparse
 import http.client
 import json
+import multiprocessing
 import random
 import socket
 import statistics
@@ -177,6 +180,86 @@ def make_prompts(args, n):
             for _ in range(n)]
 
 
+def closed_clients(args, target, path, prompts, clients, take_index, deadline):
+    """`clients` threads, each sending its next request when its last one ended, until take_index()
+    gives None; streams still open at `deadline` are cut. Returns (requests, cut)."""
+    requests, lock, cancelled = [], threading.Lock(), threading.Event()
+
+    def client():
+        while True:
+            i = take_index()
+            if i is None:
+                return
+            req = Request(i, prompts[i % len(prompts)], args)
+            with lock:
+                requests.append(req)
+            req.run(target, path, cancelled)
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(max(0.0, deadline - time.perf_counter()))
+    cut = any(t.is_alive() for t in threads)
+    if cut:
+        cancelled.set()
+        with lock:
+            for r in requests:
+                r.cancel()
+        for t in threads:
+            t.join(5)
+    return requests, cut
+
+
+REQUEST_STATE = ("idx", "sent", "token_times", "usage", "error", "finished")
+
+
+def closed_loop_processes(args, path, prompts, start):
+    """The closed loop's clients spread over --processes forked processes that share one request
+    counter; start(t0) is called once they wait for the go (the metrics sampler starts there).
+    perf_counter is CLOCK_MONOTONIC, one clock for all processes. Returns (requests, cut, t0)."""
+    ctx = multiprocessing.get_context("fork")
+    counter, t0_shared, go, results = ctx.Value("q", 0), ctx.Value("d", 0.0), ctx.Event(), ctx.Queue()
+    n = min(args.processes, args.concurrency)
+    shares = [args.concurrency // n + (1 if k < args.concurrency % n else 0) for k in range(n)]
+
+    def worker(clients):
+        go.wait()
+        t0 = t0_shared.value
+        stop_issuing = t0 + args.duration if args.duration else float("inf")
+
+        def take_index():
+            with counter.get_lock():
+                if counter.value >= args.num_requests or time.perf_counter() >= stop_issuing:
+                    return None
+                counter.value += 1
+                return counter.value - 1
+
+        reqs, cut = closed_clients(args, Target(args.url, args.request_timeout), path, prompts,
+                                   clients, take_index, t0 + args.max_time)
+        results.put(([{k: getattr(r, k) for k in REQUEST_STATE} for r in reqs], cut))
+
+    procs = [ctx.Process(target=worker, args=(c,), daemon=True) for c in shares]
+    for p in procs:
+        p.start()
+    t0 = time.perf_counter()
+    start(t0)
+    t0_shared.value = t0
+    go.set()
+    requests, cut = [], False
+    for _ in procs:
+        states, part_cut = results.get(timeout=args.max_time + 120)
+        cut = cut or part_cut
+        for s in states:
+            r = Request(s["idx"], "", args)
+            for k in REQUEST_STATE:
+                setattr(r, k, s[k])
+            requests.append(r)
+    for p in procs:
+        p.join(10)
+    return requests, cut, t0
+
+
 def run_load(args):
     target = Target(args.url, args.request_timeout)
     path = target.base + "/v1/completions"
@@ -195,9 +278,24 @@ def run_load(args):
         before = parse_metrics(target.get("/metrics")[1])
     except Exception:
         pass
+    if args.mode == "closed" and args.processes > 1:
+        # Forked before the sampler's thread starts: a fork copies the calling thread only.
+        requests, cut, t0 = closed_loop_processes(args, path, prompts, lambda t: sampler.start())
+        return finish(args, target, sampler, requests, before, t0, cut)
     sampler.start()
     t0 = time.perf_counter()
     stop_issuing = t0 + args.duration if args.duration else float("inf")
+    if args.mode == "closed":
+        def take_index():
+            with lock:
+                if next_idx[0] >= n_total or time.perf_counter() >= stop_issuing:
+                    return None
+                next_idx[0] += 1
+                return next_idx[0] - 1
+
+        requests, cut = closed_clients(args, target, path, prompts, args.concurrency, take_index,
+                                       t0 + args.max_time)
+        return finish(args, target, sampler, requests, before, t0, cut)
 
     def take():
         with lock:
@@ -209,45 +307,34 @@ def run_load(args):
             requests.append(req)
             return req
 
+    # Open loop: Poisson arrivals.
     threads = []
-    if args.mode == "closed":
-        def client():
-            while True:
-                req = take()
-                if req is None:
-                    return
-                req.run(target, path, cancelled)
+    rng = random.Random(args.seed + 1)
+    in_flight = threading.Semaphore(args.max_in_flight)
+    t_next = t0
 
-        threads = [threading.Thread(target=client, daemon=True) for _ in range(args.concurrency)]
-        for t in threads:
-            t.start()
-    else:
-        rng = random.Random(args.seed + 1)
-        in_flight = threading.Semaphore(args.max_in_flight)
-        t_next = t0
+    def one(req):
+        try:
+            req.run(target, path, cancelled)
+        finally:
+            in_flight.release()
 
-        def one(req):
-            try:
-                req.run(target, path, cancelled)
-            finally:
-                in_flight.release()
-
-        while True:
-            t_next += rng.expovariate(args.rate)
-            delay = t_next - time.perf_counter()
-            if delay > 0:
-                if cancelled.wait(delay):
-                    break
-            if time.perf_counter() - t0 > args.max_time:
+    while True:
+        t_next += rng.expovariate(args.rate)
+        delay = t_next - time.perf_counter()
+        if delay > 0:
+            if cancelled.wait(delay):
                 break
-            in_flight.acquire()
-            req = take()
-            if req is None:
-                in_flight.release()
-                break
-            t = threading.Thread(target=one, args=(req,), daemon=True)
-            t.start()
-            threads.append(t)
+        if time.perf_counter() - t0 > args.max_time:
+            break
+        in_flight.acquire()
+        req = take()
+        if req is None:
+            in_flight.release()
+            break
+        t = threading.Thread(target=one, args=(req,), daemon=True)
+        t.start()
+        threads.append(t)
 
     deadline = t0 + args.max_time
     for t in threads:
@@ -260,9 +347,14 @@ def run_load(args):
                 r.cancel()
         for t in threads:
             t.join(5)
+    return finish(args, target, sampler, requests, before, t0, cut)
+
+
+def finish(args, target, sampler, requests, before, t0, cut):
     sampler.stop.set()
     sampler.join(5)
     out = summarize(args, requests, sampler.samples, before, t0, cut)
+    out["processes"] = args.processes if args.mode == "closed" else 1
     try:
         out["engine_decode_step_ms"] = engine_phases(before, parse_metrics(target.get("/metrics")[1]))
     except Exception:
@@ -371,6 +463,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--metrics-interval", type=float, default=0.25)
     ap.add_argument("--request-timeout", type=float, default=600)
+    ap.add_argument("--processes", type=int, default=1,
+                    help="closed loop: client processes sharing the --concurrency clients")
     ap.add_argument("--label", default="", help="copied into the result")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
@@ -379,8 +473,9 @@ def main():
             args.num_requests = 4 * args.concurrency
         else:
             args.num_requests = max(1, int(args.rate * (args.duration or 60)))
-    if args.concurrency < 1 or args.rate <= 0 or args.prompt_tokens < 1 or args.output_tokens < 1:
-        ap.error("concurrency, rate, prompt and output tokens must be positive")
+    if (args.concurrency < 1 or args.rate <= 0 or args.prompt_tokens < 1 or args.output_tokens < 1
+            or args.processes < 1):
+        ap.error("concurrency, rate, processes, prompt and output tokens must be positive")
     result = run_load(args)
     if args.label:
         result = {"label": args.label, **result}
