@@ -156,12 +156,14 @@ struct Engine::Impl {
   }
 
   // Extends every block table of `s` to hold `tokens`: all groups or none (false).
-  bool grow(Sequence& s, int64_t tokens) {
+  // Grows `s`'s block tables to hold `tokens` when each group keeps at least `keep` blocks free
+  // afterwards; false (and nothing allocated) otherwise.
+  bool grow(Sequence& s, int64_t tokens, int64_t keep = 0) {
     int64_t need[2] = {0, 0};
     for (int g = 0; g < groups; ++g) {
       need[g] =
           std::max<int64_t>(blocks_for(tokens, opt.block_size) - int64_t(s.blocks[g].size()), 0);
-      if (need[g] > alloc[g]->num_free()) return false;
+      if (need[g] + keep > alloc[g]->num_free()) return false;
     }
     for (int g = 0; g < groups; ++g) alloc[g]->allocate(need[g], s.blocks[g]);
     return true;
@@ -262,10 +264,13 @@ struct Engine::Impl {
     std::erase_if(rows, [&](const Row& r) {
       return std::find(running.begin(), running.end(), r.seq) == running.end();
     });
+    // Admission leaves admission_headroom blocks per running sequence free for their growth:
+    // admitted into the last free blocks, a sequence would be the newest, so the first to be
+    // preempted when the running ones cross a block boundary, and be recomputed over and over.
     while (!preempted && !waiting.empty() && budget > 0 && int64_t(running.size()) < opt.max_seqs) {
       SeqPtr s = waiting.front();
       const int64_t n = std::min(s->total() - s->computed, budget);
-      if (!grow(*s, s->computed + n)) break;
+      if (!grow(*s, s->computed + n, opt.admission_headroom * int64_t(running.size()))) break;
       waiting.pop_front();
       running.push_back(s);
       budget -= n;

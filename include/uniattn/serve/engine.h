@@ -31,6 +31,11 @@ struct EngineOptions {
   int64_t max_seqs = 16;       // running sequences at most
   int64_t prefill_chunk = 64;  // prompt tokens prefilled per step (over all prefilling rows)
   int64_t max_model_len = 0;   // prompt + output tokens; 0: the config's max_position_embeddings
+  // A waiting sequence is admitted only when its blocks leave this many free blocks per running
+  // sequence (in each block group), so the running ones can grow before anyone is preempted.
+  // 0 admits whenever the blocks fit (vLLM V1's rule), which under memory pressure preempts and
+  // recomputes the newest sequence again and again.
+  int64_t admission_headroom = 1;
   // Decode steps on a CUDA device replay CUDA graphs captured per batch-size bucket (vLLM's
   // default; false is its --enforce-eager).
   bool cuda_graphs = true;
