@@ -290,7 +290,7 @@ def render_summary(run, model="llama8b"):
         return ""
     body = []
     for case in cases:
-        tm = "ttft_ms" if "/prefill/" in case else "decode_step_ms"
+        tm = "ttft_ms" if "prefill/" in case.split("/", 1)[1] else "decode_step_ms"
         line = [case.split("/", 1)[1]]
         for v in variants:
             t = value(rows, case, v, tm)
