@@ -198,6 +198,12 @@ def closed_clients(args, target, path, prompts, clients, take_index, deadline):
     threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
     for t in threads:
         t.start()
+    return requests, join_or_cut(threads, requests, lock, cancelled, deadline)
+
+
+def join_or_cut(threads, requests, lock, cancelled, deadline):
+    """Waits for the client threads until `deadline`, then cuts the streams still open; returns
+    whether it had to."""
     for t in threads:
         t.join(max(0.0, deadline - time.perf_counter()))
     cut = any(t.is_alive() for t in threads)
@@ -208,7 +214,7 @@ def closed_clients(args, target, path, prompts, clients, take_index, deadline):
                 r.cancel()
         for t in threads:
             t.join(5)
-    return requests, cut
+    return cut
 
 
 REQUEST_STATE = ("idx", "sent", "token_times", "usage", "error", "finished")
@@ -336,17 +342,7 @@ def run_load(args):
         t.start()
         threads.append(t)
 
-    deadline = t0 + args.max_time
-    for t in threads:
-        t.join(max(0.0, deadline - time.perf_counter()))
-    cut = any(t.is_alive() for t in threads)
-    if cut:
-        cancelled.set()
-        with lock:
-            for r in requests:
-                r.cancel()
-        for t in threads:
-            t.join(5)
+    cut = join_or_cut(threads, requests, lock, cancelled, t0 + args.max_time)
     return finish(args, target, sampler, requests, before, t0, cut)
 
 
