@@ -47,9 +47,11 @@ void add_options(CLI::App& app, Args& a) {
   app.add_option("--device", a.device, "cpu, cuda or cuda:N");
   app.add_option("--dtype", a.dtype, "f32 or bf16");
   app.add_option("--host", a.host, "Address to listen on (default 127.0.0.1)");
-  app.add_option("--port", a.port, "Port (0: any free port; the one taken is printed)");
+  app.add_option("--port", a.port, "Port (0: any free port; the one taken is printed)")
+      ->check(CLI::Range(0, 65535));
   app.add_option("--served-model-name", a.served_name, "Name in /v1/models (default: file name)");
-  app.add_option("--kv-memory-gb", a.kv_memory_gb, "KV cache pool size in GiB (default 1)");
+  app.add_option("--kv-memory-gb", a.kv_memory_gb, "KV cache pool size in GiB (default 1)")
+      ->check(CLI::Range(1e-6, 1e6));
   app.add_option("--max-seqs", a.max_seqs, "Sequences in the running batch at most (16)");
   app.add_option("--block-size", a.block_size, "Tokens per KV block (16)");
   app.add_option("--prefill-chunk", a.prefill_chunk, "Prompt tokens prefilled per step (64)");
@@ -59,8 +61,9 @@ void add_options(CLI::App& app, Args& a) {
                "Run decode steps eagerly, without CUDA graphs (as vLLM's flag)");
   app.add_option("--startup-capture-len", a.startup_capture_len,
                  "Capture the decode CUDA graphs of every batch size for contexts up to this "
-                 "many tokens before serving (4096; 0: capture each on first use)")
-      ->check(CLI::NonNegativeNumber);
+                 "many tokens before serving (4096; 0: capture each on first use; ignored "
+                 "without CUDA)")
+      ->check(CLI::Range(int64_t(0), int64_t(1) << 40));
   app.add_flag("--disable-hybrid-kv-cache", a.disable_hybrid_kv_cache,
                "Models mixing sliding and global layers (Gemma-2/3): one block group for all "
                "layers instead of a window-sized one for the sliding layers (as vLLM's "
@@ -170,6 +173,15 @@ void add_routes(httplib::Server& svr, OpenAIService& service, const std::atomic<
   svr.Get("/metrics", [&](const httplib::Request&, httplib::Response& res) {
     res.set_content(service.metrics(), "text/plain; version=0.0.4");
   });
+  // Unknown paths and methods, and requests cpp-httplib refuses itself, get an OpenAI-style body
+  // too, not an empty one.
+  svr.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty()) return;
+    const std::string what = res.status == 404   ? "no route " + req.method + " " + req.path
+                             : res.status == 405 ? "method not allowed: " + req.method
+                                                 : "bad request";
+    json_reply(res, res.status, uniattn::serve::error_body({res.status, what, ""}).dump());
+  });
   svr.set_exception_handler([&](const httplib::Request&, httplib::Response& res,
                                 std::exception_ptr ep) {
     std::string what = "unknown";
@@ -265,9 +277,12 @@ int run(int argc, char** argv) {
   // libcpp-httplib): 128 clients connecting at once overflowed it and saw connection resets.
   // Linux lets listen() be called again on a listening socket to raise the backlog, so the
   // socket is noted when cpp-httplib sets its options and listened on again after the bind.
+  // cpp-httplib's default options set SO_REUSEPORT, which let a second server bind the same port
+  // and take half its connections: only SO_REUSEADDR here (a restart may bind over TIME_WAIT).
   int listen_fd = -1;
   svr.set_socket_options([&listen_fd](socket_t sock) {
-    httplib::default_socket_options(sock);
+    int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
     listen_fd = sock;
   });
   const int port =
@@ -288,10 +303,10 @@ int run(int argc, char** argv) {
                static_cast<long long>(a.block_size),
                static_cast<long long>(engine.options().max_model_len));
   if (blocks.decode_graphs > 0)
-    std::fprintf(stderr, "uniattn-serve: %lld decode CUDA graphs captured at startup (%.1f s)\n",
-                 static_cast<long long>(blocks.decode_graphs),
-                 std::chrono::duration<double>(std::chrono::steady_clock::now() - engine_start)
-                     .count());
+    std::fprintf(
+        stderr, "uniattn-serve: %lld decode CUDA graphs captured at startup (%.1f s)\n",
+        static_cast<long long>(blocks.decode_graphs),
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - engine_start).count());
   std::printf("listening on %d\n", port);
   std::fflush(stdout);
   svr.listen_after_bind();

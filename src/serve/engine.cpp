@@ -499,11 +499,18 @@ void size_pools(EngineOptions& o, const ModelConfig& c, at::ScalarType dt) {
   } else if (o.num_sliding_blocks == 0) {
     o.num_sliding_blocks = o.num_blocks;
   }
+  const std::string pool =
+      split ? std::to_string(o.num_blocks) + " blocks for the global layers and " +
+                  std::to_string(o.num_sliding_blocks) + " for the sliding layers"
+            : std::to_string(o.num_blocks) + " blocks";
+  const std::string needs =
+      split ? std::to_string(per_seq) + " and " + std::to_string(per_seq_sliding) + " blocks"
+            : std::to_string(per_seq) + " blocks";
   UNIATTN_CHECK(o.num_blocks >= per_seq && o.num_sliding_blocks >= per_seq_sliding,
-                "engine: a KV pool of ", o.num_blocks, " blocks (", o.num_sliding_blocks,
-                " for the sliding layers) of ", o.block_size,
-                " tokens cannot hold one sequence of max_model_len ", o.max_model_len, " tokens (",
-                per_seq, " and ", per_seq_sliding, " blocks)");
+                "engine: the KV pool (", pool, " of ", o.block_size,
+                " tokens) cannot hold one sequence of max_model_len ", o.max_model_len,
+                " tokens, which needs ", needs,
+                ": give the pool more memory (--kv-memory-gb) or lower --max-model-len");
 }
 }  // namespace
 
@@ -515,6 +522,10 @@ Engine::Engine(CausalLM model, const EngineOptions& o) : impl_(std::make_unique<
   UNIATTN_CHECK(o.block_size >= 1 && o.max_seqs >= 1 && o.prefill_chunk >= 1,
                 "engine: block_size, max_seqs and prefill_chunk must be >= 1");
   if (m.opt.max_model_len <= 0) m.opt.max_model_len = c.max_position_embeddings;
+  // As vLLM: rotary positions past the trained context give garbage, not an error.
+  UNIATTN_CHECK(m.opt.max_model_len <= c.max_position_embeddings, "engine: max_model_len ",
+                m.opt.max_model_len, " exceeds the model's context of ", c.max_position_embeddings,
+                " tokens (max_position_embeddings)");
   size_pools(m.opt, c, m.model->dtype());
   c10::InferenceMode guard;
   m.cache = std::make_unique<PagedKVCache>(c, m.opt.num_blocks, o.block_size, m.model->dtype(),

@@ -93,33 +93,36 @@ TEST(ServeApi, ChatFields) {
 
 // Each out-of-range or wrongly typed value is refused with its field named.
 TEST(ServeApi, RefusesBadValues) {
-  const std::vector<std::pair<std::string, json>> bad = {{"temperature", -0.1},
-                                                         {"temperature", 2.5},
-                                                         {"temperature", "hot"},
-                                                         {"top_p", 0},
-                                                         {"top_p", 1.5},
-                                                         {"top_k", -2},
-                                                         {"top_k", 1.5},
-                                                         {"max_tokens", 0},
-                                                         {"max_tokens", "5"},
-                                                         {"n", 0},
-                                                         {"n", 17},
-                                                         {"logprobs", 21},
-                                                         {"logprobs", true},
-                                                         {"frequency_penalty", 3},
-                                                         {"presence_penalty", -2.5},
-                                                         {"repetition_penalty", 0},
-                                                         {"seed", -1},
-                                                         {"stream", 1},
-                                                         {"echo", "yes"},
-                                                         {"stop", 5},
-                                                         {"stop", {"a", 3}},
-                                                         {"stop_token_ids", {-1}},
-                                                         {"stream_options", {{"x", 1}}},
-                                                         {"model", 3},
-                                                         {"logit_bias", json::object()},
-                                                         {"best_of", 2},
-                                                         {"frobnicate", 1}};
+  const std::vector<std::pair<std::string, json>> bad = {
+      {"temperature", -0.1},
+      {"temperature", 2.5},
+      {"temperature", "hot"},
+      {"top_p", 0},
+      {"top_p", 1.5},
+      {"top_k", -2},
+      {"top_k", 1.5},
+      {"max_tokens", 0},
+      {"max_tokens", "5"},
+      {"n", 0},
+      {"n", 17},
+      {"logprobs", 21},
+      {"logprobs", true},
+      {"frequency_penalty", 3},
+      {"presence_penalty", -2.5},
+      {"repetition_penalty", 0},
+      {"seed", -1},
+      {"stream", 1},
+      {"echo", "yes"},
+      {"stop", 5},
+      {"stop", {"a", 3}},
+      {"stop_token_ids", {-1}},
+      {"stream_options", {{"x", 1}}},
+      // stream_options without stream
+      {"stream_options", {{"include_usage", true}}},
+      {"model", 3},
+      {"logit_bias", json::object()},
+      {"best_of", 2},
+      {"frobnicate", 1}};
   for (const auto& [field, value] : bad) {
     json body = {{"prompt", "x"}, {field, value}};
     auto e = error_of(body);
@@ -129,6 +132,10 @@ TEST(ServeApi, RefusesBadValues) {
   }
   EXPECT_EQ(error_of(json::array()).status, 400);
   EXPECT_EQ(error_of("text").status, 400);
+  // Ranges read as written: top_p is in (0, 1], so 0 is out.
+  EXPECT_EQ(error_of({{"prompt", "x"}, {"top_p", 0}}).message, "'top_p': must be in (0, 1], got 0");
+  EXPECT_EQ(error_of({{"prompt", "x"}, {"temperature", 2.5}}).message,
+            "'temperature': must be in [0, 2], got 2.5");
 }
 
 TEST(ServeApi, LengthCheckAndErrorBody) {

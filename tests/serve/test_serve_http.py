@@ -33,6 +33,7 @@ def check(cond, what):
 
 class Server:
     def __init__(self, exe, model):
+        self.exe, self.model = exe, model
         self.proc = subprocess.Popen(
             [exe, "--model", model, "--port", "0", "--max-seqs", "16", "--kv-memory-gb", "0.25",
              "--max-model-len", "256", "--prefill-chunk", "32", "--block-size", "8",
@@ -177,7 +178,11 @@ def test_echo_stop_n(s, seq):
     check(r["choices"][0]["text"].startswith(p), "echo prepends the prompt")
     check(lp["token_logprobs"][0] is None and all(
         x is not None and x <= 0 for x in lp["token_logprobs"][1:]), "echo prompt logprobs")
-    check(len(lp["top_logprobs"][1]) == 2, "top_logprobs has 2 alternatives")
+    check(all(2 <= len(t) <= 3 for t in lp["top_logprobs"][1:]),
+          "top_logprobs: the 2 alternatives, and the chosen token when it is not one of them")
+    check(all(t[tok] == x for tok, x, t in zip(lp["tokens"][1:], lp["token_logprobs"][1:],
+                                                lp["top_logprobs"][1:])),
+          "top_logprobs hold each chosen token with its log-probability (as OpenAI, vLLM)")
     text = seq[0][1]
     cut = text.strip()[1:3] if len(text.strip()) > 3 else None
     if cut:
@@ -217,7 +222,9 @@ def test_bad_inputs(s):
              ({"prompt": "x", "stream": "yes"}, "stream"),
              ({"prompt": "x", "stop": 5}, "stop"),
              ({"prompt": 42}, "prompt"),
-             ({"prompt": [50000000]}, "prompt")]
+             ({"prompt": [50000000]}, "prompt"),
+             # stream_options belong to streams
+             ({"prompt": "x", "stream_options": {"include_usage": True}}, "stream_options")]
     for body, field in cases:
         status, r = s.post("/v1/completions", body)
         check(status == 400 and r["error"]["param"] == field, f"{field}: {status} {r}")
@@ -230,6 +237,10 @@ def test_bad_inputs(s):
     check(status == 400 and r["error"]["param"] == "echo", f"chat echo -> 400 {r}")
     status, text = s.request("POST", "/v1/completions", raw="[1, 2]")
     check(status == 400 and "error" in json.loads(text), "a JSON array body -> 400")
+    # Unknown paths get an OpenAI-style body too.
+    status, text = s.request("GET", "/v1/nothing")
+    check(status == 404 and json.loads(text)["error"]["code"] == 404,
+          f"unknown path -> 404 with an error body: {status} {text!r}")
     # The bad requests left nothing behind: the server still answers and holds no blocks.
     status, _ = s.request("GET", "/health")
     m = s.metrics()
@@ -300,6 +311,24 @@ def test_openai_client(s, seq):
         check("temperature" in str(e), "openai client sees the 400")
 
 
+def test_port_taken(s):
+    """A second server on a port in use fails (cpp-httplib's default SO_REUSEPORT let it bind and
+    take half the connections); an impossible port is refused before the model loads."""
+    p = subprocess.Popen([s.exe, "--model", s.model, "--port", str(s.port), "--max-model-len",
+                          "256", "--kv-memory-gb", "0.05"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = p.communicate(timeout=120)
+    except subprocess.TimeoutExpired:  # it is serving: the port was shared
+        p.kill()
+        out, err = p.communicate()
+    check(p.returncode not in (0, None, -9) and "cannot listen" in err,
+          f"second server on port {s.port}: rc {p.returncode}, {(out + err)[-300:]!r}")
+    r = subprocess.run([s.exe, "--port", "70000"], capture_output=True, text=True, timeout=60)
+    check(r.returncode != 0 and "--port" in r.stderr + r.stdout,
+          f"--port 70000 refused: rc {r.returncode}, {(r.stderr + r.stdout)[-300:]!r}")
+
+
 def test_sigterm_drains(s):
     result = {}
 
@@ -346,6 +375,7 @@ def main():
         test_stream_equals_plain(s)
         test_echo_stop_n(s, seq)
         test_bad_inputs(s)
+        test_port_taken(s)
         test_disconnect_frees_blocks(s)
         test_openai_client(s, seq)
         test_sigterm_drains(s)

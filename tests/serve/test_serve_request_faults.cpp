@@ -72,6 +72,9 @@ TEST_F(ServeRequestFaults, NumberBeyondDoubleRangeIs400) {
   const auto e2 = refused(R"({"prompt": "ABC", "max_tokens": 1e999})", Endpoint::Completions);
   EXPECT_EQ(e2.status, 400);
   EXPECT_NE(e2.message.find("malformed JSON"), std::string::npos) << e2.message;
+  // The library's exception tag stays out of the message.
+  const auto e3 = refused(R"({"prompt": "ABC",)", Endpoint::Completions);
+  EXPECT_EQ(e3.message.rfind("malformed JSON: parse error at line 1", 0), 0u) << e3.message;
 }
 
 // Bodies nested deeper than 128 levels are refused before parsing (copies of a parsed value

@@ -1,6 +1,7 @@
 #include "serve/http/api.h"
 
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <set>
 
@@ -19,11 +20,20 @@ struct Bad {
   throw Bad{param, "'" + param + "': " + what};
 }
 
-double get_number(const json& v, const std::string& k, double lo, double hi) {
+// A range bound as written ("0", "2", "100").
+std::string bound(double x) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%g", x);
+  return buf;
+}
+
+// A number in [lo, hi], or in (lo, hi] when open_lo.
+double get_number(const json& v, const std::string& k, double lo, double hi, bool open_lo = false) {
   if (!v.is_number()) bad(k, "must be a number");
   const double x = v.get<double>();
-  if (!std::isfinite(x) || x < lo || x > hi)
-    bad(k, "must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " + v.dump());
+  if (!std::isfinite(x) || x < lo || (open_lo && x == lo) || x > hi)
+    bad(k, std::string("must be in ") + (open_lo ? "(" : "[") + bound(lo) + ", " + bound(hi) +
+               "], got " + v.dump());
   return x;
 }
 
@@ -112,7 +122,7 @@ void parse_field(CompletionRequest& r, const std::string& k, const json& v, bool
   } else if (k == "temperature") {
     if (!v.is_null()) r.temperature = get_number(v, k, 0, 2);
   } else if (k == "top_p") {
-    if (!v.is_null()) r.top_p = get_number(v, k, 1e-9, 1);
+    if (!v.is_null()) r.top_p = get_number(v, k, 0, 1, true);
   } else if (k == "top_k") {
     if (!v.is_null()) r.top_k = std::max<int64_t>(get_int(v, k, -1, 1 << 30), 0);
   } else if (k == "seed") {
@@ -126,7 +136,7 @@ void parse_field(CompletionRequest& r, const std::string& k, const json& v, bool
   } else if (k == "presence_penalty") {
     if (!v.is_null()) r.presence_penalty = get_number(v, k, -2, 2);
   } else if (k == "repetition_penalty") {
-    if (!v.is_null()) r.repetition_penalty = get_number(v, k, 1e-6, 100);
+    if (!v.is_null()) r.repetition_penalty = get_number(v, k, 0, 100, true);
   } else if (k == "n") {
     if (!v.is_null()) r.n = get_int(v, k, 1, 16);
   } else if (k == "stream") {
@@ -166,12 +176,14 @@ std::variant<CompletionRequest, ApiError> parse_completion_request(const json& b
   r.endpoint = endpoint;
   try {
     if (!body.is_object()) throw Bad{"", "the request body must be a JSON object"};
-    bool top_logprobs = false, logprobs_on = false;
+    bool top_logprobs = false, logprobs_on = false, stream_options = false;
     for (const auto& [k, v] : body.items()) {
       parse_field(r, k, v, chat);
       if (k == "top_logprobs" && !v.is_null()) top_logprobs = true;
       if (k == "logprobs" && v.is_boolean()) logprobs_on = v.get<bool>();
+      if (k == "stream_options" && !v.is_null()) stream_options = true;
     }
+    if (stream_options && !r.stream) bad("stream_options", "needs 'stream': true");
     if (chat && top_logprobs && !logprobs_on) bad("top_logprobs", "needs 'logprobs': true");
     if (chat && logprobs_on && !top_logprobs) r.logprobs = 0;
     if (!chat && r.prompts.empty()) bad("prompt", "is required");

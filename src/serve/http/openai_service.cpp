@@ -117,7 +117,12 @@ std::variant<Job, ApiError> OpenAIService::prepare(const std::string& body,
     check_json_depth(body, "request body");
     j = json::parse(body);
   } catch (const json::exception& e) {  // also out_of_range 406: a number beyond double
-    return ApiError{400, std::string("malformed JSON: ") + e.what(), ""};
+    // "[json.exception.parse_error.101] parse error at line 1, ...": the bracket is the library's.
+    std::string what = e.what();
+    if (const auto end = what.find("] ");
+        what.rfind("[json.exception.", 0) == 0 && end != std::string::npos)
+      what.erase(0, end + 2);
+    return ApiError{400, "malformed JSON: " + what, ""};
   } catch (const Error& e) {
     return ApiError{400, e.what(), ""};
   }
@@ -221,6 +226,8 @@ json OpenAIService::logprobs_json(const Job& job, const Choice& c, size_t from_t
     if (!lp) return tops.push_back(nullptr);
     json top = json::object();
     for (auto [tid, v] : lp->top) top[piece(tid)] = v;
+    // As OpenAI and vLLM: the chosen token is always among them (up to logprobs + 1 entries).
+    if (!top.contains(s)) top[s] = lp->logprob;
     tops.push_back(top);
   };
   if (job.req.echo && from_prompt == 0) {
