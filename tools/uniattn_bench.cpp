@@ -9,8 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "cli_util.h"
 #include "bench.h"
+#include "cli_util.h"
 #include "model_args.h"
 #include "uniattn/error.h"
 

@@ -12,10 +12,10 @@
 namespace uniattn {
 
 std::string BenchCase::name(const std::string& model) const {
-  const char* k = kind == BenchKind::Prefill        ? "/prefill"
-                  : kind == BenchKind::Decode       ? "/decode"
-                  : kind == BenchKind::PagedDecode  ? "/paged_decode"
-                                                    : "/paged_prefill";
+  const char* k = kind == BenchKind::Prefill       ? "/prefill"
+                  : kind == BenchKind::Decode      ? "/decode"
+                  : kind == BenchKind::PagedDecode ? "/paged_decode"
+                                                   : "/paged_prefill";
   return model + k + "/S=" + std::to_string(seq) + "/B=" + std::to_string(batch);
 }
 

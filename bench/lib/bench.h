@@ -108,7 +108,7 @@ struct BenchOptions {
   int decode_iters = 20;   // replays per timed window
   int decode_repeats = 5;  // timed windows (the spread is over windows)
   int prefill_warmup = 1;
-  int prefill_iters = 5;  // halved (at least 2) for prefills of 8192+ tokens
+  int prefill_iters = 5;         // halved (at least 2) for prefills of 8192+ tokens
   int64_t prefill_chunk = 2048;  // PagedPrefill: tokens per row and paged_forward call
   // Also run `none` with the small fused CUDA ops (RMSNorm, RoPE, gated activation) switched off,
   // as variant "none_unfused": what the fusion buys, measured in the same run.

@@ -57,9 +57,8 @@ at::Tensor prefill_follower_rows(const at::Tensor& q_leader, const at::Tensor& k
   auto out = at::zeros_like(q_leader, at::MemoryFormat::Contiguous);
   for (int64_t i = 0; i < q_leader.size(0); ++i) {
     const int64_t t = rows.query_lens[size_t(i)], s = rows.key_lens[size_t(i)];
-    row(out, i, t).copy_(kernels::prefill_follower(row(q_leader, i, t), row(k_leader, i, s),
-                                                   row(lse_leader, i, t), row(v_follower, i, s),
-                                                   p));
+    row(out, i, t).copy_(kernels::prefill_follower(
+        row(q_leader, i, t), row(k_leader, i, s), row(lse_leader, i, t), row(v_follower, i, s), p));
   }
   return out;
 }

@@ -27,10 +27,9 @@ at::Tensor row_mask(const PrefillRows& r, int64_t t, int64_t s, int64_t window) 
     const int64_t off = r.key_lens[i] - r.query_lens[i];
     for (int64_t q = 0; q < t; ++q)
       for (int64_t j = 0; j < s; ++j)
-        a[int64_t(i)][0][q][j] = q < r.query_lens[i]
-                                     ? j < r.key_lens[i] && j <= off + q &&
-                                           (window == 0 || j > off + q - window)
-                                     : j == 0;
+        a[int64_t(i)][0][q][j] = q < r.query_lens[i] ? j < r.key_lens[i] && j <= off + q &&
+                                                           (window == 0 || j > off + q - window)
+                                                     : j == 0;
   }
   return m;
 }
