@@ -124,8 +124,12 @@ void prefill_kernel_only(const at::Tensor& q, const at::Tensor& k, const at::Ten
 
 bool try_library_leader(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                         const AttnParams& p, at::Tensor& out, at::Tensor& lse_out) {
-  auto& st = lib_state(q.size(2) != k.size(2));
+  const bool chunk = q.size(2) != k.size(2);
+  auto& st = lib_state(chunk);
   std::lock_guard<std::mutex> lock(st.mu);
+  // A chunk state is validated on a chunk of some size on both sides, not on a degenerate one
+  // (a single query, a single context key) whose agreement says little about the rest.
+  if (chunk && !st.validated && (q.size(2) < 16 || k.size(2) - q.size(2) < 16)) return false;
   while (st.current != Lib::kNone) {
     try {
       auto [o, lse] = run_lib_causal(st.current, q, k, v, static_cast<double>(p.scale));
@@ -145,6 +149,8 @@ bool try_library_leader(const at::Tensor& q, const at::Tensor& k, const at::Tens
       out.copy_(o);
       lse_out.copy_(lse);
       return true;
+    } catch (const c10::OutOfMemoryError&) {
+      return false;  // this call only: our kernel needs no workspace; the candidate stays
     } catch (const std::exception& e) {
       std::string what = e.what();
       st.note += std::string("; ") + lib_name(st.current) +
@@ -163,10 +169,14 @@ bool try_library_follower_chunk(const at::Tensor& q, const at::Tensor& k, const 
   auto& st = lib_state(true);
   std::lock_guard<std::mutex> lock(st.mu);
   if (!st.validated || st.current == Lib::kNone) return false;
-  auto o = run_lib_causal(st.current, q, k, v, static_cast<double>(p.scale)).first;
-  if (!o.defined()) return false;
-  out.copy_(o);
-  return true;
+  try {
+    auto o = run_lib_causal(st.current, q, k, v, static_cast<double>(p.scale)).first;
+    if (!o.defined()) return false;
+    out.copy_(o);
+    return true;
+  } catch (const std::exception&) {  // e.g. out of memory for the merge: our kernel takes it
+    return false;
+  }
 }
 
 void prefill_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

@@ -12,8 +12,8 @@ namespace uniattn::kernels::detail {
 // Inputs reaching a hook are validated, contiguous, on one CUDA device and of a supported dtype and
 // head_dim; outputs are allocated by the caller.
 struct CudaHooks {
-  // allow_library: may use PyTorch's fused flash kernel where it computes the same function
-  // (no softcap, no window; T < S once validated with the bottom-right causal mask); out/lse_out
+  // allow_library: may use PyTorch's fused cuDNN/flash attention where it computes the same
+  // function (no softcap, no window; T < S as two calls merged by lse, once validated); out/lse_out
   // are then replaced by its results.
   void (*prefill)(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   const at::Tensor* lse_in, const AttnParams& p, bool allow_library,

@@ -9,8 +9,8 @@
 // copied). Hq query heads, Hkv KV heads; query head h reads KV head h / (Hq / Hkv) (GQA).
 // Dispatch: CUDA tensors in bf16/fp16 with head_dim 64, 128 or 256 run the custom CUDA kernels
 // (fp32 accumulation) when the library was built with CUDA and the GPU takes the kernel path
-// (uniattn/model/kernel_paths.h) (prefill without softcap/window uses PyTorch's flash kernel,
-// see prefill_leader_custom); everything else runs the
+// (uniattn/model/kernel_paths.h) (prefill without softcap/window uses PyTorch's cuDNN or flash
+// attention, see prefill_leader_custom); everything else runs the
 // fallback, which materialises the logits and computes in fp32 (fp64 for fp64 inputs). Every
 // function throws uniattn::Error naming the tensor at fault on a bad shape, dtype or device.
 #pragma once
@@ -130,11 +130,12 @@ at::Tensor decode_follower_fallback(const at::Tensor& p_row, const at::Tensor& v
                                     const at::Tensor& cache_seqlens, int64_t num_q_heads);
 
 // The uniattn CUDA kernels only. Without softcap and window, prefill_leader and prefill_follower
-// run PyTorch's fused flash-attention kernel instead (faster on Hopper; for the follower,
-// softmax(q_leader k_leader^T) v_follower is the same function as exp(logits - lse) v): always
-// for T == S, and for a chunk (T < S) once a leader's chunk validated the library's bottom-right
-// causal mask against our kernel (kernels/cuda_backend.cpp); these variants skip that shortcut
-// (tests, benchmarks). Unsupported inputs still fall back to ATen.
+// run PyTorch's fused cuDNN or flash attention instead (faster on Hopper; for the follower,
+// softmax(q_leader k_leader^T) v_follower is the same function as exp(logits - lse) v): for
+// T == S one causal call, for a chunk (T < S) a call over the context without a mask and one
+// over the chunk with the square causal mask, merged by their log-sum-exps, once a leader's
+// chunk validated that against our kernel (kernels/cuda_backend.cpp); these variants skip that
+// shortcut (tests, benchmarks). Unsupported inputs still fall back to ATen.
 std::tuple<at::Tensor, at::Tensor> prefill_leader_custom(const at::Tensor& q, const at::Tensor& k,
                                                          const at::Tensor& v, const AttnParams& p);
 at::Tensor prefill_follower_custom(const at::Tensor& q_leader, const at::Tensor& k_leader,

@@ -138,10 +138,12 @@ def main():
     ap.add_argument("--static-cap", type=float, default=120)
     ap.add_argument("--start-timeout", type=float, default=180)
     ap.add_argument("--clients-per-process", type=int, default=8,
-                    help="load generator: closed-loop clients per client process")
+                    help="load generator: closed-loop clients per client process (>= 1)")
     ap.add_argument("--gpu", default="")
     ap.add_argument("--commit", default=os.environ.get("UNIATTN_COMMIT", "unknown"))
     a = ap.parse_args()
+    if a.clients_per_process < 1:
+        ap.error("--clients-per-process must be >= 1")
     a.variants = a.variants.split(",")
     start = time.time()
     deadline = start + a.budget_s

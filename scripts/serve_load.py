@@ -30,6 +30,7 @@ import argparse
 import http.client
 import json
 import multiprocessing
+import queue
 import random
 import socket
 import statistics
@@ -241,9 +242,13 @@ def closed_loop_processes(args, path, prompts, start):
                 counter.value += 1
                 return counter.value - 1
 
-        reqs, cut = closed_clients(args, Target(args.url, args.request_timeout), path, prompts,
-                                   clients, take_index, t0 + args.max_time)
-        results.put(([{k: getattr(r, k) for k in REQUEST_STATE} for r in reqs], cut))
+        states, cut = [], True
+        try:
+            reqs, cut = closed_clients(args, Target(args.url, args.request_timeout), path,
+                                       prompts, clients, take_index, t0 + args.max_time)
+            states = [{k: getattr(r, k) for k in REQUEST_STATE} for r in reqs]
+        finally:  # the parent waits for one result per process, whatever happened here
+            results.put((states, cut))
 
     procs = [ctx.Process(target=worker, args=(c,), daemon=True) for c in shares]
     for p in procs:
@@ -252,9 +257,17 @@ def closed_loop_processes(args, path, prompts, start):
     start(t0)
     t0_shared.value = t0
     go.set()
-    requests, cut = [], False
-    for _ in procs:
-        states, part_cut = results.get(timeout=args.max_time + 120)
+    requests, cut, pending = [], False, len(procs)
+    deadline = t0 + args.max_time + 120
+    while pending and time.perf_counter() < deadline:
+        try:
+            states, part_cut = results.get(timeout=1)
+        except queue.Empty:
+            if all(p.exitcode is not None for p in procs) and results.empty():
+                cut = True  # a process died without reporting: what it ran is lost
+                break
+            continue
+        pending -= 1
         cut = cut or part_cut
         for s in states:
             r = Request(s["idx"], "", args)
@@ -285,7 +298,8 @@ def run_load(args):
     except Exception:
         pass
     if args.mode == "closed" and args.processes > 1:
-        # Forked before the sampler's thread starts: a fork copies the calling thread only.
+        # Forked before the sampler's thread starts (a fork copies the calling thread only); the
+        # children touch nothing of the parent's but the shared counter and queue.
         requests, cut, t0 = closed_loop_processes(args, path, prompts, lambda t: sampler.start())
         return finish(args, target, sampler, requests, before, t0, cut)
     sampler.start()

@@ -132,13 +132,12 @@ void completion_route(httplib::Server& svr, const char* path, Endpoint ep, OpenA
   svr.Post(path, [&service, &draining, ep](const httplib::Request& req, httplib::Response& res) {
     if (draining) {
       service.count_request(503);
-      return json_reply(res, 503,
-                        uniattn::serve::error_body({503, "server is shutting down", ""}).dump());
+      return json_reply(res, 503, uniattn::serve::error_json({503, "server is shutting down", ""}));
     }
     auto prepared = service.prepare(req.body, ep);
     if (auto* e = std::get_if<uniattn::serve::ApiError>(&prepared)) {
       service.count_request(e->status);
-      return json_reply(res, e->status, uniattn::serve::error_body(*e).dump());
+      return json_reply(res, e->status, uniattn::serve::error_json(*e));
     }
     auto job =
         std::make_shared<uniattn::serve::Job>(std::move(std::get<uniattn::serve::Job>(prepared)));
@@ -175,12 +174,15 @@ void add_routes(httplib::Server& svr, OpenAIService& service, const std::atomic<
   });
   // Unknown paths and methods, and requests cpp-httplib refuses itself, get an OpenAI-style body
   // too, not an empty one.
+  // cpp-httplib calls it outside its own try block: nothing may throw out of it.
   svr.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return;
-    const std::string what = res.status == 404   ? "no route " + req.method + " " + req.path
-                             : res.status == 405 ? "method not allowed: " + req.method
-                                                 : "bad request";
-    json_reply(res, res.status, uniattn::serve::error_body({res.status, what, ""}).dump());
+    try {
+      const std::string what =
+          res.status == 404 ? "no route " + req.method + " " + req.path : "bad request";
+      json_reply(res, res.status, uniattn::serve::error_json({res.status, what, ""}));
+    } catch (...) {
+    }
   });
   svr.set_exception_handler([&](const httplib::Request&, httplib::Response& res,
                                 std::exception_ptr ep) {
@@ -192,9 +194,8 @@ void add_routes(httplib::Server& svr, OpenAIService& service, const std::atomic<
     } catch (...) {
     }
     service.count_request(500);
-    json_reply(
-        res, 500,
-        uniattn::serve::error_body({500, "internal error: " + what, "", "internal_error"}).dump());
+    json_reply(res, 500,
+               uniattn::serve::error_json({500, "internal error: " + what, "", "internal_error"}));
   });
 }
 
@@ -304,7 +305,8 @@ int run(int argc, char** argv) {
                static_cast<long long>(engine.options().max_model_len));
   if (blocks.decode_graphs > 0)
     std::fprintf(
-        stderr, "uniattn-serve: %lld decode CUDA graphs captured at startup (%.1f s)\n",
+        stderr,
+        "uniattn-serve: %lld decode CUDA graphs captured at startup (engine ready in %.1f s)\n",
         static_cast<long long>(blocks.decode_graphs),
         std::chrono::duration<double>(std::chrono::steady_clock::now() - engine_start).count());
   std::printf("listening on %d\n", port);

@@ -19,7 +19,7 @@ void check_rows(const PrefillRows& r, const at::Tensor& q, const at::Tensor& k) 
   }
 }
 
-// Whether row i fills the whole batch tensor (then no slicing is needed).
+// Whether the batch is one row that fills its tensors (then no slicing is needed).
 bool full_batch(const PrefillRows& r, const at::Tensor& q, const at::Tensor& k) {
   return q.size(0) == 1 && r.query_lens[0] == q.size(2) && r.key_lens[0] == k.size(2);
 }

@@ -2,8 +2,8 @@
 // prompt chunks of several sequences, each after its own context), through the shared-Softmax
 // kernels one row at a time instead of SDPA with a [B, 1, T, S] mask. SDPA takes no per-row
 // causal offset, and with a mask and GQA it falls back to slower backends; the kernels run each
-// row at its exact shape (T_i queries after S_i - T_i keys), a chunk with FlashAttention's
-// bottom-right causal mask where it applies (kernels/cuda_backend.cpp).
+// row at its exact shape (T_i queries after S_i - T_i keys), through PyTorch's cuDNN attention
+// where it computes the same function (kernels/cuda_backend.cpp).
 #pragma once
 #include <ATen/ATen.h>
 

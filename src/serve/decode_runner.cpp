@@ -200,7 +200,17 @@ int64_t DecodeRunner::capture_buckets(int64_t max_tokens) {
       if (!graphs_.count(key)) {
         // No real rows: every row has length 0 and writes the scratch slot.
         const auto host = paged_decode_inputs(cache_, PagedBatch{}, key.first, key.second);
-        capture(key.first, key.second, host, std::vector<int64_t>(size_t(key.first), 0));
+        try {
+          capture(key.first, key.second, host, std::vector<int64_t>(size_t(key.first), 0));
+        } catch (const std::exception& e) {
+          // E.g. out of memory next to a large KV pool: the rest are captured on first use.
+          std::fprintf(stderr,
+                       "uniattn: startup capture stopped at %lld rows x %lld blocks (%s); the "
+                       "remaining buckets are captured on first use\n",
+                       static_cast<long long>(key.first), static_cast<long long>(key.second),
+                       error_message(e).c_str());
+          return n;
+        }
         n += graphs_.at(key)->captured();
       }
       if (key.second >= widest) break;

@@ -521,6 +521,8 @@ Engine::Engine(CausalLM model, const EngineOptions& o) : impl_(std::make_unique<
   const auto& c = m.model->config();
   UNIATTN_CHECK(o.block_size >= 1 && o.max_seqs >= 1 && o.prefill_chunk >= 1,
                 "engine: block_size, max_seqs and prefill_chunk must be >= 1");
+  UNIATTN_CHECK(o.admission_headroom >= 0 && o.startup_capture_len >= 0,
+                "engine: admission_headroom and startup_capture_len must be >= 0");
   if (m.opt.max_model_len <= 0) m.opt.max_model_len = c.max_position_embeddings;
   // As vLLM: rotary positions past the trained context give garbage, not an error.
   UNIATTN_CHECK(m.opt.max_model_len <= c.max_position_embeddings, "engine: max_model_len ",

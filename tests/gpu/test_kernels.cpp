@@ -139,8 +139,9 @@ TEST_P(PrefillKernel, LeaderAndFollowerMeetErrorRule) {
   check_rule(c.name() + " leader_O", max_err(o, ref_o), max_err(low.out, ref_o), 1e-5);
   check_rule(c.name() + " leader_lse", max_err(lse, ref_lse), max_err(low.lse, ref_lse), 1e-4);
   check_rule(c.name() + " follower_O", max_err(of, ref_of), max_err(low_f.out, ref_of), 1e-5);
-  if (c.softcap == 0.f && c.window == 0 && c.T == c.S) {
-    // prefill_leader may have taken PyTorch's flash kernel: check ours on its own too, and a
+  if (c.softcap == 0.f && c.window == 0 && c.T <= c.S) {
+    // prefill_leader may have taken PyTorch's attention (a chunk T < S: two calls merged by
+    // lse): check ours on its own too, and a
     // follower of ours fed by the library's lse (and vice versa) against the same references.
     auto [oc, lsec] = uk::prefill_leader_custom(q, k, v, p);
     auto ofc = uk::prefill_follower_custom(q, k, lse, v2, p);

@@ -241,6 +241,11 @@ def test_bad_inputs(s):
     status, text = s.request("GET", "/v1/nothing")
     check(status == 404 and json.loads(text)["error"]["code"] == 404,
           f"unknown path -> 404 with an error body: {status} {text!r}")
+    # A path that is not UTF-8 once decoded: the error body must not throw (it terminated the
+    # server from cpp-httplib's error handler).
+    status, text = s.request("GET", "/%ff%fe")
+    check(status == 404 and json.loads(text)["error"]["code"] == 404,
+          f"non-UTF-8 path -> 404 with an error body: {status} {text!r}")
     # The bad requests left nothing behind: the server still answers and holds no blocks.
     status, _ = s.request("GET", "/health")
     m = s.metrics()

@@ -136,7 +136,8 @@ void parse_field(CompletionRequest& r, const std::string& k, const json& v, bool
   } else if (k == "presence_penalty") {
     if (!v.is_null()) r.presence_penalty = get_number(v, k, -2, 2);
   } else if (k == "repetition_penalty") {
-    if (!v.is_null()) r.repetition_penalty = get_number(v, k, 0, 100, true);
+    // A floor: a penalty that rounds to 0 in fp32 would divide logits into inf.
+    if (!v.is_null()) r.repetition_penalty = get_number(v, k, 1e-6, 100);
   } else if (k == "n") {
     if (!v.is_null()) r.n = get_int(v, k, 1, 16);
   } else if (k == "stream") {
@@ -219,6 +220,10 @@ json error_body(const ApiError& e) {
                 {"type", e.type},
                 {"param", e.param.empty() ? json(nullptr) : json(e.param)},
                 {"code", e.status}}}};
+}
+
+std::string error_json(const ApiError& error) {
+  return error_body(error).dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
 }  // namespace uniattn::serve

@@ -62,5 +62,8 @@ std::optional<ApiError> check_length(int64_t prompt_tokens, int64_t max_tokens,
 
 // {"error": {"message", "type", "param", "code"}}.
 nlohmann::json error_body(const ApiError& error);
+// error_body as text; bytes that are not UTF-8 (a request path, a tokenizer's piece) become
+// U+FFFD instead of making the dump throw.
+std::string error_json(const ApiError& error);
 
 }  // namespace uniattn::serve

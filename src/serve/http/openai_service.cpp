@@ -285,7 +285,7 @@ std::pair<int, std::string> OpenAIService::run(
                           });
     } catch (const Error& e) {
       abort_open();
-      return {400, error_body({400, e.what(), ""}).dump()};
+      return {400, error_json({400, e.what(), ""})};
     }
     by_id[c.seq] = i;
   }
@@ -328,7 +328,7 @@ std::pair<int, std::string> OpenAIService::run(
       if (o.finish == Finish::Error) {
         abort_open();
         ++requests_failed_;
-        return {500, error_body({500, "internal error: " + o.error, "", "internal_error"}).dump()};
+        return {500, error_json({500, "internal error: " + o.error, "", "internal_error"})};
       }
       if (c.stream->stopped()) {
         c.finish = "stop";
