@@ -290,6 +290,12 @@ def test_disconnect_frees_blocks(s):
         generated, m = seen
         check(m["uniattn_kv_blocks_used"] == 0, f"disconnect frees blocks: {m}")
         check(m["uniattn_num_requests_running"] == 0, "the cancelled sequence left the batch")
+        deadline = time.time() + 10
+        cancelled = 'uniattn_requests_total{outcome="cancelled"}'
+        while time.time() < deadline and s.metrics()[cancelled] < 1:
+            time.sleep(0.2)
+        check(s.metrics()[cancelled] >= 1,
+              "a disconnect counts as cancelled, not as a client error")
         print(f"disconnect stopped the sequence after {generated:.0f} of 200 tokens")
 
 

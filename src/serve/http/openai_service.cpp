@@ -396,7 +396,11 @@ json OpenAIService::models() const {
 }
 
 void OpenAIService::count_request(int status) {
-  (status < 400 ? requests_ok_ : status < 500 ? requests_bad_ : requests_failed_)++;
+  // 499 (nginx's "client closed request"): the client went away; its request was not at fault.
+  (status < 400    ? requests_ok_
+   : status == 499 ? requests_cancelled_
+   : status < 500  ? requests_bad_
+                   : requests_failed_)++;
 }
 
 std::string OpenAIService::metrics() const {
@@ -410,6 +414,7 @@ std::string OpenAIService::metrics() const {
     << "# TYPE uniattn_requests_total counter\n"
     << "uniattn_requests_total{outcome=\"ok\"} " << requests_ok_.load() << "\n"
     << "uniattn_requests_total{outcome=\"client_error\"} " << requests_bad_.load() << "\n"
+    << "uniattn_requests_total{outcome=\"cancelled\"} " << requests_cancelled_.load() << "\n"
     << "uniattn_requests_total{outcome=\"server_error\"} " << requests_failed_.load() << "\n";
   gauge("uniattn_prompt_tokens_total", "counter", "Prompt tokens admitted.", prompt_tokens_);
   gauge("uniattn_generation_tokens_total", "counter", "Tokens generated.", generation_tokens_);

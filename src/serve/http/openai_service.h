@@ -93,7 +93,8 @@ class OpenAIService {
   const Tokenizer& tok_;
   const ChatTemplate* tmpl_;
   ServiceOptions opt_;
-  std::atomic<int64_t> requests_ok_{0}, requests_bad_{0}, requests_failed_{0};
+  std::atomic<int64_t> requests_ok_{0}, requests_bad_{0}, requests_failed_{0},
+      requests_cancelled_{0};
   std::atomic<int64_t> prompt_tokens_{0}, generation_tokens_{0}, active_{0};
   Histogram ttft_, itl_;
 };
