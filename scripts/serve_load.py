@@ -37,6 +37,7 @@ import statistics
 import sys
 import threading
 import time
+import types
 import urllib.parse
 
 
@@ -218,6 +219,19 @@ def join_or_cut(threads, requests, lock, cancelled, deadline):
     return cut
 
 
+def index_taker(counter, lock, n_total, stop_issuing):
+    """take_index(): the next request index (counter.value, incremented under `lock`), or None
+    once n_total were taken or stop_issuing has passed."""
+    def take_index():
+        with lock:
+            if counter.value >= n_total or time.perf_counter() >= stop_issuing:
+                return None
+            counter.value += 1
+            return counter.value - 1
+
+    return take_index
+
+
 REQUEST_STATE = ("idx", "sent", "token_times", "usage", "error", "finished")
 
 
@@ -234,14 +248,7 @@ def closed_loop_processes(args, path, prompts, start):
         go.wait()
         t0 = t0_shared.value
         stop_issuing = t0 + args.duration if args.duration else float("inf")
-
-        def take_index():
-            with counter.get_lock():
-                if counter.value >= args.num_requests or time.perf_counter() >= stop_issuing:
-                    return None
-                counter.value += 1
-                return counter.value - 1
-
+        take_index = index_taker(counter, counter.get_lock(), args.num_requests, stop_issuing)
         states, cut = [], True
         try:
             reqs, cut = closed_clients(args, Target(args.url, args.request_timeout), path,
@@ -290,7 +297,6 @@ def run_load(args):
     prompts = make_prompts(args, min(n_total, 4096))
     requests, lock = [], threading.Lock()
     cancelled = threading.Event()
-    next_idx = [0]
     sampler = MetricsSampler(target, args.metrics_interval)
     before = {}
     try:
@@ -305,27 +311,20 @@ def run_load(args):
     sampler.start()
     t0 = time.perf_counter()
     stop_issuing = t0 + args.duration if args.duration else float("inf")
+    take_index = index_taker(types.SimpleNamespace(value=0), lock, n_total, stop_issuing)
     if args.mode == "closed":
-        def take_index():
-            with lock:
-                if next_idx[0] >= n_total or time.perf_counter() >= stop_issuing:
-                    return None
-                next_idx[0] += 1
-                return next_idx[0] - 1
-
         requests, cut = closed_clients(args, target, path, prompts, args.concurrency, take_index,
                                        t0 + args.max_time)
         return finish(args, target, sampler, requests, before, t0, cut)
 
     def take():
+        i = None if cancelled.is_set() else take_index()
+        if i is None:
+            return None
+        req = Request(i, prompts[i % len(prompts)], args)
         with lock:
-            if next_idx[0] >= n_total or time.perf_counter() >= stop_issuing or cancelled.is_set():
-                return None
-            i = next_idx[0]
-            next_idx[0] += 1
-            req = Request(i, prompts[i % len(prompts)], args)
             requests.append(req)
-            return req
+        return req
 
     # Open loop: Poisson arrivals.
     threads = []

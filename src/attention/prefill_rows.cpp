@@ -29,6 +29,12 @@ at::Tensor row(const at::Tensor& x, int64_t i, int64_t n) {
   return x.narrow(0, i, 1).narrow(2, 0, n);
 }
 
+// Calls f(i, queries, keys) for each row i.
+template <class F>
+void each_row(const PrefillRows& r, F&& f) {
+  for (size_t i = 0; i < r.query_lens.size(); ++i) f(int64_t(i), r.query_lens[i], r.key_lens[i]);
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> prefill_leader_rows(const at::Tensor& q, const at::Tensor& k,
@@ -39,12 +45,11 @@ std::tuple<at::Tensor, at::Tensor> prefill_leader_rows(const at::Tensor& q, cons
   if (full_batch(rows, q, k)) return kernels::prefill_leader(q, k, v, p);
   auto out = at::zeros_like(q, at::MemoryFormat::Contiguous);
   auto lse = at::zeros({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
-  for (int64_t i = 0; i < q.size(0); ++i) {
-    const int64_t t = rows.query_lens[size_t(i)], s = rows.key_lens[size_t(i)];
+  each_row(rows, [&](int64_t i, int64_t t, int64_t s) {
     auto [o, l] = kernels::prefill_leader(row(q, i, t), row(k, i, s), row(v, i, s), p);
     row(out, i, t).copy_(o);
     row(lse, i, t).copy_(l);
-  }
+  });
   return {out, lse};
 }
 
@@ -55,11 +60,10 @@ at::Tensor prefill_follower_rows(const at::Tensor& q_leader, const at::Tensor& k
   if (full_batch(rows, q_leader, k_leader))
     return kernels::prefill_follower(q_leader, k_leader, lse_leader, v_follower, p);
   auto out = at::zeros_like(q_leader, at::MemoryFormat::Contiguous);
-  for (int64_t i = 0; i < q_leader.size(0); ++i) {
-    const int64_t t = rows.query_lens[size_t(i)], s = rows.key_lens[size_t(i)];
+  each_row(rows, [&](int64_t i, int64_t t, int64_t s) {
     row(out, i, t).copy_(kernels::prefill_follower(
         row(q_leader, i, t), row(k_leader, i, s), row(lse_leader, i, t), row(v_follower, i, s), p));
-  }
+  });
   return out;
 }
 

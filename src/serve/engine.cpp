@@ -155,7 +155,6 @@ struct Engine::Impl {
     n_free_sliding = groups == 2 ? alloc[1]->num_free() : 0;
   }
 
-  // Extends every block table of `s` to hold `tokens`: all groups or none (false).
   // Grows `s`'s block tables to hold `tokens` when each group keeps at least `keep` blocks free
   // afterwards; false (and nothing allocated) otherwise.
   bool grow(Sequence& s, int64_t tokens, int64_t keep = 0) {

@@ -105,11 +105,30 @@ at::Tensor eager_step(CausalLM& m, PagedKVCache& cache, const Sequences& s,
       .narrow(0, 0, int64_t(s.tokens.size()));
 }
 
+// A variant's model (built outside InferenceMode), then under InferenceMode for the rest of the
+// test: a pool of 64 blocks of 16 holding the five prefilled sequences, and a decode runner over
+// it (8 rows, 32 blocks at most).
+struct Served {
+  CausalLM m;
+  c10::InferenceMode guard;
+  PagedKVCache cache;
+  Sequences seqs;
+  serve::DecodeRunner runner;
+  explicit Served(Variant v)
+      : m(random_model(v)),
+        cache(m->config(), 64, 16, at::kBFloat16, at::kCUDA),
+        seqs(prefill(m, cache)),
+        runner(m, cache, 8, 32, true) {}
+};
+
 // The runner's step equals the same step run eagerly on its bucket. What the eager step wrote is
 // erased first: the replay must write this step's K/V again (each query attends to its own key),
 // or its logits differ.
-void expect_replay_equals_eager(serve::DecodeRunner& runner, CausalLM& m, PagedKVCache& cache,
-                                const Sequences& seqs, int64_t step) {
+void expect_replay_equals_eager(Served& s, int64_t step) {
+  auto& m = s.m;
+  auto& cache = s.cache;
+  auto& seqs = s.seqs;
+  auto& runner = s.runner;
   int64_t widest = 0;
   for (const auto& t : seqs.batch.block_tables) widest = std::max<int64_t>(widest, t.size());
   const auto bucket = runner.bucket(int64_t(seqs.tokens.size()), widest);
@@ -126,11 +145,9 @@ void expect_replay_equals_eager(serve::DecodeRunner& runner, CausalLM& m, PagedK
 
 TEST_P(ServeGraphs, ReplayEqualsEagerStep) {
   SKIP_WITHOUT_KERNELS();
-  auto m = random_model(GetParam());
-  c10::InferenceMode guard;
-  PagedKVCache cache(m->config(), 64, 16, at::kBFloat16, at::kCUDA);
-  auto seqs = prefill(m, cache);
-  serve::DecodeRunner runner(m, cache, 8, 32, true);
+  Served s(GetParam());
+  auto& seqs = s.seqs;
+  auto& runner = s.runner;
   seqs.step(5, 1);
   const auto first = runner.run(seqs.tokens, seqs.batch).clone();  // captured (rows 8)
   EXPECT_EQ(runner.graphs(), 1);
@@ -138,7 +155,7 @@ TEST_P(ServeGraphs, ReplayEqualsEagerStep) {
   EXPECT_TRUE(at::equal(runner.run(seqs.tokens, seqs.batch), first));
   for (int64_t salt = 2; salt < 6; ++salt) {  // new tokens and lengths; 3 rows: bucket of 4
     seqs.step(salt < 4 ? 5 : 3, salt);
-    expect_replay_equals_eager(runner, m, cache, seqs, salt);
+    expect_replay_equals_eager(s, salt);
   }
   EXPECT_EQ(runner.graphs(), 2);
   EXPECT_EQ(runner.bucket(3, 8), std::make_pair(int64_t(4), int64_t(16)));
@@ -149,15 +166,13 @@ TEST_P(ServeGraphs, ReplayEqualsEagerStep) {
 // on first use do, and nothing more is captured for them.
 TEST_P(ServeGraphs, StartupCaptureReplaysRealSteps) {
   SKIP_WITHOUT_KERNELS();
-  auto m = random_model(GetParam());
-  c10::InferenceMode guard;
-  PagedKVCache cache(m->config(), 64, 16, at::kBFloat16, at::kCUDA);
-  auto seqs = prefill(m, cache);
-  serve::DecodeRunner runner(m, cache, 8, 32, true);
+  Served s(GetParam());
+  auto& seqs = s.seqs;
+  auto& runner = s.runner;
   EXPECT_EQ(runner.capture_buckets(300), 8);  // rows 1, 2, 4, 8 x widths 16, 32
   for (int64_t salt = 1; salt < 5; ++salt) {
     seqs.step(salt < 3 ? 5 : 2, salt);
-    expect_replay_equals_eager(runner, m, cache, seqs, salt);
+    expect_replay_equals_eager(s, salt);
   }
   EXPECT_EQ(runner.graphs(), 8);
   EXPECT_EQ(runner.capture_buckets(300), 0);
