@@ -41,6 +41,14 @@ struct CudaHooks {
   // out = act(gate) * up; gate and up of one shape, each with a contiguous last dim and rows a
   // common stride apart (flattenable to [rows, cols]); out contiguous.
   void (*gated)(const at::Tensor& gate, const at::Tensor& up, bool gelu, at::Tensor& out) = nullptr;
+  // Cross-entropy (cross_entropy.cu): logits [N, V] with a contiguous last dim, targets [N] int64
+  // contiguous, loss and lse [N] fp32. Backward: grad_loss [N] fp32 contiguous, grad_logits
+  // [N, V] contiguous in the logits' dtype. Outputs allocated by the caller.
+  void (*cross_entropy_forward)(const at::Tensor& logits, const at::Tensor& targets,
+                                int64_t ignore_index, at::Tensor& loss, at::Tensor& lse) = nullptr;
+  void (*cross_entropy_backward)(const at::Tensor& logits, const at::Tensor& targets,
+                                 const at::Tensor& lse, const at::Tensor& grad_loss,
+                                 int64_t ignore_index, at::Tensor& grad_logits) = nullptr;
 
   // What src/attention/kernel_paths.cpp decides with: the build's images ("sm_80 ... compute_90",
   // CMake's UNIATTN_KERNEL_ARCHS), the current device, a device's properties, and whether op's

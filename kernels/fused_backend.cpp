@@ -80,11 +80,53 @@ void gated_cuda(const at::Tensor& gate, const at::Tensor& up, bool gelu, at::Ten
         "gated activation");
 }
 
+cuda::CrossEntropyArgs cross_entropy_args(const at::Tensor& logits, const at::Tensor& targets,
+                                          int64_t ignore_index) {
+  UNIATTN_CHECK(logits.size(0) <= INT32_MAX, "cross_entropy: ", logits.size(0),
+                " rows exceed the CUDA grid");
+  cuda::CrossEntropyArgs a{};
+  a.logits = logits.data_ptr();
+  a.targets = targets.data_ptr<int64_t>();
+  a.rows = logits.size(0);
+  a.vocab = logits.size(1);
+  a.row_stride = logits.size(0) > 1 ? logits.stride(0) : logits.size(1);
+  a.ignore_index = ignore_index;
+  return a;
+}
+
+void cross_entropy_forward_cuda(const at::Tensor& logits, const at::Tensor& targets,
+                                int64_t ignore_index, at::Tensor& loss, at::Tensor& lse) {
+  const c10::cuda::CUDAGuard guard(logits.device());
+  detail::count_kernel_call(KernelOp::CrossEntropy);
+  auto a = cross_entropy_args(logits, targets, ignore_index);
+  a.loss = loss.data_ptr<float>();
+  a.lse = lse.data_ptr<float>();
+  check(cuda::launch_cross_entropy_forward(a, small_op_dtype(logits),
+                                           at::cuda::getCurrentCUDAStream()),
+        "cross_entropy forward");
+}
+
+void cross_entropy_backward_cuda(const at::Tensor& logits, const at::Tensor& targets,
+                                 const at::Tensor& lse, const at::Tensor& grad_loss,
+                                 int64_t ignore_index, at::Tensor& grad_logits) {
+  const c10::cuda::CUDAGuard guard(logits.device());
+  detail::count_kernel_call(KernelOp::CrossEntropy);
+  auto a = cross_entropy_args(logits, targets, ignore_index);
+  a.lse = const_cast<float*>(lse.data_ptr<float>());
+  a.grad_loss = grad_loss.data_ptr<float>();
+  a.grad_logits = grad_logits.data_ptr();
+  check(cuda::launch_cross_entropy_backward(a, small_op_dtype(logits),
+                                            at::cuda::getCurrentCUDAStream()),
+        "cross_entropy backward");
+}
+
 [[maybe_unused]] const bool registered = [] {
   auto& h = detail::cuda_hooks();
   h.rms_norm = &rms_norm_cuda;
   h.rotary = &rotary_cuda;
   h.gated = &gated_cuda;
+  h.cross_entropy_forward = &cross_entropy_forward_cuda;
+  h.cross_entropy_backward = &cross_entropy_backward_cuda;
   return true;
 }();
 

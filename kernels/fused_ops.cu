@@ -12,38 +12,11 @@
 
 #include <cstdint>
 
+#include "dtype_cvt.cuh"
 #include "launch.h"
 
 namespace uniattn::kernels::cuda {
 namespace {
-
-template <typename T>
-struct Cvt;
-template <>
-struct Cvt<float> {
-  static __device__ __forceinline__ float to(float x) { return x; }
-  static __device__ __forceinline__ float from(float x) { return x; }
-};
-template <>
-struct Cvt<__nv_bfloat16> {
-  static __device__ __forceinline__ float to(__nv_bfloat16 x) { return __bfloat162float(x); }
-  static __device__ __forceinline__ __nv_bfloat16 from(float x) { return __float2bfloat16(x); }
-};
-template <>
-struct Cvt<__half> {
-  static __device__ __forceinline__ float to(__half x) { return __half2float(x); }
-  static __device__ __forceinline__ __half from(float x) { return __float2half(x); }
-};
-
-template <typename T>
-__device__ __forceinline__ float ld(const T* p) {
-  return Cvt<T>::to(*p);
-}
-// What storing x in a T tensor and reading it back gives (an ATen op's output rounding).
-template <typename T>
-__device__ __forceinline__ float round_to(float x) {
-  return Cvt<T>::to(Cvt<T>::from(x));
-}
 
 // Sum over the block; every thread gets the result. blockDim.x is a multiple of 32, <= 1024.
 __device__ float block_sum(float v) {

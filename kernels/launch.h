@@ -95,6 +95,21 @@ struct GatedArgs {
 };
 cudaError_t launch_gated(const GatedArgs& a, DType dt, cudaStream_t stream);
 
+// ---- cross-entropy (cross_entropy.cu)
+// ------------------------------------------------------------
+struct CrossEntropyArgs {
+  const void* logits;      // [rows, vocab], rows row_stride elements apart, last dim contiguous
+  const int64_t* targets;  // [rows]
+  float* loss;             // forward: [rows], lse - z[target] (0 for ignore_index, NaN off-vocab)
+  float* lse;              // forward writes, backward reads: [rows], log-sum-exp of the row
+  const float* grad_loss;  // backward: [rows], d total / d loss[row]
+  void* grad_logits;       // backward: [rows, vocab] contiguous, the logits' dtype
+  int64_t rows, vocab, row_stride;
+  int64_t ignore_index;  // a target of this value has no loss and no gradient (-100 in torch)
+};
+cudaError_t launch_cross_entropy_forward(const CrossEntropyArgs& a, DType dt, cudaStream_t stream);
+cudaError_t launch_cross_entropy_backward(const CrossEntropyArgs& a, DType dt, cudaStream_t stream);
+
 // ---- image probes -------------------------------------------------------------------------------
 // Load one kernel of the file on the current device (cudaFuncGetAttributes; PTX is JIT-compiled
 // then) and return the error when the build has no image the device can run. Each .cu file is

@@ -90,6 +90,8 @@ def row(case, variant, metric, value, unit):
 def measure(a):
     rows = []
     for name, s in SHAPES.items():
+        if a.shapes and name not in a.shapes.split(","):
+            continue
         torch.manual_seed(0)
         cfg = LlamaConfig(**s["cfg"], max_position_embeddings=4096, attn_implementation="sdpa")
         with torch.device("cuda"):
@@ -120,16 +122,23 @@ def measure(a):
         # later --set wins over the command's training.precision=bf16), and both precisions with
         # the chunked LM head + cross-entropy (training.fused_linear_cross_entropy=true), so that
         # its effect is a ratio measured in the same run.
+        # The *_aten_ce variants take ATen's loss (fp32 logits) instead of the cross_entropy kernel.
         chunked = ["--set", "training.fused_linear_cross_entropy=true"]
         bf16_weights = ["--set", "training.precision=bf16_weights"]
-        for variant, extra in (("none", []),
-                               ("none_checkpointing", ["--set", "training.activation_checkpointing=true"]),
-                               ("none_bf16_weights", bf16_weights),
-                               ("none_chunked_ce", chunked),
-                               ("none_bf16_weights_chunked_ce", bf16_weights + chunked)):
+        aten_ce = dict(os.environ, UNIATTN_DISABLE_KERNELS="cross_entropy")
+        for variant, extra, env in (
+                ("none", [], None),
+                ("none_checkpointing", ["--set", "training.activation_checkpointing=true"], None),
+                ("none_bf16_weights", bf16_weights, None),
+                ("none_chunked_ce", chunked, None),
+                ("none_bf16_weights_chunked_ce", bf16_weights + chunked, None),
+                ("none_aten_ce", [], aten_ce),
+                ("none_bf16_weights_aten_ce", bf16_weights, aten_ce)):
+            if a.variants and variant not in a.variants.split(","):
+                continue
             run_dir = f"{a.out}/{name}-{variant}"
             r = subprocess.run(uniattn_cmd(a.build, d, data, B, STEPS, run_dir) + extra,
-                               capture_output=True, text=True)
+                               capture_output=True, text=True, env=env)
             print(r.stderr[-800:])
             mets = [json.loads(l) for l in open(f"{run_dir}/metrics.jsonl") if l.strip()]
             tps_u = median_after_warmup([x["tokens_per_s"] for x in mets])
@@ -138,8 +147,10 @@ def measure(a):
                      row(case, variant, "peak_memory_gib",
                          max(x.get("peak_memory_gib", 0) for x in mets), "GiB")]
             print(name, "uniattn-train", variant, f"{tps_u:.0f} tokens/s", flush=True)
+    command = "python3 scripts/train_throughput.py --build %s --out OUT" % a.build
+    command += "".join(f" --{k} {getattr(a, k)}" for k in ("shapes", "variants") if getattr(a, k))
     json.dump({"gpu": torch.cuda.get_device_name(), "commit": os.environ.get("UNIATTN_COMMIT", "?"),
-               "command": "scripts/train_throughput.sh %s OUT" % a.build, "rows": rows},
+               "command": command, "rows": rows},
               open(os.path.join(a.out, "train-throughput.json"), "w"), indent=1)
 
 
@@ -160,6 +171,9 @@ def main():
     ap.add_argument("--amp", action="store_true", help="with --profile-hf: fp32 under autocast")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--shapes", help="comma list of " + ",".join(SHAPES) + " (default: all)")
+    ap.add_argument("--variants", help="comma list of uniattn-train variants (default: all; "
+                    "the transformers steps always run)")
     a = ap.parse_args()
     if a.profile_hf:
         profile_hf(a)

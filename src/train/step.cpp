@@ -248,16 +248,26 @@ StepOutcome train_step(Run& run, StageTraining& stage, TrainState& st) {
     if (follower_mse_on(run, stage)) mt.mse = synced.loss.mse;
   }
   mt.lr = lr;
+  // Every rank holds the full summed gradients, so the norm (and the clip) agree. The fused
+  // optimiser applies the clip coefficient inside its kernel, saving a pass over the gradients.
+  auto* fused = dynamic_cast<FusedAdamW*>(stage.opt.get());
+  GradClip clip;
   {
-    // Every rank holds the full summed gradients, so the norm (and the clip) agree.
     at::NoGradGuard ng;
     const double max_norm = c.training.grad_clip > 0 ? c.training.grad_clip : 1e30;
-    mt.grad_norm = clip_grad_norm_foreach(stage.params, max_norm);
+    if (fused)
+      clip = grad_clip_coefficient(stage.params, max_norm);
+    else
+      clip.norm = clip_grad_norm_foreach(stage.params, max_norm);
+    mt.grad_norm = clip.norm;
   }
   if (!std::isfinite(mt.loss) || !std::isfinite(mt.grad_norm)) {
     skip_non_finite_step(run, stage, mt);
   } else {
-    if (stage.opt) stage.opt->step();
+    if (fused)
+      fused->step_clipped(clip.coef);
+    else if (stage.opt)
+      stage.opt->step();
     if (run.zero1) broadcast_owned_parameters(run.comm, stage);
     st.tokens += tokens.targets;
     st.last_loss = mt.loss;

@@ -7,12 +7,15 @@
 #include <gtest/gtest.h>
 
 #include <array>
+#include <cmath>
 #include <cstdio>
 #include <string>
 #include <vector>
 
 #include "model/layers.h"
 #include "shared_softmax.h"
+#include "train/cross_entropy.h"
+#include "uniattn/model/kernel_paths.h"
 
 namespace {
 
@@ -180,6 +183,69 @@ TEST(FusedOps, GatedActivations) {
                        name(dt) + "/n=" + std::to_string(n),
                    fused, aten, ref);
       }
+}
+
+// Loss and logit gradient of cross_entropy_rows against fp64 and against the ATen path it replaces
+// (the logits cast to fp32, at::cross_entropy_loss, autograd's cast back), for 16-bit and fp32
+// logits, vocabularies that take the vector path (V % 8 == 0, here also with a row stride wider
+// than V) and the scalar one, an ignored row and a row predicting the last token.
+TEST(FusedOps, CrossEntropyRows) {
+  SKIP_WITHOUT_GPU();
+  at::manual_seed(5);
+  struct Shape {
+    int64_t n, v, stride;
+  };
+  for (auto dt : kDtypes)
+    for (const Shape s : {Shape{37, 32000, 32000}, Shape{9, 1003, 1003}, Shape{16, 4096, 4104}}) {
+      const std::string what = "cross_entropy/" + name(dt) + "/n=" + std::to_string(s.n) +
+                               "/v=" + std::to_string(s.v) + "/stride=" + std::to_string(s.stride);
+      auto wide = (at::randn({s.n, s.stride}, cuda(at::kFloat)) * 4).to(dt);
+      auto z = wide.narrow(1, 0, s.v);
+      auto t = at::randint(0, s.v, {s.n}, cuda(at::kLong));
+      t[1] = -100;                                       // ignored
+      t[2] = s.v - 1;                                    // the last column
+      auto g = at::rand({s.n}, cuda(at::kFloat)) + 0.5;  // d total / d loss[i]
+
+      auto zk = z.detach().requires_grad_(true);
+      const uint64_t calls = uniattn::kernel_call_count(uniattn::KernelOp::CrossEntropy);
+      auto lk = uniattn::cross_entropy_rows(zk, t);
+      lk.backward(g);
+      EXPECT_EQ(uniattn::kernel_call_count(uniattn::KernelOp::CrossEntropy), calls + 2) << what;
+
+      auto za = z.detach().requires_grad_(true);
+      auto la = at::cross_entropy_loss(za.to(at::kFloat), t, {}, at::Reduction::None, -100);
+      la.backward(g);
+
+      auto z64 = z.to(at::kDouble);
+      const auto keep = (t != -100).to(at::kDouble);
+      const auto tc = t.clamp_min(0).unsqueeze(1);
+      auto lref = (at::logsumexp(z64, 1) - z64.gather(1, tc).squeeze(1)) * keep;
+      auto onehot = at::zeros_like(z64).scatter_(1, tc, 1.0);
+      auto gref = (at::softmax(z64, 1) - onehot) * (g.to(at::kDouble) * keep).unsqueeze(1);
+
+      // The loss is fp32 on both paths: the rule with an allowance of a few fp32 ulps.
+      const double ek = max_err(lk, lref), ea = max_err(la, lref);
+      const double ulps = 4 * 1.2e-7 * lref.abs().max().item<double>();
+      std::printf("RATIO %s/loss kernel_err=%.3e aten_err=%.3e\n", what.c_str(), ek, ea);
+      EXPECT_LE(ek, 2.0 * ea + ulps) << what;
+      check_rule(what + "/grad", zk.grad(), za.grad(), gref);
+      EXPECT_EQ(lk[1].item<float>(), 0.f) << what;
+      EXPECT_EQ(zk.grad()[1].abs().max().item<double>(), 0.0) << what;
+    }
+}
+
+// A target id outside the vocabulary makes that row's loss NaN (ATen would stop the process with
+// a device-side assert); the other rows are unaffected.
+TEST(FusedOps, CrossEntropyOffVocabularyTargetIsNaN) {
+  SKIP_WITHOUT_GPU();
+  auto z = at::randn({3, 64}, cuda(at::kBFloat16));
+  auto t = at::tensor(std::vector<int64_t>{5, 64, 7}).to(at::kCUDA);
+  auto l = uniattn::cross_entropy_rows(z, t);
+  EXPECT_TRUE(std::isnan(l[1].item<float>()));
+  const auto rows = at::tensor(std::vector<int64_t>{0, 2}).to(at::kCUDA);
+  auto ok = at::cross_entropy_loss(z.index_select(0, rows).to(at::kFloat), t.index_select(0, rows),
+                                   {}, at::Reduction::None);
+  EXPECT_LT(max_err(l.index_select(0, rows), ok), 1e-5);
 }
 
 TEST(FusedOps, AutogradInputsTakeTheAtenPath) {

@@ -18,6 +18,7 @@
 #include "model/layers.h"
 #include "model/model_test_util.h"
 #include "shared_softmax.h"
+#include "train/cross_entropy.h"
 #include "uniattn/infer/generate.h"
 #include "uniattn/model/causal_lm.h"
 #include "uniattn/model/kernel_paths.h"
@@ -93,6 +94,15 @@ std::vector<at::Tensor> run_op(KernelOp op) {
       auto g = at::randn({5, 14336}, bf16()) * 4, u = at::randn({5, 14336}, bf16());
       return {gated_activation(g, u, Activation::Silu),
               gated_activation(g, u, Activation::GeluTanh)};
+    }
+    case KernelOp::CrossEntropy: {
+      at::AutoGradMode grad(true);
+      auto z = (at::randn({6, 1000}, bf16()) * 3).requires_grad_(true);
+      auto t = at::randint(0, 1000, {6}, bf16().dtype(at::kLong));
+      t[0] = -100;
+      auto loss = cross_entropy_rows(z, t);
+      loss.backward(at::linspace(0.5, 1.5, 6, loss.options()));
+      return {loss.detach(), z.grad()};
     }
   }
   return {};

@@ -29,12 +29,13 @@ enum class KernelOp {
   DecodeFollower,
   RmsNorm,
   Rotary,
-  GatedActivation
+  GatedActivation,
+  CrossEntropy  // the training loss over the vocabulary (forward and backward)
 };
-inline constexpr int kNumKernelOps = 6;
+inline constexpr int kNumKernelOps = 7;
 
 // "prefill_attention", "decode_leader", "decode_follower", "rms_norm", "rotary",
-// "gated_activation": the names UNIATTN_DISABLE_KERNELS takes.
+// "gated_activation", "cross_entropy": the names UNIATTN_DISABLE_KERNELS takes.
 const char* kernel_op_name(KernelOp op);
 
 // What the decision reads from a device (cudaDeviceProp).

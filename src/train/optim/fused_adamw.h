@@ -21,8 +21,14 @@ class FusedAdamW : public torch::optim::AdamW {
  public:
   using torch::optim::AdamW::AdamW;
   at::Tensor step(LossClosure closure = nullptr) override;
+  // step() with every gradient multiplied by `clip_coef` (an fp32 scalar tensor, e.g.
+  // GradClip::coef; undefined: 1) inside the fused kernel, which divides by its grad_scale
+  // argument 1 / clip_coef in fp32. Saves clip_grad_norm_foreach's separate multiplication (a read
+  // and write of every gradient); the gradients are left scaled, as after that function.
+  at::Tensor step_clipped(const at::Tensor& clip_coef);
 
  private:
+  at::Tensor grad_scale_;  // fp32 scalar for step(), set only inside step_clipped()
   // The kernel reads each parameter's step count from a float scalar tensor on its device. They
   // mirror AdamWParamState::step (the source of truth, e.g. after load()): a mirror one behind is
   // advanced on the device with one foreach add, any other is refilled.
@@ -32,6 +38,18 @@ class FusedAdamW : public torch::optim::AdamW {
   };
   std::unordered_map<const void*, StepMirror> steps_;
 };
+
+// The global L2 norm of the gradients of `params` (those that have one) and the clip coefficient
+// min(1, max_norm / (norm + 1e-6)) of torch::nn::utils::clip_grad_norm_, leaving the gradients
+// as they are. norm is computed in fp32 for fp32/bf16/fp16 gradients (fp64 for fp64 ones), with
+// at::_foreach_norm and one synchronisation to read it; 0 when no parameter has a gradient.
+// coef is a scalar tensor (the norm's dtype) on the first gradient's device, undefined when the
+// coefficient is exactly 1 (also when there are no gradients); NaN when the norm is not finite.
+struct GradClip {
+  double norm = 0.0;
+  at::Tensor coef;
+};
+GradClip grad_clip_coefficient(const std::vector<at::Tensor>& params, double max_norm);
 
 // Clips the gradients of `params` (those that have one) in place to a global L2 norm of at most
 // `max_norm`, as torch::nn::utils::clip_grad_norm_ does: every gradient is multiplied by

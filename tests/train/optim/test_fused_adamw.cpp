@@ -15,8 +15,8 @@
 #include <cmath>
 #include <sstream>
 
-#include "train/optim/fused_adamw.h"
 #include "model/model_test_util.h"
+#include "train/optim/fused_adamw.h"
 
 using namespace uniattn;
 
@@ -246,6 +246,44 @@ TEST(FusedAdamWBf16, MatchesFp32AdamWRoundedEachStep) {
     }
   }
   EXPECT_GT(max_param_diff(ref, init), 1e-2);
+}
+
+// The clip folded into the fused kernel (grad_clip_coefficient + step_clipped) moves the
+// parameters as clipping first and stepping after does, over steps where the clip bites, where it
+// does not, and where a parameter has no gradient; grad_clip_coefficient leaves the gradients.
+TEST(FusedAdamW, StepClippedEqualsClipThenStep) {
+  auto a = make_params(21), b = clone_params(a);
+  FusedAdamW clipped_first(a, options(false)), folded(b, options(false));
+  for (int step = 0; step < 5; ++step) {
+    SCOPED_TRACE(step);
+    const double max_norm = step == 3 ? 1e30 : 0.7;
+    set_grads(a, step);
+    set_grads(b, step);
+    const double na = clip_grad_norm_foreach(a, max_norm);
+    std::vector<at::Tensor> before;
+    for (auto& p : b) before.push_back(p.grad().defined() ? p.grad().clone() : at::Tensor());
+    const auto clip = grad_clip_coefficient(b, max_norm);
+    EXPECT_NEAR(clip.norm, na, 1e-6 * na);
+    EXPECT_EQ(clip.coef.defined(), step != 3);
+    for (size_t i = 0; i < b.size(); ++i) {
+      if (before[i].defined()) {
+        EXPECT_TRUE(at::equal(before[i], b[i].grad()));
+      }
+    }
+    for (auto* o : {&clipped_first, &folded})
+      for (auto& g : o->param_groups()) g.options().set_lr(kLrs[step]);
+    clipped_first.step();
+    folded.step_clipped(clip.coef);
+    EXPECT_LE(max_param_diff(a, b), 1e-6);
+  }
+  // The folded clip mattered: an unclipped run ends elsewhere.
+  auto c = make_params(21);
+  FusedAdamW unclipped(c, options(false));
+  for (int step = 0; step < 5; ++step) {
+    set_grads(c, step);
+    step_with_lr(unclipped, kLrs[step]);
+  }
+  EXPECT_GT(max_param_diff(b, c), 1e-4);
 }
 
 TEST(ClipGradNormForeach, Bf16GradientsGetAnFp32Norm) {

@@ -1,0 +1,37 @@
+// Internal: fp32 conversions of the kernels' storage dtypes (fp32, bf16, fp16), shared by the
+// .cu files of the small fused ops.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+namespace uniattn::kernels::cuda {
+
+template <typename T>
+struct Cvt;
+template <>
+struct Cvt<float> {
+  static __device__ __forceinline__ float to(float x) { return x; }
+  static __device__ __forceinline__ float from(float x) { return x; }
+};
+template <>
+struct Cvt<__nv_bfloat16> {
+  static __device__ __forceinline__ float to(__nv_bfloat16 x) { return __bfloat162float(x); }
+  static __device__ __forceinline__ __nv_bfloat16 from(float x) { return __float2bfloat16(x); }
+};
+template <>
+struct Cvt<__half> {
+  static __device__ __forceinline__ float to(__half x) { return __half2float(x); }
+  static __device__ __forceinline__ __half from(float x) { return __float2half(x); }
+};
+
+template <typename T>
+__device__ __forceinline__ float ld(const T* p) {
+  return Cvt<T>::to(*p);
+}
+// What storing x in a T tensor and reading it back gives (an ATen op's output rounding).
+template <typename T>
+__device__ __forceinline__ float round_to(float x) {
+  return Cvt<T>::to(Cvt<T>::from(x));
+}
+
+}  // namespace uniattn::kernels::cuda
