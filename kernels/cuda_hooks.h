@@ -9,6 +9,12 @@
 
 namespace uniattn::kernels::detail {
 
+// AdamW's hyper-parameters for one parameter tensor; step counts this update (1 for the first).
+struct AdamWHyper {
+  double lr = 0, beta1 = 0, beta2 = 0, weight_decay = 0, eps = 0;
+  int64_t step = 1;
+};
+
 // Inputs reaching a hook are validated, contiguous, on one CUDA device and of a supported dtype and
 // head_dim; outputs are allocated by the caller.
 struct CudaHooks {
@@ -42,12 +48,20 @@ struct CudaHooks {
   // common stride apart (flattenable to [rows, cols]); out contiguous.
   void (*gated)(const at::Tensor& gate, const at::Tensor& up, bool gelu, at::Tensor& out) = nullptr;
   // Cross-entropy (cross_entropy.cu): logits [N, V] with a contiguous last dim, targets [N] int64
-  // contiguous, loss and lse [N] fp32. Backward: grad_loss [N] fp32 contiguous, grad_logits
-  // [N, V] contiguous in the logits' dtype. Outputs allocated by the caller.
+  // contiguous, loss [N] fp32, stats [2, N] fp32 (each row's max logit, then 1 / its sum of
+  // exponentials, for backward). Backward: grad_loss [N] fp32 contiguous, grad_logits [N, V]
+  // contiguous in the logits' dtype. Outputs allocated by the caller.
+  // One AdamW step (adamw.cu) of param, in place with its moments: four contiguous tensors of one
+  // dtype (fp32/bf16/fp16) on one device, 16-byte aligned; grad_scale an fp32 device scalar the
+  // gradient is divided by, or nullptr.
+  void (*adamw)(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
+                const at::Tensor& exp_avg_sq, const at::Tensor* grad_scale,
+                const AdamWHyper& h) = nullptr;
   void (*cross_entropy_forward)(const at::Tensor& logits, const at::Tensor& targets,
-                                int64_t ignore_index, at::Tensor& loss, at::Tensor& lse) = nullptr;
+                                int64_t ignore_index, at::Tensor& loss,
+                                at::Tensor& stats) = nullptr;
   void (*cross_entropy_backward)(const at::Tensor& logits, const at::Tensor& targets,
-                                 const at::Tensor& lse, const at::Tensor& grad_loss,
+                                 const at::Tensor& stats, const at::Tensor& grad_loss,
                                  int64_t ignore_index, at::Tensor& grad_logits) = nullptr;
 
   // What src/attention/kernel_paths.cpp decides with: the build's images ("sm_80 ... compute_90",

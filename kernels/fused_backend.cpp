@@ -4,6 +4,8 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <cmath>
+
 #include "cuda_hooks.h"
 #include "launch.h"
 #include "uniattn/error.h"
@@ -95,24 +97,27 @@ cuda::CrossEntropyArgs cross_entropy_args(const at::Tensor& logits, const at::Te
 }
 
 void cross_entropy_forward_cuda(const at::Tensor& logits, const at::Tensor& targets,
-                                int64_t ignore_index, at::Tensor& loss, at::Tensor& lse) {
+                                int64_t ignore_index, at::Tensor& loss, at::Tensor& stats) {
   const c10::cuda::CUDAGuard guard(logits.device());
   detail::count_kernel_call(KernelOp::CrossEntropy);
   auto a = cross_entropy_args(logits, targets, ignore_index);
   a.loss = loss.data_ptr<float>();
-  a.lse = lse.data_ptr<float>();
+  a.row_max = stats.data_ptr<float>();
+  a.inv_sum = a.row_max + a.rows;
   check(cuda::launch_cross_entropy_forward(a, small_op_dtype(logits),
                                            at::cuda::getCurrentCUDAStream()),
         "cross_entropy forward");
 }
 
 void cross_entropy_backward_cuda(const at::Tensor& logits, const at::Tensor& targets,
-                                 const at::Tensor& lse, const at::Tensor& grad_loss,
+                                 const at::Tensor& stats, const at::Tensor& grad_loss,
                                  int64_t ignore_index, at::Tensor& grad_logits) {
   const c10::cuda::CUDAGuard guard(logits.device());
   detail::count_kernel_call(KernelOp::CrossEntropy);
   auto a = cross_entropy_args(logits, targets, ignore_index);
-  a.lse = const_cast<float*>(lse.data_ptr<float>());
+  // Read only; the argument block is shared with forward.
+  a.row_max = const_cast<float*>(stats.data_ptr<float>());
+  a.inv_sum = a.row_max + a.rows;
   a.grad_loss = grad_loss.data_ptr<float>();
   a.grad_logits = grad_logits.data_ptr();
   check(cuda::launch_cross_entropy_backward(a, small_op_dtype(logits),
@@ -120,11 +125,37 @@ void cross_entropy_backward_cuda(const at::Tensor& logits, const at::Tensor& tar
         "cross_entropy backward");
 }
 
+void adamw_cuda(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
+                const at::Tensor& exp_avg_sq, const at::Tensor* grad_scale,
+                const detail::AdamWHyper& h) {
+  const c10::cuda::CUDAGuard guard(param.device());
+  detail::count_kernel_call(KernelOp::AdamW);
+  cuda::AdamWArgs a{};
+  a.param = param.data_ptr();
+  a.grad = grad.data_ptr();
+  a.exp_avg = exp_avg.data_ptr();
+  a.exp_avg_sq = exp_avg_sq.data_ptr();
+  a.grad_scale = grad_scale ? grad_scale->data_ptr<float>() : nullptr;
+  a.n = param.numel();
+  a.lr = static_cast<float>(h.lr);
+  a.beta1 = static_cast<float>(h.beta1);
+  a.beta2 = static_cast<float>(h.beta2);
+  a.weight_decay = static_cast<float>(h.weight_decay);
+  a.eps = static_cast<float>(h.eps);
+  const auto step = static_cast<double>(h.step);
+  a.bias_correction1 = static_cast<float>(1.0 - std::pow(h.beta1, step));
+  a.bias_correction2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(h.beta2, step)));
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  check(cuda::launch_adamw(a, small_op_dtype(param), sms, at::cuda::getCurrentCUDAStream()),
+        "adamw");
+}
+
 [[maybe_unused]] const bool registered = [] {
   auto& h = detail::cuda_hooks();
   h.rms_norm = &rms_norm_cuda;
   h.rotary = &rotary_cuda;
   h.gated = &gated_cuda;
+  h.adamw = &adamw_cuda;
   h.cross_entropy_forward = &cross_entropy_forward_cuda;
   h.cross_entropy_backward = &cross_entropy_backward_cuda;
   return true;

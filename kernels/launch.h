@@ -101,7 +101,8 @@ struct CrossEntropyArgs {
   const void* logits;      // [rows, vocab], rows row_stride elements apart, last dim contiguous
   const int64_t* targets;  // [rows]
   float* loss;             // forward: [rows], lse - z[target] (0 for ignore_index, NaN off-vocab)
-  float* lse;              // forward writes, backward reads: [rows], log-sum-exp of the row
+  float* row_max;          // forward writes, backward reads: [rows], the row's max logit m
+  float* inv_sum;          // the same: [rows], 1 / sum_j exp(z_j - m)
   const float* grad_loss;  // backward: [rows], d total / d loss[row]
   void* grad_logits;       // backward: [rows, vocab] contiguous, the logits' dtype
   int64_t rows, vocab, row_stride;
@@ -109,6 +110,20 @@ struct CrossEntropyArgs {
 };
 cudaError_t launch_cross_entropy_forward(const CrossEntropyArgs& a, DType dt, cudaStream_t stream);
 cudaError_t launch_cross_entropy_backward(const CrossEntropyArgs& a, DType dt, cudaStream_t stream);
+
+// ---- AdamW (adamw.cu) --------------------------------------------------------------------------
+struct AdamWArgs {
+  void* param;              // [n], contiguous, 16-byte aligned like the three below
+  const void* grad;         // [n], the parameter's dtype
+  void* exp_avg;            // [n], the parameter's dtype
+  void* exp_avg_sq;         // [n], the parameter's dtype
+  const float* grad_scale;  // device scalar the gradient is divided by; nullptr: 1
+  int64_t n;
+  float lr, beta1, beta2, weight_decay, eps;
+  float bias_correction1;       // 1 - beta1^step
+  float bias_correction2_sqrt;  // sqrt(1 - beta2^step)
+};
+cudaError_t launch_adamw(const AdamWArgs& a, DType dt, int num_sms, cudaStream_t stream);
 
 // ---- image probes -------------------------------------------------------------------------------
 // Load one kernel of the file on the current device (cudaFuncGetAttributes; PTX is JIT-compiled

@@ -122,10 +122,12 @@ def measure(a):
         # later --set wins over the command's training.precision=bf16), and both precisions with
         # the chunked LM head + cross-entropy (training.fused_linear_cross_entropy=true), so that
         # its effect is a ratio measured in the same run.
-        # The *_aten_ce variants take ATen's loss (fp32 logits) instead of the cross_entropy kernel.
+        # The *_aten_ce variants take ATen's loss (fp32 logits) instead of the cross_entropy kernel;
+        # the *_aten_ops ones also ATen's fused AdamW instead of the adamw kernel.
         chunked = ["--set", "training.fused_linear_cross_entropy=true"]
         bf16_weights = ["--set", "training.precision=bf16_weights"]
         aten_ce = dict(os.environ, UNIATTN_DISABLE_KERNELS="cross_entropy")
+        aten_ops = dict(os.environ, UNIATTN_DISABLE_KERNELS="cross_entropy,adamw")
         for variant, extra, env in (
                 ("none", [], None),
                 ("none_checkpointing", ["--set", "training.activation_checkpointing=true"], None),
@@ -133,7 +135,9 @@ def measure(a):
                 ("none_chunked_ce", chunked, None),
                 ("none_bf16_weights_chunked_ce", bf16_weights + chunked, None),
                 ("none_aten_ce", [], aten_ce),
-                ("none_bf16_weights_aten_ce", bf16_weights, aten_ce)):
+                ("none_bf16_weights_aten_ce", bf16_weights, aten_ce),
+                ("none_aten_ops", [], aten_ops),
+                ("none_bf16_weights_aten_ops", bf16_weights, aten_ops)):
             if a.variants and variant not in a.variants.split(","):
                 continue
             run_dir = f"{a.out}/{name}-{variant}"

@@ -20,8 +20,9 @@ namespace uniattn {
 namespace {
 
 constexpr std::array<const char*, kNumKernelOps> kOpNames = {
-    "prefill_attention", "decode_leader", "decode_follower", "rms_norm", "rotary",
-    "gated_activation",  "cross_entropy"};
+    "prefill_attention", "decode_leader", "decode_follower",
+    "rms_norm",          "rotary",        "gated_activation",
+    "cross_entropy",     "adamw"};
 
 // Minimum compute capability (x10) of every kernel: mma.sync m16n8k16 bf16 and cp.async are sm_80.
 constexpr int kMinArch = 80;
@@ -48,7 +49,7 @@ bool disabled_by(std::string_view spec, KernelOp op) {
     UNIATTN_CHECK(it != kOpNames.end(), "UNIATTN_DISABLE_KERNELS: unknown operation '", item,
                   "' (expected 1, all, or a comma list of prefill_attention, decode_leader, "
                   "decode_follower, rms_norm, rotary, gated_activation, "
-                  "cross_entropy)");
+                  "cross_entropy, adamw)");
     hit = hit || (it - kOpNames.begin()) == static_cast<int>(op);
   }
   return hit;

@@ -31,9 +31,9 @@ class CrossEntropyRows : public torch::autograd::Function<CrossEntropyRows> {
     const auto z = logits.stride(1) == 1 ? logits : logits.contiguous();
     const auto t = targets.contiguous();
     const auto fp32 = logits.options().dtype(at::kFloat);
-    auto loss = at::empty({z.size(0)}, fp32), lse = at::empty({z.size(0)}, fp32);
-    kernels::detail::cuda_hooks().cross_entropy_forward(z, t, ignore_index, loss, lse);
-    ctx->save_for_backward({z, t, lse});
+    auto loss = at::empty({z.size(0)}, fp32), stats = at::empty({2, z.size(0)}, fp32);
+    kernels::detail::cuda_hooks().cross_entropy_forward(z, t, ignore_index, loss, stats);
+    ctx->save_for_backward({z, t, stats});
     ctx->saved_data["ignore_index"] = ignore_index;
     return loss;
   }

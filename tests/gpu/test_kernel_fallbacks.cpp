@@ -19,6 +19,7 @@
 #include "model/model_test_util.h"
 #include "shared_softmax.h"
 #include "train/cross_entropy.h"
+#include "train/optim/fused_adamw.h"
 #include "uniattn/infer/generate.h"
 #include "uniattn/model/causal_lm.h"
 #include "uniattn/model/kernel_paths.h"
@@ -103,6 +104,16 @@ std::vector<at::Tensor> run_op(KernelOp op) {
       auto loss = cross_entropy_rows(z, t);
       loss.backward(at::linspace(0.5, 1.5, 6, loss.options()));
       return {loss.detach(), z.grad()};
+    }
+    case KernelOp::AdamW: {
+      auto p = at::randn({4099}, bf16()).requires_grad_(true);
+      std::vector<at::Tensor> ps{p};
+      FusedAdamW opt(ps, torch::optim::AdamWOptions(1e-2).weight_decay(0.1));
+      for (int step = 0; step < 2; ++step) {
+        p.mutable_grad() = at::randn({4099}, bf16());
+        opt.step();
+      }
+      return {p.detach().clone()};
     }
   }
   return {};

@@ -30,12 +30,13 @@ enum class KernelOp {
   RmsNorm,
   Rotary,
   GatedActivation,
-  CrossEntropy  // the training loss over the vocabulary (forward and backward)
+  CrossEntropy,  // the training loss over the vocabulary (forward and backward)
+  AdamW          // the optimiser step of the trainer's FusedAdamW
 };
-inline constexpr int kNumKernelOps = 7;
+inline constexpr int kNumKernelOps = 8;
 
 // "prefill_attention", "decode_leader", "decode_follower", "rms_norm", "rotary",
-// "gated_activation", "cross_entropy": the names UNIATTN_DISABLE_KERNELS takes.
+// "gated_activation", "cross_entropy", "adamw": the names UNIATTN_DISABLE_KERNELS takes.
 const char* kernel_op_name(KernelOp op);
 
 // What the decision reads from a device (cudaDeviceProp).

@@ -7,9 +7,33 @@
 #include <optional>
 #include <tuple>
 
+#include "cuda_hooks.h"
 #include "uniattn/error.h"
+#include "uniattn/model/kernel_paths.h"
 
 namespace uniattn {
+
+namespace {
+// Whether adamw.cu takes a bucket: CUDA tensors of one dtype (fp32/bf16/fp16), contiguous and
+// 16-byte aligned, with the kernel path open (UNIATTN_DISABLE_KERNELS=adamw closes it).
+bool adamw_kernel_applies(const std::vector<at::Tensor>& params,
+                          const std::vector<at::Tensor>& grads,
+                          const std::vector<at::Tensor>& exp_avgs,
+                          const std::vector<at::Tensor>& exp_avg_sqs) {
+  if (!kernels::detail::cuda_hooks().adamw || params.empty() || !params[0].is_cuda()) return false;
+  const auto dt = params[0].scalar_type();
+  if (dt != at::kFloat && dt != at::kBFloat16 && dt != at::kHalf) return false;
+  if (!kernel_enabled(KernelOp::AdamW, params[0].device())) return false;
+  const auto fits = [&](const at::Tensor& t) {
+    return t.scalar_type() == dt && t.is_contiguous() &&
+           reinterpret_cast<std::uintptr_t>(t.data_ptr()) % 16 == 0;
+  };
+  for (size_t i = 0; i < params.size(); ++i)
+    if (!fits(params[i]) || !fits(grads[i]) || !fits(exp_avgs[i]) || !fits(exp_avg_sqs[i]))
+      return false;
+  return true;
+}
+}  // namespace
 
 at::Tensor FusedAdamW::step(LossClosure closure) {
   at::NoGradGuard no_grad;
@@ -20,6 +44,7 @@ at::Tensor FusedAdamW::step(LossClosure closure) {
   }
   struct Lists {
     std::vector<at::Tensor> params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, advance;
+    std::vector<int64_t> step_counts;
   };
   for (auto& group : param_groups_) {
     auto& o = static_cast<torch::optim::AdamWOptions&>(group.options());
@@ -61,12 +86,23 @@ at::Tensor FusedAdamW::step(LossClosure closure) {
       l.exp_avg_sqs.push_back(s.exp_avg_sq());
       if (amsgrad) l.max_exp_avg_sqs.push_back(s.max_exp_avg_sq());
       l.steps.push_back(m.value);
+      l.step_counts.push_back(s.step());
     }
     const auto [beta1, beta2] = o.betas();
     for (auto& [key, l] : buckets) {
+      // The device step mirrors stay current on both paths (one small kernel).
       if (!l.advance.empty()) at::_foreach_add_(l.advance, 1.0);
       std::optional<at::Tensor> scale;
       if (grad_scale_.defined()) scale = grad_scale_.to(l.params[0].device());
+      if (!amsgrad && adamw_kernel_applies(l.params, l.grads, l.exp_avgs, l.exp_avg_sqs)) {
+        kernels::detail::AdamWHyper h{o.lr(), beta1, beta2, o.weight_decay(), o.eps()};
+        for (size_t i = 0; i < l.params.size(); ++i) {
+          h.step = l.step_counts[i];
+          kernels::detail::cuda_hooks().adamw(l.params[i], l.grads[i], l.exp_avgs[i],
+                                              l.exp_avg_sqs[i], scale ? &*scale : nullptr, h);
+        }
+        continue;
+      }
       at::_fused_adamw_(l.params, l.grads, l.exp_avgs, l.exp_avg_sqs, l.max_exp_avg_sqs, l.steps,
                         o.lr(), beta1, beta2, o.weight_decay(), o.eps(), amsgrad,
                         /*maximize=*/false, scale);

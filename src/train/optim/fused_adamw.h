@@ -11,7 +11,9 @@
 namespace uniattn {
 
 // torch::optim::AdamW whose step() updates every parameter of a group with one call of the fused
-// kernel at::_fused_adamw_ (per device and dtype; CUDA and CPU). The update is AdamW's: decoupled
+// kernel at::_fused_adamw_ (per device and dtype; CUDA and CPU), or, for CUDA tensors of
+// fp32/bf16/fp16 without amsgrad, with kernels/adamw.cu, one launch per tensor at nearly the copy
+// bandwidth (KernelOp::AdamW; the same arithmetic). The update is AdamW's: decoupled
 // weight decay p *= 1 - lr * wd, then p -= lr / (1 - beta1^t) * m / (sqrt(v / (1 - beta2^t)) +
 // eps). param_groups and the per-parameter AdamWParamState (step, exp_avg, exp_avg_sq,
 // max_exp_avg_sq) are AdamW's own, so save()/load() and checkpoints are interchangeable with
@@ -24,7 +26,8 @@ class FusedAdamW : public torch::optim::AdamW {
   // step() with every gradient multiplied by `clip_coef` (an fp32 scalar tensor, e.g.
   // GradClip::coef; undefined: 1) inside the fused kernel, which divides by its grad_scale
   // argument 1 / clip_coef in fp32. Saves clip_grad_norm_foreach's separate multiplication (a read
-  // and write of every gradient); the gradients are left scaled, as after that function.
+  // and write of every gradient). The gradients are unspecified afterwards: ATen's kernel writes
+  // them back divided, the adamw kernel (see step()) leaves them.
   at::Tensor step_clipped(const at::Tensor& clip_coef);
 
  private:
