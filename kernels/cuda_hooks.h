@@ -51,6 +51,15 @@ struct CudaHooks {
   // contiguous, loss [N] fp32, stats [2, N] fp32 (each row's max logit, then 1 / its sum of
   // exponentials, for backward). Backward: grad_loss [N] fp32 contiguous, grad_logits [N, V]
   // contiguous in the logits' dtype. Outputs allocated by the caller.
+  // Backward of rms_norm and gated (fused_ops_backward.cu), for autograd. rms_norm: grad and x
+  // [rows, n] contiguous, w [n], n <= 12288; grad_x [rows, n]; grad_w_partial [blocks, n] fp32
+  // with blocks = ceil(rows / rows_per_block) for any rows_per_block >= 1 the caller picks (its
+  // rows sum to d loss / d w). gated: five contiguous tensors of one shape.
+  void (*rms_norm_backward)(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& w,
+                            double eps, bool plus_one, at::Tensor& grad_x,
+                            at::Tensor& grad_w_partial) = nullptr;
+  void (*gated_backward)(const at::Tensor& grad_out, const at::Tensor& gate, const at::Tensor& up,
+                         bool gelu, at::Tensor& grad_gate, at::Tensor& grad_up) = nullptr;
   // One AdamW step (adamw.cu) of param, in place with its moments: four contiguous tensors of one
   // dtype (fp32/bf16/fp16) on one device, 16-byte aligned; grad_scale an fp32 device scalar the
   // gradient is divided by, or nullptr.

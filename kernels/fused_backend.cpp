@@ -4,6 +4,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "cuda_hooks.h"
@@ -82,6 +83,44 @@ void gated_cuda(const at::Tensor& gate, const at::Tensor& up, bool gelu, at::Ten
         "gated activation");
 }
 
+void rms_norm_backward_cuda(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& w,
+                            double eps, bool plus_one, at::Tensor& grad_x,
+                            at::Tensor& grad_w_partial) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  detail::count_kernel_call(KernelOp::RmsNorm);
+  const int64_t n = x.size(-1);
+  UNIATTN_CHECK(n > 0 && n <= cuda::kMaxNormBackwardCols, "rms_norm backward: row length ", n,
+                " out of range");
+  cuda::NormBackwardArgs a{};
+  a.grad = grad.data_ptr();
+  a.x = x.data_ptr();
+  a.w = w.data_ptr();
+  a.grad_x = grad_x.data_ptr();
+  a.grad_w_partial = grad_w_partial.data_ptr<float>();
+  a.rows = x.numel() / n;
+  a.n = static_cast<int>(n);
+  const int64_t blocks = grad_w_partial.size(0);
+  a.rows_per_block = static_cast<int>((a.rows + blocks - 1) / std::max<int64_t>(blocks, 1));
+  UNIATTN_CHECK(blocks >= 1 && blocks <= INT32_MAX &&
+                    (a.rows + a.rows_per_block - 1) / a.rows_per_block == blocks,
+                "rms_norm backward: ", blocks, " partial rows do not tile ", a.rows, " rows");
+  a.eps = static_cast<float>(eps);
+  a.plus_one = plus_one;
+  check(cuda::launch_rms_norm_backward(a, small_op_dtype(x), at::cuda::getCurrentCUDAStream()),
+        "rms_norm backward");
+}
+
+void gated_backward_cuda(const at::Tensor& grad_out, const at::Tensor& gate, const at::Tensor& up,
+                         bool gelu, at::Tensor& grad_gate, at::Tensor& grad_up) {
+  const c10::cuda::CUDAGuard guard(gate.device());
+  detail::count_kernel_call(KernelOp::GatedActivation);
+  cuda::GatedBackwardArgs a{
+      grad_out.data_ptr(), gate.data_ptr(), up.data_ptr(), grad_gate.data_ptr(),
+      grad_up.data_ptr(),  gate.numel(),    gelu};
+  check(cuda::launch_gated_backward(a, small_op_dtype(gate), at::cuda::getCurrentCUDAStream()),
+        "gated activation backward");
+}
+
 cuda::CrossEntropyArgs cross_entropy_args(const at::Tensor& logits, const at::Tensor& targets,
                                           int64_t ignore_index) {
   UNIATTN_CHECK(logits.size(0) <= INT32_MAX, "cross_entropy: ", logits.size(0),
@@ -155,6 +194,8 @@ void adamw_cuda(const at::Tensor& param, const at::Tensor& grad, const at::Tenso
   h.rms_norm = &rms_norm_cuda;
   h.rotary = &rotary_cuda;
   h.gated = &gated_cuda;
+  h.rms_norm_backward = &rms_norm_backward_cuda;
+  h.gated_backward = &gated_backward_cuda;
   h.adamw = &adamw_cuda;
   h.cross_entropy_forward = &cross_entropy_forward_cuda;
   h.cross_entropy_backward = &cross_entropy_backward_cuda;

@@ -95,6 +95,32 @@ struct GatedArgs {
 };
 cudaError_t launch_gated(const GatedArgs& a, DType dt, cudaStream_t stream);
 
+// ---- backward of the small fused ops (fused_ops_backward.cu) -----------------------------------
+struct NormBackwardArgs {
+  const void* grad;       // [rows, n] contiguous: d loss / d out
+  const void* x;          // [rows, n] contiguous: the forward's input
+  const void* w;          // [n]
+  void* grad_x;           // [rows, n] contiguous
+  float* grad_w_partial;  // [ceil(rows / rows_per_block), n]: per-block sums of d loss / d w
+  int64_t rows;
+  int n;  // at most kMaxNormBackwardCols (a row of fp32 sums in shared memory)
+  int rows_per_block;
+  float eps;
+  bool plus_one;  // Gemma's (1 + w)
+};
+inline constexpr int kMaxNormBackwardCols = 12288;
+cudaError_t launch_rms_norm_backward(const NormBackwardArgs& a, DType dt, cudaStream_t stream);
+struct GatedBackwardArgs {
+  const void* grad_out;  // [n] contiguous, like the four below
+  const void* gate;
+  const void* up;
+  void* grad_gate;
+  void* grad_up;
+  int64_t n;
+  bool gelu;
+};
+cudaError_t launch_gated_backward(const GatedBackwardArgs& a, DType dt, cudaStream_t stream);
+
 // ---- cross-entropy (cross_entropy.cu)
 // ------------------------------------------------------------
 struct CrossEntropyArgs {

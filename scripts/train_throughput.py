@@ -123,11 +123,13 @@ def measure(a):
         # the chunked LM head + cross-entropy (training.fused_linear_cross_entropy=true), so that
         # its effect is a ratio measured in the same run.
         # The *_aten_ce variants take ATen's loss (fp32 logits) instead of the cross_entropy kernel;
-        # the *_aten_ops ones also ATen's fused AdamW instead of the adamw kernel.
+        # the *_aten_ops ones also ATen's fused AdamW and the ATen chains of RMSNorm, RoPE and the
+        # gated activation instead of the kernels' autograd functions.
         chunked = ["--set", "training.fused_linear_cross_entropy=true"]
         bf16_weights = ["--set", "training.precision=bf16_weights"]
         aten_ce = dict(os.environ, UNIATTN_DISABLE_KERNELS="cross_entropy")
-        aten_ops = dict(os.environ, UNIATTN_DISABLE_KERNELS="cross_entropy,adamw")
+        aten_ops = dict(os.environ,
+                        UNIATTN_DISABLE_KERNELS="cross_entropy,adamw,rms_norm,rotary,gated_activation")
         for variant, extra, env in (
                 ("none", [], None),
                 ("none_checkpointing", ["--set", "training.activation_checkpointing=true"], None),

@@ -5,6 +5,7 @@
 #include <numbers>
 
 #include "cuda_hooks.h"
+#include "fused_autograd.h"
 #include "uniattn/error.h"
 #include "uniattn/model/kernel_paths.h"
 
@@ -13,21 +14,26 @@ namespace uniattn {
 namespace {
 thread_local bool t_force_aten = false;
 
-// The fused kernels have no backward and take one dtype: they apply to CUDA tensors of one
-// supported dtype when no input takes part in autograd, on a GPU that takes op's kernel path
-// (uniattn/model/kernel_paths.h).
-bool use_fused(KernelOp op, std::initializer_list<const at::Tensor*> ts) {
+// The fused kernels take one dtype: they apply to CUDA tensors of one supported dtype on a GPU
+// that takes op's kernel path (uniattn/model/kernel_paths.h); inputs that take part in autograd
+// go through the autograd functions of fused_autograd.h.
+enum class OpPath { Aten, Kernel, KernelAutograd };
+OpPath op_path(KernelOp op, std::initializer_list<const at::Tensor*> ts) {
   const at::Tensor& first = **ts.begin();
-  if (t_force_aten || !first.is_cuda()) return false;
-  if (!kernel_enabled(op, first.device())) return false;
+  if (t_force_aten || !first.is_cuda()) return OpPath::Aten;
+  if (!kernel_enabled(op, first.device())) return OpPath::Aten;
   const auto dt = first.scalar_type();
-  if (dt != at::kFloat && dt != at::kBFloat16 && dt != at::kHalf) return false;
+  if (dt != at::kFloat && dt != at::kBFloat16 && dt != at::kHalf) return OpPath::Aten;
   const bool grad = at::GradMode::is_enabled();
+  bool autograd = false;
   for (const at::Tensor* t : ts) {
-    if (t->scalar_type() != dt || t->device() != first.device()) return false;
-    if (grad && t->requires_grad()) return false;
+    if (t->scalar_type() != dt || t->device() != first.device()) return OpPath::Aten;
+    autograd = autograd || (grad && t->requires_grad());
   }
-  return true;
+  return autograd ? OpPath::KernelAutograd : OpPath::Kernel;
+}
+bool use_fused(KernelOp op, std::initializer_list<const at::Tensor*> ts) {
+  return op_path(op, ts) == OpPath::Kernel;
 }
 }  // namespace
 
@@ -43,8 +49,12 @@ at::Tensor rms_norm_aten(const at::Tensor& x, const at::Tensor& weight, double e
 }
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps, bool plus_one) {
-  if (!use_fused(KernelOp::RmsNorm, {&x, &weight}) || weight.numel() != x.size(-1))
-    return rms_norm_aten(x, weight, eps, plus_one);
+  const auto path = op_path(KernelOp::RmsNorm, {&x, &weight});
+  const bool shape_ok = weight.dim() == 1 && x.dim() >= 1 && weight.numel() == x.size(-1);
+  if (path == OpPath::KernelAutograd && shape_ok && x.size(-1) <= 12288 &&
+      kernels::detail::cuda_hooks().rms_norm_backward)
+    return rms_norm_autograd(x, weight, eps, plus_one);
+  if (path != OpPath::Kernel || !shape_ok) return rms_norm_aten(x, weight, eps, plus_one);
   auto xc = x.contiguous();
   auto out = at::empty_like(xc);
   kernels::detail::cuda_hooks().rms_norm(xc, nullptr, weight.contiguous(), eps, plus_one, nullptr,
@@ -58,7 +68,7 @@ std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const at::Te
   if (!use_fused(KernelOp::RmsNorm, {&x, &delta, &weight}) || x.sizes() != delta.sizes() ||
       weight.numel() != x.size(-1)) {
     auto h = x + delta;
-    return {h, rms_norm_aten(h, weight, eps, plus_one)};
+    return {h, rms_norm(h, weight, eps, plus_one)};
   }
   auto xc = x.contiguous(), dc = delta.contiguous();
   auto h = at::empty_like(xc), out = at::empty_like(xc);
@@ -113,16 +123,22 @@ at::Tensor apply_rotary_aten(const at::Tensor& x, const at::Tensor& cos, const a
 namespace {
 // Shapes the rotary kernel indexes directly: x [B,H,T,D] and cos/sin [B|1,1,T,D], last dims
 // contiguous, D even.
+bool rotary_shapes_fit(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  return x.dim() == 4 && cos.dim() == 4 && cos.sizes() == sin.sizes() &&
+         cos.strides() == sin.strides() && (cos.size(0) == x.size(0) || cos.size(0) == 1) &&
+         cos.size(1) == 1 && cos.size(2) == x.size(2) && cos.size(3) == x.size(3) &&
+         x.size(3) % 2 == 0 && x.size(3) <= 1024 && x.stride(3) == 1 && cos.stride(3) == 1;
+}
 bool rotary_kernel_applies(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  return use_fused(KernelOp::Rotary, {&x, &cos, &sin}) && x.dim() == 4 && cos.dim() == 4 &&
-         cos.sizes() == sin.sizes() && cos.strides() == sin.strides() &&
-         (cos.size(0) == x.size(0) || cos.size(0) == 1) && cos.size(1) == 1 &&
-         cos.size(2) == x.size(2) && cos.size(3) == x.size(3) && x.size(3) % 2 == 0 &&
-         x.size(3) <= 1024 && x.stride(3) == 1 && cos.stride(3) == 1;
+  return use_fused(KernelOp::Rotary, {&x, &cos, &sin}) && rotary_shapes_fit(x, cos, sin);
 }
 }  // namespace
 
 at::Tensor apply_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  // The tables are functions of the positions; a gradient for them is not computed.
+  if (op_path(KernelOp::Rotary, {&x, &cos, &sin}) == OpPath::KernelAutograd &&
+      !cos.requires_grad() && !sin.requires_grad() && rotary_shapes_fit(x, cos, sin))
+    return rotary_autograd(x, cos, sin);
   if (!rotary_kernel_applies(x, cos, sin)) return apply_rotary_aten(x, cos, sin);
   auto out = at::empty(x.sizes(), x.options());
   kernels::detail::cuda_hooks().rotary(x, cos, sin, nullptr, out);
@@ -164,6 +180,9 @@ bool row_strided(const at::Tensor& t) {
 }  // namespace
 
 at::Tensor gated_activation(const at::Tensor& gate, const at::Tensor& up, Activation act) {
+  if (op_path(KernelOp::GatedActivation, {&gate, &up}) == OpPath::KernelAutograd &&
+      gate.sizes() == up.sizes() && gate.dim() >= 1 && kernels::detail::cuda_hooks().gated_backward)
+    return gated_autograd(gate, up, act == Activation::GeluTanh);
   if (!use_fused(KernelOp::GatedActivation, {&gate, &up}) || gate.sizes() != up.sizes() ||
       gate.strides() != up.strides() || !row_strided(gate))
     return gated_activation_aten(gate, up, act);

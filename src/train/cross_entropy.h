@@ -9,8 +9,9 @@ namespace uniattn {
 
 // loss[i] = logsumexp(logits[i]) - logits[i, targets[i]], an fp32 [N] tensor: the value of
 // at::cross_entropy_loss(logits.to(kFloat), targets, {}, Reduction::None, ignore_index).
-// - logits [N, V]: fp32, bf16 or fp16 (fp64 takes the ATen expression); targets [N] int64 on
-//   the same device. Rows whose target is ignore_index have loss 0 and gradient 0.
+// - logits [N, V]: any floating dtype (the kernel takes bf16 and fp16; fp32 and fp64 take the
+//   ATen expression); targets [N] int64 on the same device. Rows whose target is ignore_index have
+//   loss 0 and gradient 0.
 // - The gradient with respect to the logits, g[i] * (softmax(logits[i]) - onehot(targets[i])), is
 //   computed in fp32 and rounded to the logits' dtype, as autograd's cast back from fp32 logits
 //   rounds it.

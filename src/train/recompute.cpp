@@ -114,6 +114,9 @@ class UnitFunction : public torch::autograd::Function<UnitFunction> {
     {
       at::AutoGradMode grad(true);
       AutocastAs ac(unit->device_type, unit->autocast, unit->autocast_dtype);
+      // The ATen expressions, as in forward (the fused autograd kernels round alike but sum in
+      // another order).
+      AtenOpsScope same_rounding_as_forward;
       out = run_layers(*unit, x);
     }
     torch::autograd::backward({out}, {grad_out[0]});

@@ -9,6 +9,7 @@
 #include <array>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -187,9 +188,10 @@ TEST(FusedOps, GatedActivations) {
 }
 
 // Loss and logit gradient of cross_entropy_rows against fp64 and against the ATen path it replaces
-// (the logits cast to fp32, at::cross_entropy_loss, autograd's cast back), for 16-bit and fp32
-// logits, vocabularies that take the vector path (V % 8 == 0, here also with a row stride wider
-// than V) and the scalar one, an ignored row and a row predicting the last token.
+// (the logits cast to fp32, at::cross_entropy_loss, autograd's cast back), for 16-bit logits (fp32
+// ones take that ATen path, and the kernel must not run), vocabularies that take the vector path (V
+// % 8 == 0, here also with a row stride wider than V) and the scalar one, an ignored row and a row
+// predicting the last token.
 TEST(FusedOps, CrossEntropyRows) {
   SKIP_WITHOUT_GPU();
   at::manual_seed(5);
@@ -211,7 +213,9 @@ TEST(FusedOps, CrossEntropyRows) {
       const uint64_t calls = uniattn::kernel_call_count(uniattn::KernelOp::CrossEntropy);
       auto lk = uniattn::cross_entropy_rows(zk, t);
       lk.backward(g);
-      EXPECT_EQ(uniattn::kernel_call_count(uniattn::KernelOp::CrossEntropy), calls + 2) << what;
+      EXPECT_EQ(uniattn::kernel_call_count(uniattn::KernelOp::CrossEntropy),
+                calls + (dt == at::kFloat ? 0 : 2))
+          << what;
 
       auto za = z.detach().requires_grad_(true);
       auto la = at::cross_entropy_loss(za.to(at::kFloat), t, {}, at::Reduction::None, -100);
@@ -289,18 +293,79 @@ TEST(FusedOps, AdamWStep) {
       }
 }
 
-TEST(FusedOps, AutogradInputsTakeTheAtenPath) {
+// Gradients through the fused autograd path (inputs that require grad: fused_autograd.h) against
+// the ATen expressions' gradients (AtenOpsScope) and fp64 autograd of the same formulas, under the
+// FlashAttention rule; the kernel counters show that forward and backward took the kernels.
+struct GradCase {
+  std::vector<at::Tensor> inputs;                               // leaves, requiring grad
+  std::function<at::Tensor(const std::vector<at::Tensor>&)> f;  // the op under test
+};
+
+// Gradients of sum(f(inputs) * weights) with respect to every input.
+std::vector<at::Tensor> grads_of(const GradCase& c, const at::Tensor& weights, at::ScalarType dt) {
+  std::vector<at::Tensor> leaves;
+  for (const auto& t : c.inputs) leaves.push_back(t.detach().to(dt).requires_grad_(true));
+  (c.f(leaves).to(weights.scalar_type()) * weights).sum().backward();
+  std::vector<at::Tensor> out;
+  for (const auto& l : leaves) out.push_back(l.grad());
+  return out;
+}
+
+void check_grads(const std::string& what, uniattn::KernelOp op, const GradCase& c,
+                 at::ScalarType dt) {
+  const auto weights = at::randn(c.f(c.inputs).sizes(), cuda(at::kFloat));
+  const uint64_t calls = uniattn::kernel_call_count(op);
+  const auto fused = grads_of(c, weights, dt);
+  EXPECT_GE(uniattn::kernel_call_count(op), calls + 2) << what;  // forward and backward
+  std::vector<at::Tensor> aten;
+  {
+    uniattn::AtenOpsScope scope;
+    aten = grads_of(c, weights, dt);
+  }
+  const auto ref = grads_of(c, weights.to(at::kDouble), at::kDouble);
+  for (size_t i = 0; i < fused.size(); ++i)
+    check_rule(what + "/grad" + std::to_string(i), fused[i], aten[i], ref[i], false);
+}
+
+TEST(FusedOps, AutogradThroughTheKernels) {
   SKIP_WITHOUT_GPU();
-  auto x = at::randn({4, 64}, cuda(at::kFloat)).requires_grad_(true);
-  auto w = at::ones({64}, cuda(at::kFloat));
-  auto y = uniattn::rms_norm(x, w, 1e-6, false);
-  ASSERT_TRUE(y.requires_grad());
-  y.sum().backward();
-  ASSERT_TRUE(x.grad().defined());
-  // d/dx sum(rms(x)) from the ATen path, compared with the same computed in fp64 by autograd.
-  auto xd = x.detach().to(at::kDouble).requires_grad_(true);
-  rms_ref(xd, w, 1e-6, false).sum().backward();
-  EXPECT_LT(max_err(x.grad(), xd.grad()), 1e-5);
+  at::manual_seed(8);
+  for (auto dt : kDtypes) {
+    for (bool plus_one : {false, true}) {
+      GradCase c{{at::randn({37, 4096}, cuda(at::kFloat)), at::randn({4096}, cuda(at::kFloat))},
+                 [&](const std::vector<at::Tensor>& in) {
+                   if (in[0].scalar_type() == at::kDouble)
+                     return rms_ref(in[0], in[1], 1e-6, plus_one);
+                   return uniattn::rms_norm(in[0], in[1], 1e-6, plus_one);
+                 }};
+      check_grads("rms_norm/" + name(dt) + (plus_one ? "/plus_one" : ""),
+                  uniattn::KernelOp::RmsNorm, c, dt);
+    }
+    {
+      // q as the attention layer makes it: a [B, H, T, D] view of a [B, T, H * D] projection.
+      GradCase c{{at::randn({2, 33, 8 * 128}, cuda(at::kFloat))},
+                 [&](const std::vector<at::Tensor>& in) {
+                   auto x = in[0].view({2, 33, 8, 128}).transpose(1, 2);
+                   auto [cos, sin] = tables(1, 33, 128, in[0].scalar_type(), 5);
+                   if (in[0].scalar_type() == at::kDouble)
+                     return uniattn::apply_rotary_aten(x, cos, sin);
+                   return uniattn::apply_rotary(x, cos, sin);
+                 }};
+      check_grads("rotary/" + name(dt), uniattn::KernelOp::Rotary, c, dt);
+    }
+    for (auto act : {Activation::Silu, Activation::GeluTanh}) {
+      GradCase c{
+          {at::randn({5, 14336}, cuda(at::kFloat)) * 3, at::randn({5, 14336}, cuda(at::kFloat))},
+          [&](const std::vector<at::Tensor>& in) {
+            if (in[0].scalar_type() == at::kDouble)
+              return uniattn::gated_activation_aten(in[0], in[1], act);
+            return uniattn::gated_activation(in[0], in[1], act);
+          }};
+      check_grads(
+          std::string("gated/") + (act == Activation::Silu ? "silu/" : "gelu_tanh/") + name(dt),
+          uniattn::KernelOp::GatedActivation, c, dt);
+    }
+  }
 }
 
 }  // namespace
