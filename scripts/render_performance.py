@@ -359,6 +359,12 @@ def render(results_dir):
             f"### {run.label}\n\n" + render_targets(run.rows).replace("### ", "#### ")
             for run in runs))
         parts.append("## Cases\n\n" + render_cases(runs))
+    training = render_training(results_dir)
+    if training:
+        parts.append("## Training throughput\n\nOne H200 or H100, S = 1024, random weights and "
+                     "tokens (`scripts/train_throughput.py`); each uniattn-train mode against the "
+                     "transformers step that does the same work (`docs/training.md`).\n\n"
+                     + training)
     profiles = render_profiles(results_dir)
     if profiles:
         parts.append("## Where the time goes (Nsight Compute)\n\n" + profiles)
@@ -382,16 +388,83 @@ def summary_text(results_dir):
     return "\n\n".join(out)
 
 
+# uniattn-train modes set against the transformers step doing the same work
+# (scripts/train_throughput.py).
+TRAIN_PAIRS = (("none_bf16_weights", "transformers_sdpa", "bf16_weights"),
+               ("none", "transformers_sdpa_amp", "bf16 (autocast)"))
+TRAIN_TARGET = 1.2  # issue 16: the 4-layer LLaMA-8B slice at least 1.2x transformers
+
+
+def render_training(results_dir):
+    """train-throughput-*.json: uniattn-train against transformers, tokens/s of one run each."""
+    out = []
+    for path in sorted(glob.glob(os.path.join(results_dir, "train-throughput-*.json"))):
+        with open(path) as f:
+            d = json.load(f)
+        tps = {(r["case"], r["variant"]): r["value"] for r in d.get("rows", [])
+               if r.get("metric") == "tokens_per_s"}
+        body = []
+        for case in sorted({c for c, _ in tps}, key=lambda c: (not c.startswith("llama8b"), c)):
+            for ours, theirs, mode in TRAIN_PAIRS:
+                # Files from 620ba64 name the full-logits runs (today's default) *_full_logits.
+                if (case, ours + "_full_logits") in tps:
+                    ours, mode = ours + "_full_logits", mode + ", full logits"
+                a, b = tps.get((case, ours)), tps.get((case, theirs))
+                if a is None or b is None:
+                    continue
+                target = "-"
+                if case.startswith("llama8b"):
+                    target = status(a / b >= TRAIN_TARGET)
+                body.append([case, mode, f"{a:,.0f}", f"{b:,.0f}", f"{a / b:.2f}x", target])
+        if body:
+            out.append(f"### `{os.path.basename(path)}`\n\n{d.get('gpu', '?')}, commit "
+                       f"`{d.get('commit', '?')}`, command `{d.get('command', '?')}`\n\n"
+                       + table(["case", "mode", "uniattn-train tokens/s", "transformers tokens/s",
+                                f"ratio (target >= {TRAIN_TARGET}x on llama8b)", "status"], body))
+    return "\n\n".join(out)
+
+
+def profile_tables(d):
+    """{label: categories} of an ncu-*.json: one breakdown, several (train: profiles; prefill:
+    breakdowns), or decode comparisons (steps: {"none_vs_x": {"steps": {label: ...}}})."""
+    if d.get("breakdown", {}).get("categories"):
+        return {"": d["breakdown"]["categories"]}
+    tables = {}
+    for label, p in (d.get("profiles") or d.get("breakdowns") or {}).items():
+        if isinstance(p, dict) and p.get("categories"):
+            tables[label] = p["categories"]
+    for cmp in (d.get("steps") or {}).values():
+        for label, p in (cmp.get("steps") or {}).items() if isinstance(cmp, dict) else ():
+            if isinstance(p, dict) and p.get("categories"):
+                tables.setdefault(label, p["categories"])
+    return tables
+
+
 def render_profiles(results_dir):
-    """ncu-*.json: per-category kernel counts and times of one decode step or prefill."""
+    """ncu-*.json: per-category kernel counts and times of one decode step, prefill or training
+    step, side by side where the file holds several programs."""
     out = []
     for path in sorted(glob.glob(os.path.join(results_dir, "ncu-*.json"))):
         with open(path) as f:
             d = json.load(f)
-        b = d.get("breakdown", {})
-        cats = b.get("categories", {})
-        if not cats:
+        tables = profile_tables(d)
+        if not tables:
             continue
+        if list(tables) != [""]:
+            labels = list(tables)
+            cats = sorted({c for t in tables.values() for c in t},
+                          key=lambda c: -max(t.get(c, {}).get("ms", 0) for t in tables.values()))
+            body = [[c] + [f"{tables[l][c]['ms']:.3f} ({tables[l][c]['kernels']})"
+                           if c in tables[l] else "-" for l in labels] for c in cats]
+            body.append(["total"] + [f"{sum(v['ms'] for v in tables[l].values()):.3f}"
+                                     for l in labels])
+            notes = d.get("notes") or d.get("finding") or ""
+            out.append(f"### {os.path.basename(path)}\n\n{d.get('gpu', '?')}, commit "
+                       f"`{d.get('commit', '?')}`, command `{d.get('command', '?')}`\n\n"
+                       f"{notes}\n\n" +
+                       table(["category"] + [f"{l}: ms (kernels)" for l in labels], body))
+            continue
+        cats = tables[""]
         total = sum(v["ms"] for v in cats.values())
         body = [[k, str(v["kernels"]), f"{v['ms']:.3f}", f"{100 * v['ms'] / total:.1f}%"]
                 for k, v in sorted(cats.items(), key=lambda kv: -kv[1]["ms"])]

@@ -21,6 +21,7 @@ SCRIPT = os.path.join(SOURCE, "scripts", "render_performance.py")
 
 H200, H100 = "NVIDIA H200", "NVIDIA H100 80GB HBM3"
 D1, P4 = "llama8b/decode/S=512/B=1", "llama8b/prefill/S=4096/B=1"
+TRAIN8B = "llama8b-4layers/train/S=1024/B=4"
 
 
 def row(case, variant, metric, value, unit="ms", **kw):
@@ -67,6 +68,14 @@ def fake_results(d):
             "rows": [row(D1, "none", "decode_step_ms", 8.0),
                      row(D1, "uniattn", "decode_step_ms", 7.6),
                      row(D1, "none", "roofline_fraction", 0.76, "fraction")]},
+        "train-throughput-h200.json": {
+            "gpu": H200, "commit": "e200" * 10, "command": "train_throughput.py",
+            "rows": [row(TRAIN8B, "none_bf16_weights", "tokens_per_s", 60000.0, "tokens/s"),
+                     row(TRAIN8B, "transformers_sdpa", "tokens_per_s", 48000.0, "tokens/s"),
+                     row(TRAIN8B, "none", "tokens_per_s", 45000.0, "tokens/s"),
+                     row(TRAIN8B, "none_full_logits", "tokens_per_s", 47000.0, "tokens/s"),
+                     row(TRAIN8B, "transformers_sdpa_amp", "tokens_per_s", 40000.0, "tokens/s"),
+                     row(TRAIN8B, "none", "mfu", 0.5, "fraction")]},
         "transformers-llama8b-h100.json": {
             "gpu": H100, "commit": "t100" * 10, "command": "bench_transformers.py",
             "rows": [row(D1, "transformers_sdpa", "decode_step_ms", 20.0)]},
@@ -173,6 +182,17 @@ class RenderTwoGpus(unittest.TestCase):
         self.assertEqual(h200[(flops, "uniattn")]["measured"], "84.00 vs 98.40 ms")
         kv = "KV bytes uniattn/none = 1 - followers/(2 layers) = 0.8125"
         self.assertEqual(h200[(kv, "uniattn")]["status"], "**met**")
+
+    def test_training_against_transformers(self):
+        t = section_table(self.md, "### `train-throughput-h200.json`")
+        bf16 = t[(TRAIN8B, "bf16_weights")]
+        self.assertEqual(bf16["ratio (target >= 1.2x on llama8b)"], "1.25x")  # 60000 / 48000
+        self.assertEqual(bf16["status"], "**met**")
+        # The *_full_logits run of older files stands for the default mode.
+        amp = t[(TRAIN8B, "bf16 (autocast), full logits")]
+        self.assertEqual(amp["uniattn-train tokens/s"], "47,000")
+        self.assertEqual(amp["ratio (target >= 1.2x on llama8b)"], "1.18x")
+        self.assertEqual(amp["status"], "**missed**")
 
     def test_summary_printed(self):
         self.assertIn(f"== {H200} (r200)", self.proc.stdout)
