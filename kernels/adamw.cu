@@ -87,14 +87,7 @@ cudaError_t adamw_dt(const AdamWArgs& a, int num_sms, cudaStream_t st) {
 
 cudaError_t launch_adamw(const AdamWArgs& a, DType dt, int num_sms, cudaStream_t st) {
   if (a.n == 0) return cudaSuccess;
-  switch (dt) {
-    case DType::kHalf:
-      return adamw_dt<__half>(a, num_sms, st);
-    case DType::kBFloat16:
-      return adamw_dt<__nv_bfloat16>(a, num_sms, st);
-    default:
-      return adamw_dt<float>(a, num_sms, st);
-  }
+  return with_dtype(dt, [&](auto t) { return adamw_dt<decltype(t)>(a, num_sms, st); });
 }
 
 }  // namespace uniattn::kernels::cuda

@@ -172,26 +172,12 @@ cudaError_t backward_dt(const CrossEntropyArgs& a, cudaStream_t st) {
 
 cudaError_t launch_cross_entropy_forward(const CrossEntropyArgs& a, DType dt, cudaStream_t st) {
   if (a.rows == 0) return cudaSuccess;
-  switch (dt) {
-    case DType::kHalf:
-      return forward_dt<__half>(a, st);
-    case DType::kBFloat16:
-      return forward_dt<__nv_bfloat16>(a, st);
-    default:
-      return forward_dt<float>(a, st);
-  }
+  return with_dtype(dt, [&](auto t) { return forward_dt<decltype(t)>(a, st); });
 }
 
 cudaError_t launch_cross_entropy_backward(const CrossEntropyArgs& a, DType dt, cudaStream_t st) {
   if (a.rows == 0) return cudaSuccess;
-  switch (dt) {
-    case DType::kHalf:
-      return backward_dt<__half>(a, st);
-    case DType::kBFloat16:
-      return backward_dt<__nv_bfloat16>(a, st);
-    default:
-      return backward_dt<float>(a, st);
-  }
+  return with_dtype(dt, [&](auto t) { return backward_dt<decltype(t)>(a, st); });
 }
 
 }  // namespace uniattn::kernels::cuda

@@ -1,8 +1,10 @@
-// Internal: fp32 conversions of the kernels' storage dtypes (fp32, bf16, fp16), shared by the
-// .cu files of the small fused ops.
+// Internal: fp32 conversions of the kernels' storage dtypes (fp32, bf16, fp16) and the dispatch
+// on them, shared by the .cu files of the small fused ops.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+#include "launch.h"
 
 namespace uniattn::kernels::cuda {
 
@@ -32,6 +34,19 @@ __device__ __forceinline__ float ld(const T* p) {
 template <typename T>
 __device__ __forceinline__ float round_to(float x) {
   return Cvt<T>::to(Cvt<T>::from(x));
+}
+
+// Calls f(T{}) with the storage type T of dt (fp16, bf16, else fp32): the launchers' dtype switch.
+template <typename F>
+cudaError_t with_dtype(DType dt, F&& f) {
+  switch (dt) {
+    case DType::kHalf:
+      return f(__half{});
+    case DType::kBFloat16:
+      return f(__nv_bfloat16{});
+    default:
+      return f(float{});
+  }
 }
 
 }  // namespace uniattn::kernels::cuda

@@ -262,38 +262,17 @@ cudaError_t probe_fused_image() {
 
 cudaError_t launch_rms_norm(const NormArgs& a, DType dt, cudaStream_t st) {
   if (a.rows == 0) return cudaSuccess;
-  switch (dt) {
-    case DType::kHalf:
-      return rms_norm_dt<__half>(a, st);
-    case DType::kBFloat16:
-      return rms_norm_dt<__nv_bfloat16>(a, st);
-    default:
-      return rms_norm_dt<float>(a, st);
-  }
+  return with_dtype(dt, [&](auto t) { return rms_norm_dt<decltype(t)>(a, st); });
 }
 
 cudaError_t launch_rotary(const RotaryArgs& a, DType dt, cudaStream_t st) {
   if (static_cast<int64_t>(a.B) * a.H * a.T == 0) return cudaSuccess;
-  switch (dt) {
-    case DType::kHalf:
-      return rotary_dt<__half>(a, st);
-    case DType::kBFloat16:
-      return rotary_dt<__nv_bfloat16>(a, st);
-    default:
-      return rotary_dt<float>(a, st);
-  }
+  return with_dtype(dt, [&](auto t) { return rotary_dt<decltype(t)>(a, st); });
 }
 
 cudaError_t launch_gated(const GatedArgs& a, DType dt, cudaStream_t st) {
   if (a.n == 0) return cudaSuccess;
-  switch (dt) {
-    case DType::kHalf:
-      return gated_dt<__half>(a, st);
-    case DType::kBFloat16:
-      return gated_dt<__nv_bfloat16>(a, st);
-    default:
-      return gated_dt<float>(a, st);
-  }
+  return with_dtype(dt, [&](auto t) { return gated_dt<decltype(t)>(a, st); });
 }
 
 }  // namespace uniattn::kernels::cuda

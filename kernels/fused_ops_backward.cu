@@ -165,26 +165,12 @@ cudaError_t gated_backward_dt(const GatedBackwardArgs& a, cudaStream_t st) {
 
 cudaError_t launch_rms_norm_backward(const NormBackwardArgs& a, DType dt, cudaStream_t st) {
   if (a.rows == 0) return cudaSuccess;
-  switch (dt) {
-    case DType::kHalf:
-      return rms_norm_backward_dt<__half>(a, st);
-    case DType::kBFloat16:
-      return rms_norm_backward_dt<__nv_bfloat16>(a, st);
-    default:
-      return rms_norm_backward_dt<float>(a, st);
-  }
+  return with_dtype(dt, [&](auto t) { return rms_norm_backward_dt<decltype(t)>(a, st); });
 }
 
 cudaError_t launch_gated_backward(const GatedBackwardArgs& a, DType dt, cudaStream_t st) {
   if (a.n == 0) return cudaSuccess;
-  switch (dt) {
-    case DType::kHalf:
-      return gated_backward_dt<__half>(a, st);
-    case DType::kBFloat16:
-      return gated_backward_dt<__nv_bfloat16>(a, st);
-    default:
-      return gated_backward_dt<float>(a, st);
-  }
+  return with_dtype(dt, [&](auto t) { return gated_backward_dt<decltype(t)>(a, st); });
 }
 
 }  // namespace uniattn::kernels::cuda
