@@ -20,14 +20,14 @@ constexpr int kThreads = 256;
 
 template <typename T>
 struct AdamWMath {
-  float lr, beta1, beta2, decay, eps, step_size, bc2_sqrt;
+  float lr, beta1, beta2, lr_wd, eps, step_size, bc2_sqrt;
   const float* grad_scale;
 
   // g: the gradient in fp32, already divided by the scale.
   __device__ __forceinline__ void update(T& p, float g, T& m, T& v) const {
     float pf = Cvt<T>::to(p);
     float mf = Cvt<T>::to(m), vf = Cvt<T>::to(v);
-    pf *= decay;
+    pf -= lr_wd * pf;  // as ATen: 1 - lr * wd rounded to fp32 would bias a small decay
     mf = beta1 * mf + (1.f - beta1) * g;
     vf = beta2 * vf + (1.f - beta2) * g * g;
     pf -= step_size * mf / (sqrtf(vf) / bc2_sqrt + eps);
@@ -68,7 +68,7 @@ cudaError_t adamw_dt(const AdamWArgs& a, int num_sms, cudaStream_t st) {
   const AdamWMath<T> math{a.lr,
                           a.beta1,
                           a.beta2,
-                          1.f - a.lr * a.weight_decay,
+                          a.lr * a.weight_decay,
                           a.eps,
                           a.lr / a.bias_correction1,
                           a.bias_correction2_sqrt,

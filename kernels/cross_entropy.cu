@@ -27,7 +27,7 @@ struct MaxSum {
 
 __device__ __forceinline__ MaxSum merge(MaxSum a, MaxSum b) {
   const float m = fmaxf(a.m, b.m);
-  if (m == -INFINITY) return a;  // both empty (or all -inf): nothing to rescale
+  if (m == -INFINITY) return {m, a.s + b.s};  // nothing to rescale; a NaN sum carries on
   return {m, a.s * expf(a.m - m) + b.s * expf(b.m - m)};
 }
 
@@ -35,13 +35,18 @@ __device__ __forceinline__ MaxSum merge(MaxSum a, MaxSum b) {
 template <int N>
 __device__ __forceinline__ void fold(MaxSum& acc, const float (&z)[N]) {
   float m = acc.m;
+  bool nan = false;
 #pragma unroll
-  for (int e = 0; e < N; ++e) m = fmaxf(m, z[e]);
+  for (int e = 0; e < N; ++e) {
+    m = fmaxf(m, z[e]);
+    nan = nan || z[e] != z[e];
+  }
+  // fmaxf skips NaN, so a NaN logit is carried in the sum (ATen's loss is NaN then too).
+  if (nan) acc.s = NAN;
   if (m == -INFINITY) return;
   float s = acc.s * expf(acc.m - m);
 #pragma unroll
   for (int e = 0; e < N; ++e) s += expf(z[e] - m);
-  // A NaN logit makes the sum NaN (fmaxf skips NaN, exp(NaN - m) does not).
   acc = {m, s};
 }
 

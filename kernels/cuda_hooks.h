@@ -9,6 +9,10 @@
 
 namespace uniattn::kernels::detail {
 
+// The RMSNorm backward kernel keeps a row of fp32 weight-gradient sums in shared memory: with its
+// 256 bytes of reduction scratch, 48 KiB (the default limit, no opt-in) hold 12,224 columns.
+inline constexpr int64_t kMaxNormBackwardCols = 12224;
+
 // AdamW's hyper-parameters for one parameter tensor; step counts this update (1 for the first).
 struct AdamWHyper {
   double lr = 0, beta1 = 0, beta2 = 0, weight_decay = 0, eps = 0;
@@ -52,9 +56,10 @@ struct CudaHooks {
   // exponentials, for backward). Backward: grad_loss [N] fp32 contiguous, grad_logits [N, V]
   // contiguous in the logits' dtype. Outputs allocated by the caller.
   // Backward of rms_norm and gated (fused_ops_backward.cu), for autograd. rms_norm: grad and x
-  // [rows, n] contiguous, w [n], n <= 12288; grad_x [rows, n]; grad_w_partial [blocks, n] fp32
-  // with blocks = ceil(rows / rows_per_block) for any rows_per_block >= 1 the caller picks (its
-  // rows sum to d loss / d w). gated: five contiguous tensors of one shape.
+  // [rows, n] contiguous with rows >= 1, w [n], 1 <= n <= kMaxNormBackwardCols; grad_x [rows, n];
+  // grad_w_partial [blocks, n] fp32 with blocks = ceil(rows / rows_per_block) for any
+  // rows_per_block >= 1 the caller picks (its rows sum to d loss / d w). gated: five contiguous
+  // tensors of one shape.
   void (*rms_norm_backward)(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& w,
                             double eps, bool plus_one, at::Tensor& grad_x,
                             at::Tensor& grad_w_partial) = nullptr;

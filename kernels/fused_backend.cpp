@@ -89,8 +89,9 @@ void rms_norm_backward_cuda(const at::Tensor& grad, const at::Tensor& x, const a
   const c10::cuda::CUDAGuard guard(x.device());
   detail::count_kernel_call(KernelOp::RmsNorm);
   const int64_t n = x.size(-1);
-  UNIATTN_CHECK(n > 0 && n <= cuda::kMaxNormBackwardCols, "rms_norm backward: row length ", n,
-                " out of range");
+  UNIATTN_CHECK(n > 0 && n <= detail::kMaxNormBackwardCols && x.numel() > 0,
+                "rms_norm backward: row length ", n, " or rows ",
+                x.numel() / std::max<int64_t>(n, 1), " out of range");
   cuda::NormBackwardArgs a{};
   a.grad = grad.data_ptr();
   a.x = x.data_ptr();

@@ -103,12 +103,11 @@ struct NormBackwardArgs {
   void* grad_x;           // [rows, n] contiguous
   float* grad_w_partial;  // [ceil(rows / rows_per_block), n]: per-block sums of d loss / d w
   int64_t rows;
-  int n;  // at most kMaxNormBackwardCols (a row of fp32 sums in shared memory)
+  int n;  // at most detail::kMaxNormBackwardCols (cuda_hooks.h)
   int rows_per_block;
   float eps;
   bool plus_one;  // Gemma's (1 + w)
 };
-inline constexpr int kMaxNormBackwardCols = 12288;
 cudaError_t launch_rms_norm_backward(const NormBackwardArgs& a, DType dt, cudaStream_t stream);
 struct GatedBackwardArgs {
   const void* grad_out;  // [n] contiguous, like the four below

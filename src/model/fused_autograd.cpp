@@ -51,7 +51,8 @@ class RotaryFunction : public torch::autograd::Function<RotaryFunction> {
                             const at::Tensor& sin) {
     auto out = at::empty(x.sizes(), x.options());
     cuda_hooks().rotary(x, cos, sin, nullptr, out);
-    ctx->save_for_backward({cos, sin});
+    // The kernel reads sin with cos's strides: keep both in one (contiguous) layout.
+    ctx->save_for_backward({cos.contiguous(), sin.contiguous().neg()});
     return out;
   }
 
@@ -59,7 +60,7 @@ class RotaryFunction : public torch::autograd::Function<RotaryFunction> {
     const auto saved = ctx->get_saved_variables();
     const auto g = grad_out[0].contiguous();
     auto grad_x = at::empty_like(g);
-    cuda_hooks().rotary(g, saved[0], saved[1].neg(), nullptr, grad_x);
+    cuda_hooks().rotary(g, saved[0], saved[1], nullptr, grad_x);
     return {grad_x, at::Tensor(), at::Tensor()};
   }
 };

@@ -51,7 +51,8 @@ at::Tensor rms_norm_aten(const at::Tensor& x, const at::Tensor& weight, double e
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps, bool plus_one) {
   const auto path = op_path(KernelOp::RmsNorm, {&x, &weight});
   const bool shape_ok = weight.dim() == 1 && x.dim() >= 1 && weight.numel() == x.size(-1);
-  if (path == OpPath::KernelAutograd && shape_ok && x.size(-1) <= 12288 &&
+  if (path == OpPath::KernelAutograd && shape_ok && x.numel() > 0 &&
+      x.size(-1) <= kernels::detail::kMaxNormBackwardCols &&
       kernels::detail::cuda_hooks().rms_norm_backward)
     return rms_norm_autograd(x, weight, eps, plus_one);
   if (path != OpPath::Kernel || !shape_ok) return rms_norm_aten(x, weight, eps, plus_one);
@@ -136,7 +137,7 @@ bool rotary_kernel_applies(const at::Tensor& x, const at::Tensor& cos, const at:
 
 at::Tensor apply_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   // The tables are functions of the positions; a gradient for them is not computed.
-  if (op_path(KernelOp::Rotary, {&x, &cos, &sin}) == OpPath::KernelAutograd &&
+  if (op_path(KernelOp::Rotary, {&x, &cos, &sin}) == OpPath::KernelAutograd && x.numel() > 0 &&
       !cos.requires_grad() && !sin.requires_grad() && rotary_shapes_fit(x, cos, sin))
     return rotary_autograd(x, cos, sin);
   if (!rotary_kernel_applies(x, cos, sin)) return apply_rotary_aten(x, cos, sin);
@@ -181,7 +182,8 @@ bool row_strided(const at::Tensor& t) {
 
 at::Tensor gated_activation(const at::Tensor& gate, const at::Tensor& up, Activation act) {
   if (op_path(KernelOp::GatedActivation, {&gate, &up}) == OpPath::KernelAutograd &&
-      gate.sizes() == up.sizes() && gate.dim() >= 1 && kernels::detail::cuda_hooks().gated_backward)
+      gate.sizes() == up.sizes() && gate.numel() > 0 &&
+      kernels::detail::cuda_hooks().gated_backward)
     return gated_autograd(gate, up, act == Activation::GeluTanh);
   if (!use_fused(KernelOp::GatedActivation, {&gate, &up}) || gate.sizes() != up.sizes() ||
       gate.strides() != up.strides() || !row_strided(gate))

@@ -15,7 +15,8 @@ inline at::ScalarType accumulation_type(at::ScalarType t) {
 }
 
 // The small per-token ops below run as one fused CUDA kernel each (kernels/fused_ops.cu) when
-// their inputs are CUDA tensors of one dtype (fp32, bf16, fp16) that need no autograd; otherwise,
+// their inputs are CUDA tensors of one dtype (fp32, bf16, fp16), through the autograd functions
+// of fused_autograd.h (a backward kernel each) when they require grad; otherwise,
 // and inside an AtenOpsScope, as the ATen expressions of Hugging Face's formulas (*_aten). Both
 // round at the same points, so they differ only by summation order.
 //

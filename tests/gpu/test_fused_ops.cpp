@@ -239,6 +239,24 @@ TEST(FusedOps, CrossEntropyRows) {
     }
 }
 
+// A NaN logit makes its row's loss NaN, as in ATen, wherever it sits (fmaxf skips NaN, so the
+// kernel carries it in the sum); a base that is not 16-byte aligned takes the scalar path.
+TEST(FusedOps, CrossEntropyNaNAndMisalignedLogits) {
+  SKIP_WITHOUT_GPU();
+  auto wide = at::randn({3, 1025}, cuda(at::kBFloat16));
+  auto z = wide.narrow(1, 1, 1024);  // base one element in: not 16-byte aligned
+  auto t = at::tensor(std::vector<int64_t>{0, 7, 1023}).to(at::kCUDA);
+  auto ok = at::cross_entropy_loss(z.to(at::kFloat), t, {}, at::Reduction::None);
+  EXPECT_LT(max_err(uniattn::cross_entropy_rows(z, t), ok), 1e-5);
+  for (int64_t col : {0, 5, 1000}) {
+    auto zn = z.clone();
+    zn[1][col] = NAN;
+    auto l = uniattn::cross_entropy_rows(zn, t);
+    EXPECT_TRUE(std::isnan(l[1].item<float>())) << col;
+    EXPECT_FALSE(std::isnan(l[0].item<float>())) << col;
+  }
+}
+
 // A target id outside the vocabulary makes that row's loss NaN (ATen would stop the process with
 // a device-side assert); the other rows are unaffected.
 TEST(FusedOps, CrossEntropyOffVocabularyTargetIsNaN) {
@@ -261,7 +279,7 @@ TEST(FusedOps, AdamWStep) {
   at::manual_seed(6);
   const uniattn::kernels::detail::AdamWHyper h{3e-3, 0.9, 0.95, 0.1, 1e-8, 3};
   for (auto dt : kDtypes)
-    for (int64_t n : {int64_t{1}, int64_t{7}, int64_t{4096 * 3 + 5}, int64_t{(1 << 20) + 3}})
+    for (int64_t n : {int64_t{1}, int64_t{7}, int64_t{4096 * 3 + 5}, int64_t{(3 << 20) + 3}})
       for (bool scaled : {false, true}) {
         const std::string what =
             "adamw/" + name(dt) + "/n=" + std::to_string(n) + (scaled ? "/scaled" : "");
@@ -325,6 +343,47 @@ void check_grads(const std::string& what, uniattn::KernelOp op, const GradCase& 
   const auto ref = grads_of(c, weights.to(at::kDouble), at::kDouble);
   for (size_t i = 0; i < fused.size(); ++i)
     check_rule(what + "/grad" + std::to_string(i), fused[i], aten[i], ref[i], false);
+}
+
+// The autograd paths at their edges: the widest RMSNorm row the backward kernel takes, rotary
+// tables with a batch dimension, a norm weight that does not require grad, and an empty input
+// (which takes the ATen path).
+TEST(FusedOps, AutogradEdgeCases) {
+  SKIP_WITHOUT_GPU();
+  at::manual_seed(9);
+  const int64_t wide = uniattn::kernels::detail::kMaxNormBackwardCols;
+  GradCase norm{{at::randn({3, wide}, cuda(at::kFloat)), at::randn({wide}, cuda(at::kFloat))},
+                [&](const std::vector<at::Tensor>& in) {
+                  if (in[0].scalar_type() == at::kDouble) return rms_ref(in[0], in[1], 1e-6, false);
+                  return uniattn::rms_norm(in[0], in[1], 1e-6, false);
+                }};
+  check_grads("rms_norm/n=" + std::to_string(wide), uniattn::KernelOp::RmsNorm, norm,
+              at::kBFloat16);
+  GradCase rope{{at::randn({2, 33, 8 * 128}, cuda(at::kFloat))},
+                [&](const std::vector<at::Tensor>& in) {
+                  auto x = in[0].view({2, 33, 8, 128}).transpose(1, 2);
+                  auto [cos, sin] = tables(2, 33, 128, in[0].scalar_type(), 3);
+                  if (in[0].scalar_type() == at::kDouble)
+                    return uniattn::apply_rotary_aten(x, cos, sin);
+                  return uniattn::apply_rotary(x, cos, sin);
+                }};
+  check_grads("rotary/batch-2 tables", uniattn::KernelOp::Rotary, rope, at::kBFloat16);
+  // A frozen weight: only x gets a gradient, equal to the ATen path's.
+  auto w = at::randn({256}, cuda(at::kBFloat16));
+  auto x = at::randn({4, 256}, cuda(at::kBFloat16)).requires_grad_(true);
+  auto xa = x.detach().clone().requires_grad_(true);
+  uniattn::rms_norm(x, w, 1e-6, false).sum().backward();
+  {
+    uniattn::AtenOpsScope scope;
+    uniattn::rms_norm(xa, w, 1e-6, false).sum().backward();
+  }
+  EXPECT_FALSE(w.grad().defined());
+  EXPECT_LE(max_err(x.grad(), xa.grad()), 4.0 / 256 * xa.grad().abs().max().item<double>());
+  auto empty = at::randn({0, 64}, cuda(at::kBFloat16)).requires_grad_(true);
+  const uint64_t calls = uniattn::kernel_call_count(uniattn::KernelOp::RmsNorm);
+  uniattn::rms_norm(empty, at::ones({64}, cuda(at::kBFloat16)), 1e-6, false).sum().backward();
+  EXPECT_EQ(uniattn::kernel_call_count(uniattn::KernelOp::RmsNorm), calls);
+  EXPECT_EQ(empty.grad().sizes(), empty.sizes());
 }
 
 TEST(FusedOps, AutogradThroughTheKernels) {

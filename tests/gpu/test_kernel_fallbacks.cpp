@@ -106,14 +106,18 @@ std::vector<at::Tensor> run_op(KernelOp op) {
       return {loss.detach(), z.grad()};
     }
     case KernelOp::AdamW: {
-      auto p = at::randn({4099}, bf16()).requires_grad_(true);
+      // fp32, so that the compared tolerance (1e-4 of the largest value) is far below the 1e-2
+      // each step moves a parameter: an update that did nothing would fail.
+      auto f32 = bf16().dtype(at::kFloat);
+      auto p = at::randn({4099}, f32).requires_grad_(true);
+      const auto p0 = p.detach().clone();
       std::vector<at::Tensor> ps{p};
       FusedAdamW opt(ps, torch::optim::AdamWOptions(1e-2).weight_decay(0.1));
       for (int step = 0; step < 2; ++step) {
-        p.mutable_grad() = at::randn({4099}, bf16());
+        p.mutable_grad() = at::randn({4099}, f32);
         opt.step();
       }
-      return {p.detach().clone()};
+      return {p.detach() - p0};
     }
   }
   return {};

@@ -24,13 +24,16 @@ bool adamw_kernel_applies(const std::vector<at::Tensor>& params,
   const auto dt = params[0].scalar_type();
   if (dt != at::kFloat && dt != at::kBFloat16 && dt != at::kHalf) return false;
   if (!kernel_enabled(KernelOp::AdamW, params[0].device())) return false;
-  const auto fits = [&](const at::Tensor& t) {
-    return t.scalar_type() == dt && t.is_contiguous() &&
-           reinterpret_cast<std::uintptr_t>(t.data_ptr()) % 16 == 0;
-  };
-  for (size_t i = 0; i < params.size(); ++i)
+  for (size_t i = 0; i < params.size(); ++i) {
+    // What ATen's kernel also requires of its lists (it throws; the ATen call below will too).
+    const auto fits = [&](const at::Tensor& t) {
+      return t.scalar_type() == dt && t.is_contiguous() && t.device() == params[i].device() &&
+             t.numel() == params[i].numel() &&
+             reinterpret_cast<std::uintptr_t>(t.data_ptr()) % 16 == 0;
+    };
     if (!fits(params[i]) || !fits(grads[i]) || !fits(exp_avgs[i]) || !fits(exp_avg_sqs[i]))
       return false;
+  }
   return true;
 }
 }  // namespace
@@ -100,6 +103,10 @@ at::Tensor FusedAdamW::step(LossClosure closure) {
           h.step = l.step_counts[i];
           kernels::detail::cuda_hooks().adamw(l.params[i], l.grads[i], l.exp_avgs[i],
                                               l.exp_avg_sqs[i], scale ? &*scale : nullptr, h);
+          // Written through raw pointers: bump the version counters as ATen's in-place kernel
+          // does, so autograd still refuses a graph that saved the old values.
+          for (auto* t : {&l.params[i], &l.exp_avgs[i], &l.exp_avg_sqs[i]})
+            t->unsafeGetTensorImpl()->bump_version();
         }
         continue;
       }
