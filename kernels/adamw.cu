@@ -74,9 +74,7 @@ cudaError_t adamw_dt(const AdamWArgs& a, int num_sms, cudaStream_t st) {
                           a.bias_correction2_sqrt,
                           a.grad_scale};
   constexpr int kVec = 16 / sizeof(T);
-  const int64_t blocks_needed = (a.n / kVec + kThreads - 1) / kThreads;
-  const auto grid = static_cast<unsigned>(
-      std::max<int64_t>(1, std::min<int64_t>(blocks_needed, int64_t{num_sms} * 8)));
+  const unsigned grid = grid_stride_blocks(a.n / kVec, kThreads, int64_t{num_sms} * 8);
   adamw_kernel<T><<<grid, kThreads, 0, st>>>(
       static_cast<T*>(a.param), static_cast<const T*>(a.grad), static_cast<T*>(a.exp_avg),
       static_cast<T*>(a.exp_avg_sq), a.n, math);

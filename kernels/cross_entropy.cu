@@ -72,8 +72,7 @@ __device__ MaxSum block_merge(MaxSum v) {
 // and an aligned base.
 template <typename T>
 bool vectorizable(const void* base, int64_t vocab, int64_t row_stride) {
-  return sizeof(T) == 2 && vocab % kVec == 0 && row_stride % kVec == 0 &&
-         reinterpret_cast<std::uintptr_t>(base) % 16 == 0;
+  return sizeof(T) == 2 && vocab % kVec == 0 && row_stride % kVec == 0 && aligned16(base);
 }
 
 template <typename T, bool kVectorized>
@@ -163,8 +162,7 @@ cudaError_t backward_dt(const CrossEntropyArgs& a, cudaStream_t st) {
   const auto* x = static_cast<const T*>(a.logits);
   auto* gx = static_cast<T*>(a.grad_logits);
   const auto grid = static_cast<unsigned>(a.rows);
-  if (vectorizable<T>(a.logits, a.vocab, a.row_stride) &&
-      reinterpret_cast<std::uintptr_t>(a.grad_logits) % 16 == 0)
+  if (vectorizable<T>(a.logits, a.vocab, a.row_stride) && aligned16(a.grad_logits))
     cross_entropy_backward_kernel<T, true><<<grid, kThreads, 0, st>>>(
         x, a.targets, a.row_max, a.inv_sum, a.grad_loss, gx, a.vocab, a.row_stride, a.ignore_index);
   else

@@ -1,8 +1,10 @@
-// Internal: fp32 conversions of the kernels' storage dtypes (fp32, bf16, fp16) and the dispatch
-// on them, shared by the .cu files of the small fused ops.
+// Internal: fp32 conversions of the kernels' storage dtypes (fp32, bf16, fp16), the dispatch on
+// them, and the launch arithmetic shared by the .cu files of the small fused ops.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+#include <cstdint>
 
 #include "launch.h"
 
@@ -34,6 +36,18 @@ __device__ __forceinline__ float ld(const T* p) {
 template <typename T>
 __device__ __forceinline__ float round_to(float x) {
   return Cvt<T>::to(Cvt<T>::from(x));
+}
+
+// Whether every pointer allows 16-byte vector accesses.
+template <typename... P>
+bool aligned16(const P*... p) {
+  return ((reinterpret_cast<std::uintptr_t>(p) | ...) % 16) == 0;
+}
+
+// Blocks of `threads` for a grid-stride loop over `items`: at least 1, at most `cap`.
+inline unsigned grid_stride_blocks(int64_t items, int threads, int64_t cap = int64_t{65535} * 8) {
+  const int64_t blocks = (items + threads - 1) / threads;
+  return static_cast<unsigned>(blocks < 1 ? 1 : blocks > cap ? cap : blocks);
 }
 
 // Calls f(T{}) with the storage type T of dt (fp16, bf16, else fp32): the launchers' dtype switch.

@@ -197,10 +197,7 @@ cudaError_t rms_norm_vec(const NormArgs& a, cudaStream_t st) {
 template <typename T>
 cudaError_t rms_norm_dt(const NormArgs& a, cudaStream_t st) {
   if constexpr (sizeof(T) == 2) {
-    const auto ptrs = reinterpret_cast<uintptr_t>(a.x) | reinterpret_cast<uintptr_t>(a.delta) |
-                      reinterpret_cast<uintptr_t>(a.w) | reinterpret_cast<uintptr_t>(a.h_out) |
-                      reinterpret_cast<uintptr_t>(a.out);
-    if (a.n % 8 == 0 && ptrs % 16 == 0) {
+    if (a.n % 8 == 0 && aligned16(a.x, a.delta, a.w, a.h_out, a.out)) {
       const int vecs_per_thread = (a.n / 8 + 127) / 128;
       if (vecs_per_thread <= 1) return rms_norm_vec<T, 1>(a, st);
       if (vecs_per_thread <= 2) return rms_norm_vec<T, 2>(a, st);
@@ -231,23 +228,15 @@ template <typename T>
 cudaError_t gated_dt(const GatedArgs& a, cudaStream_t st) {
   constexpr int kThreads = 256;
   constexpr int64_t kVec = 16 / sizeof(T);
-  const bool vec = (reinterpret_cast<uintptr_t>(a.gate) | reinterpret_cast<uintptr_t>(a.up) |
-                    reinterpret_cast<uintptr_t>(a.out)) %
-                           16 ==
-                       0 &&
-                   a.cols % kVec == 0 && a.in_stride % kVec == 0;
-  const int64_t per_thread = vec ? 16 / static_cast<int64_t>(sizeof(T)) : 1;
-  int64_t blocks = (a.n / per_thread + kThreads - 1) / kThreads;
-  blocks = blocks < 1 ? 1 : blocks > 65535 * 8 ? 65535 * 8 : blocks;
+  const bool vec = aligned16(a.gate, a.up, a.out) && a.cols % kVec == 0 && a.in_stride % kVec == 0;
+  const unsigned blocks = grid_stride_blocks(a.n / (vec ? kVec : 1), kThreads);
   const auto g = static_cast<const T*>(a.gate);
   const auto u = static_cast<const T*>(a.up);
   const auto o = static_cast<T*>(a.out);
   if (a.gelu)
-    gated_kernel<T, true><<<static_cast<unsigned>(blocks), kThreads, 0, st>>>(g, u, o, a.n, a.cols,
-                                                                              a.in_stride, vec);
+    gated_kernel<T, true><<<blocks, kThreads, 0, st>>>(g, u, o, a.n, a.cols, a.in_stride, vec);
   else
-    gated_kernel<T, false><<<static_cast<unsigned>(blocks), kThreads, 0, st>>>(g, u, o, a.n, a.cols,
-                                                                               a.in_stride, vec);
+    gated_kernel<T, false><<<blocks, kThreads, 0, st>>>(g, u, o, a.n, a.cols, a.in_stride, vec);
   return cudaGetLastError();
 }
 

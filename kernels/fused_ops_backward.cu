@@ -139,25 +139,17 @@ template <typename T>
 cudaError_t gated_backward_dt(const GatedBackwardArgs& a, cudaStream_t st) {
   constexpr int kThreads = 256;
   constexpr int64_t kVec = 16 / sizeof(T);
-  const bool vec = (reinterpret_cast<uintptr_t>(a.grad_out) | reinterpret_cast<uintptr_t>(a.gate) |
-                    reinterpret_cast<uintptr_t>(a.up) | reinterpret_cast<uintptr_t>(a.grad_gate) |
-                    reinterpret_cast<uintptr_t>(a.grad_up)) %
-                           16 ==
-                       0 &&
-                   a.n % kVec == 0;
-  int64_t blocks = (a.n / (vec ? kVec : 1) + kThreads - 1) / kThreads;
-  blocks = blocks < 1 ? 1 : blocks > 65535 * 8 ? 65535 * 8 : blocks;
+  const bool vec = aligned16(a.grad_out, a.gate, a.up, a.grad_gate, a.grad_up) && a.n % kVec == 0;
+  const unsigned blocks = grid_stride_blocks(a.n / (vec ? kVec : 1), kThreads);
   const auto dy = static_cast<const T*>(a.grad_out);
   const auto g = static_cast<const T*>(a.gate);
   const auto u = static_cast<const T*>(a.up);
   const auto dg = static_cast<T*>(a.grad_gate);
   const auto du = static_cast<T*>(a.grad_up);
   if (a.gelu)
-    gated_backward_kernel<T, true>
-        <<<static_cast<unsigned>(blocks), kThreads, 0, st>>>(dy, g, u, dg, du, a.n, vec);
+    gated_backward_kernel<T, true><<<blocks, kThreads, 0, st>>>(dy, g, u, dg, du, a.n, vec);
   else
-    gated_backward_kernel<T, false>
-        <<<static_cast<unsigned>(blocks), kThreads, 0, st>>>(dy, g, u, dg, du, a.n, vec);
+    gated_backward_kernel<T, false><<<blocks, kThreads, 0, st>>>(dy, g, u, dg, du, a.n, vec);
   return cudaGetLastError();
 }
 

@@ -46,10 +46,12 @@ bool disabled_by(std::string_view spec, KernelOp op) {
     item = trim(item);
     if (item.empty()) continue;
     const auto it = std::find(kOpNames.begin(), kOpNames.end(), item);
-    UNIATTN_CHECK(it != kOpNames.end(), "UNIATTN_DISABLE_KERNELS: unknown operation '", item,
-                  "' (expected 1, all, or a comma list of prefill_attention, decode_leader, "
-                  "decode_follower, rms_norm, rotary, gated_activation, "
-                  "cross_entropy, adamw)");
+    if (it == kOpNames.end()) {
+      std::string names;
+      for (const char* n : kOpNames) names += std::string(names.empty() ? "" : ", ") + n;
+      fail("UNIATTN_DISABLE_KERNELS: unknown operation '", item,
+           "' (expected 1, all, or a comma list of ", names, ")");
+    }
     hit = hit || (it - kOpNames.begin()) == static_cast<int>(op);
   }
   return hit;

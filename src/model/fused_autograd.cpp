@@ -41,7 +41,9 @@ class RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {
                   x.options().dtype(at::kFloat));
     cuda_hooks().rms_norm_backward(g, x, w, ctx->saved_data["eps"].toDouble(),
                                    ctx->saved_data["plus_one"].toBool(), grad_x, partial);
-    return {grad_x, partial.sum(0).to(w.scalar_type()), at::Tensor(), at::Tensor()};
+    // The kernel writes the per-block sums anyway; only their sum is skipped for a frozen weight.
+    auto grad_w = ctx->needs_input_grad(1) ? partial.sum(0).to(w.scalar_type()) : at::Tensor();
+    return {grad_x, grad_w, at::Tensor(), at::Tensor()};
   }
 };
 

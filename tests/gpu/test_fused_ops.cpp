@@ -315,15 +315,18 @@ TEST(FusedOps, AdamWStep) {
 // the ATen expressions' gradients (AtenOpsScope) and fp64 autograd of the same formulas, under the
 // FlashAttention rule; the kernel counters show that forward and backward took the kernels.
 struct GradCase {
-  std::vector<at::Tensor> inputs;                               // leaves, requiring grad
-  std::function<at::Tensor(const std::vector<at::Tensor>&)> f;  // the op under test
+  using Fn = std::function<at::Tensor(const std::vector<at::Tensor>&)>;
+  std::vector<at::Tensor> inputs;  // leaves, requiring grad
+  Fn op;                           // the op under test
+  Fn ref;                          // the same formula, evaluated in fp64
 };
 
-// Gradients of sum(f(inputs) * weights) with respect to every input.
+// Gradients of sum(f(inputs) * weights) with respect to every input; fp64 runs the reference.
 std::vector<at::Tensor> grads_of(const GradCase& c, const at::Tensor& weights, at::ScalarType dt) {
   std::vector<at::Tensor> leaves;
   for (const auto& t : c.inputs) leaves.push_back(t.detach().to(dt).requires_grad_(true));
-  (c.f(leaves).to(weights.scalar_type()) * weights).sum().backward();
+  const auto& f = dt == at::kDouble ? c.ref : c.op;
+  (f(leaves).to(weights.scalar_type()) * weights).sum().backward();
   std::vector<at::Tensor> out;
   for (const auto& l : leaves) out.push_back(l.grad());
   return out;
@@ -331,7 +334,7 @@ std::vector<at::Tensor> grads_of(const GradCase& c, const at::Tensor& weights, a
 
 void check_grads(const std::string& what, uniattn::KernelOp op, const GradCase& c,
                  at::ScalarType dt) {
-  const auto weights = at::randn(c.f(c.inputs).sizes(), cuda(at::kFloat));
+  const auto weights = at::randn(c.op(c.inputs).sizes(), cuda(at::kFloat));
   const uint64_t calls = uniattn::kernel_call_count(op);
   const auto fused = grads_of(c, weights, dt);
   EXPECT_GE(uniattn::kernel_call_count(op), calls + 2) << what;  // forward and backward
@@ -345,6 +348,38 @@ void check_grads(const std::string& what, uniattn::KernelOp op, const GradCase& 
     check_rule(what + "/grad" + std::to_string(i), fused[i], aten[i], ref[i], false);
 }
 
+// RMSNorm of [rows, n] inputs with an [n] weight.
+GradCase norm_case(int64_t rows, int64_t n, bool plus_one) {
+  return {{at::randn({rows, n}, cuda(at::kFloat)), at::randn({n}, cuda(at::kFloat))},
+          [=](const std::vector<at::Tensor>& in) {
+            return uniattn::rms_norm(in[0], in[1], 1e-6, plus_one);
+          },
+          [=](const std::vector<at::Tensor>& in) { return rms_ref(in[0], in[1], 1e-6, plus_one); }};
+}
+
+// RoPE of q as the attention layer makes it: a [B, H, T, D] view of a [B, T, H * D] projection,
+// with tables of batch table_batch (1 or B) from position first_pos.
+GradCase rope_case(int64_t table_batch, int64_t first_pos) {
+  const auto apply = [=](bool aten) {
+    return [=](const std::vector<at::Tensor>& in) {
+      auto x = in[0].view({2, 33, 8, 128}).transpose(1, 2);
+      auto [cos, sin] = tables(table_batch, 33, 128, in[0].scalar_type(), first_pos);
+      return aten ? uniattn::apply_rotary_aten(x, cos, sin) : uniattn::apply_rotary(x, cos, sin);
+    };
+  };
+  return {{at::randn({2, 33, 8 * 128}, cuda(at::kFloat))}, apply(false), apply(true)};
+}
+
+GradCase gated_case(Activation act) {
+  return {{at::randn({5, 14336}, cuda(at::kFloat)) * 3, at::randn({5, 14336}, cuda(at::kFloat))},
+          [=](const std::vector<at::Tensor>& in) {
+            return uniattn::gated_activation(in[0], in[1], act);
+          },
+          [=](const std::vector<at::Tensor>& in) {
+            return uniattn::gated_activation_aten(in[0], in[1], act);
+          }};
+}
+
 // The autograd paths at their edges: the widest RMSNorm row the backward kernel takes, rotary
 // tables with a batch dimension, a norm weight that does not require grad, and an empty input
 // (which takes the ATen path).
@@ -352,22 +387,9 @@ TEST(FusedOps, AutogradEdgeCases) {
   SKIP_WITHOUT_GPU();
   at::manual_seed(9);
   const int64_t wide = uniattn::kernels::detail::kMaxNormBackwardCols;
-  GradCase norm{{at::randn({3, wide}, cuda(at::kFloat)), at::randn({wide}, cuda(at::kFloat))},
-                [&](const std::vector<at::Tensor>& in) {
-                  if (in[0].scalar_type() == at::kDouble) return rms_ref(in[0], in[1], 1e-6, false);
-                  return uniattn::rms_norm(in[0], in[1], 1e-6, false);
-                }};
-  check_grads("rms_norm/n=" + std::to_string(wide), uniattn::KernelOp::RmsNorm, norm,
-              at::kBFloat16);
-  GradCase rope{{at::randn({2, 33, 8 * 128}, cuda(at::kFloat))},
-                [&](const std::vector<at::Tensor>& in) {
-                  auto x = in[0].view({2, 33, 8, 128}).transpose(1, 2);
-                  auto [cos, sin] = tables(2, 33, 128, in[0].scalar_type(), 3);
-                  if (in[0].scalar_type() == at::kDouble)
-                    return uniattn::apply_rotary_aten(x, cos, sin);
-                  return uniattn::apply_rotary(x, cos, sin);
-                }};
-  check_grads("rotary/batch-2 tables", uniattn::KernelOp::Rotary, rope, at::kBFloat16);
+  check_grads("rms_norm/n=" + std::to_string(wide), uniattn::KernelOp::RmsNorm,
+              norm_case(3, wide, false), at::kBFloat16);
+  check_grads("rotary/batch-2 tables", uniattn::KernelOp::Rotary, rope_case(2, 3), at::kBFloat16);
   // A frozen weight: only x gets a gradient, equal to the ATen path's.
   auto w = at::randn({256}, cuda(at::kBFloat16));
   auto x = at::randn({4, 256}, cuda(at::kBFloat16)).requires_grad_(true);
@@ -390,40 +412,14 @@ TEST(FusedOps, AutogradThroughTheKernels) {
   SKIP_WITHOUT_GPU();
   at::manual_seed(8);
   for (auto dt : kDtypes) {
-    for (bool plus_one : {false, true}) {
-      GradCase c{{at::randn({37, 4096}, cuda(at::kFloat)), at::randn({4096}, cuda(at::kFloat))},
-                 [&](const std::vector<at::Tensor>& in) {
-                   if (in[0].scalar_type() == at::kDouble)
-                     return rms_ref(in[0], in[1], 1e-6, plus_one);
-                   return uniattn::rms_norm(in[0], in[1], 1e-6, plus_one);
-                 }};
+    for (bool plus_one : {false, true})
       check_grads("rms_norm/" + name(dt) + (plus_one ? "/plus_one" : ""),
-                  uniattn::KernelOp::RmsNorm, c, dt);
-    }
-    {
-      // q as the attention layer makes it: a [B, H, T, D] view of a [B, T, H * D] projection.
-      GradCase c{{at::randn({2, 33, 8 * 128}, cuda(at::kFloat))},
-                 [&](const std::vector<at::Tensor>& in) {
-                   auto x = in[0].view({2, 33, 8, 128}).transpose(1, 2);
-                   auto [cos, sin] = tables(1, 33, 128, in[0].scalar_type(), 5);
-                   if (in[0].scalar_type() == at::kDouble)
-                     return uniattn::apply_rotary_aten(x, cos, sin);
-                   return uniattn::apply_rotary(x, cos, sin);
-                 }};
-      check_grads("rotary/" + name(dt), uniattn::KernelOp::Rotary, c, dt);
-    }
-    for (auto act : {Activation::Silu, Activation::GeluTanh}) {
-      GradCase c{
-          {at::randn({5, 14336}, cuda(at::kFloat)) * 3, at::randn({5, 14336}, cuda(at::kFloat))},
-          [&](const std::vector<at::Tensor>& in) {
-            if (in[0].scalar_type() == at::kDouble)
-              return uniattn::gated_activation_aten(in[0], in[1], act);
-            return uniattn::gated_activation(in[0], in[1], act);
-          }};
+                  uniattn::KernelOp::RmsNorm, norm_case(37, 4096, plus_one), dt);
+    check_grads("rotary/" + name(dt), uniattn::KernelOp::Rotary, rope_case(1, 5), dt);
+    for (auto act : {Activation::Silu, Activation::GeluTanh})
       check_grads(
           std::string("gated/") + (act == Activation::Silu ? "silu/" : "gelu_tanh/") + name(dt),
-          uniattn::KernelOp::GatedActivation, c, dt);
-    }
+          uniattn::KernelOp::GatedActivation, gated_case(act), dt);
   }
 }
 

@@ -46,7 +46,7 @@ at::Tensor FusedAdamW::step(LossClosure closure) {
     loss = closure();
   }
   struct Lists {
-    std::vector<at::Tensor> params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, advance;
+    std::vector<at::Tensor> params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs;
     std::vector<int64_t> step_counts;
   };
   for (auto& group : param_groups_) {
@@ -73,28 +73,15 @@ at::Tensor FusedAdamW::step(LossClosure closure) {
       s.step(s.step() + 1);  // counted before the update, as AdamW does
       auto& l = buckets[{static_cast<int>(p.device().type()), static_cast<int>(p.device().index()),
                          static_cast<int>(p.scalar_type())}];
-      auto& m = steps_[p.unsafeGetTensorImpl()];
-      if (!m.value.defined() || m.value.device() != p.device()) {
-        m.value = at::zeros({}, p.options().dtype(at::kFloat));
-        m.step = 0;
-      }
-      if (m.step == s.step() - 1)
-        l.advance.push_back(m.value);
-      else
-        m.value.fill_(static_cast<double>(s.step()));
-      m.step = s.step();
       l.params.push_back(p);
       l.grads.push_back(g);
       l.exp_avgs.push_back(s.exp_avg());
       l.exp_avg_sqs.push_back(s.exp_avg_sq());
       if (amsgrad) l.max_exp_avg_sqs.push_back(s.max_exp_avg_sq());
-      l.steps.push_back(m.value);
       l.step_counts.push_back(s.step());
     }
     const auto [beta1, beta2] = o.betas();
     for (auto& [key, l] : buckets) {
-      // The device step mirrors stay current on both paths (one small kernel).
-      if (!l.advance.empty()) at::_foreach_add_(l.advance, 1.0);
       std::optional<at::Tensor> scale;
       if (grad_scale_.defined()) scale = grad_scale_.to(l.params[0].device());
       if (!amsgrad && adamw_kernel_applies(l.params, l.grads, l.exp_avgs, l.exp_avg_sqs)) {
@@ -110,12 +97,33 @@ at::Tensor FusedAdamW::step(LossClosure closure) {
         }
         continue;
       }
-      at::_fused_adamw_(l.params, l.grads, l.exp_avgs, l.exp_avg_sqs, l.max_exp_avg_sqs, l.steps,
-                        o.lr(), beta1, beta2, o.weight_decay(), o.eps(), amsgrad,
-                        /*maximize=*/false, scale);
+      at::_fused_adamw_(l.params, l.grads, l.exp_avgs, l.exp_avg_sqs, l.max_exp_avg_sqs,
+                        device_steps(l.params, l.step_counts), o.lr(), beta1, beta2,
+                        o.weight_decay(), o.eps(), amsgrad, /*maximize=*/false, scale);
     }
   }
   return loss;
+}
+
+std::vector<at::Tensor> FusedAdamW::device_steps(const std::vector<at::Tensor>& params,
+                                                 const std::vector<int64_t>& counts) {
+  std::vector<at::Tensor> steps, advance;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const auto& p = params[i];
+    auto& m = steps_[p.unsafeGetTensorImpl()];
+    if (!m.value.defined() || m.value.device() != p.device()) {
+      m.value = at::zeros({}, p.options().dtype(at::kFloat));
+      m.step = 0;
+    }
+    if (m.step == counts[i] - 1)
+      advance.push_back(m.value);
+    else
+      m.value.fill_(static_cast<double>(counts[i]));
+    m.step = counts[i];
+    steps.push_back(m.value);
+  }
+  if (!advance.empty()) at::_foreach_add_(advance, 1.0);
+  return steps;
 }
 
 at::Tensor FusedAdamW::step_clipped(const at::Tensor& clip_coef) {
@@ -135,10 +143,8 @@ std::vector<at::Tensor> defined_grads(const std::vector<at::Tensor>& params) {
     if (p.grad().defined()) grads.push_back(p.grad());
   return grads;
 }
-}  // namespace
 
-GradClip grad_clip_coefficient(const std::vector<at::Tensor>& params, double max_norm) {
-  const auto grads = defined_grads(params);
+GradClip clip_of_grads(const std::vector<at::Tensor>& grads, double max_norm) {
   if (grads.empty()) return {};
   at::NoGradGuard no_grad;
   // bf16 / fp16 gradients (training.precision bf16_weights) get their norms in fp32, as
@@ -165,10 +171,16 @@ GradClip grad_clip_coefficient(const std::vector<at::Tensor>& params, double max
   return clip;
 }
 
+}  // namespace
+
+GradClip grad_clip_coefficient(const std::vector<at::Tensor>& params, double max_norm) {
+  return clip_of_grads(defined_grads(params), max_norm);
+}
+
 double clip_grad_norm_foreach(const std::vector<at::Tensor>& params, double max_norm) {
-  const auto clip = grad_clip_coefficient(params, max_norm);
-  if (!clip.coef.defined()) return clip.norm;
   const auto grads = defined_grads(params);
+  const auto clip = clip_of_grads(grads, max_norm);
+  if (!clip.coef.defined()) return clip.norm;
   at::NoGradGuard no_grad;
   // One coefficient tensor per device and dtype, in the gradients' dtype: the foreach kernel takes
   // its fast (multi-tensor) path only then, and otherwise falls back to one casting kernel per

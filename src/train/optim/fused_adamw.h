@@ -32,9 +32,13 @@ class FusedAdamW : public torch::optim::AdamW {
 
  private:
   at::Tensor grad_scale_;  // fp32 scalar for step(), set only inside step_clipped()
-  // The kernel reads each parameter's step count from a float scalar tensor on its device. They
-  // mirror AdamWParamState::step (the source of truth, e.g. after load()): a mirror one behind is
-  // advanced on the device with one foreach add, any other is refilled.
+  // The device step counts at::_fused_adamw_ reads for `params` (counts[i] this update), from
+  // the mirrors below; only its path keeps them, the adamw kernel takes the counts by value.
+  std::vector<at::Tensor> device_steps(const std::vector<at::Tensor>& params,
+                                       const std::vector<int64_t>& counts);
+  // at::_fused_adamw_ reads each parameter's step count from a float scalar tensor on its device.
+  // They mirror AdamWParamState::step (the source of truth, e.g. after load()): a mirror one behind
+  // is advanced on the device with one foreach add, any other is refilled.
   struct StepMirror {
     at::Tensor value;
     int64_t step = -1;
