@@ -315,6 +315,9 @@ std::string probe(KernelOp op, int index) {
     case KernelOp::DecodeFollower:
       e = cuda::probe_decode_image();
       break;
+    case KernelOp::Gemv:
+      e = cuda::probe_gemv_image();
+      break;
     default:
       e = cuda::probe_fused_image();
       break;

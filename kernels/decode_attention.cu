@@ -331,7 +331,7 @@ __global__ void __launch_bounds__(kThreads) leader_combine_kernel(const DecodeAr
 
 template <typename T, int D, int GT>
 __global__ void __launch_bounds__(kThreads) decode_follower_kernel(const DecodeArgs a) {
-  constexpr int TPK = D / 8, KP = kThreads / TPK, kUnroll = 4;
+  constexpr int TPK = D / 8, KP = kThreads / TPK, kUnroll = 8;
   __shared__ __align__(16) float red[KP * GT * D];
   const int split = blockIdx.x, b = blockIdx.z;
   const int G = a.Hq / a.Hkv, nsub = (G + GT - 1) / GT;
@@ -454,24 +454,63 @@ cudaError_t launch_dt(const DecodeArgs& a, cudaStream_t st) {
   }
 }
 
+// CTAs of the bf16 image that fit on one SM (registers, shared memory, threads); fp16's use the
+// same resources. Asked once per kernel: every GPU of a process is taken to be of one kind.
+template <typename Kernel>
+int resident_per_sm(Kernel kernel, int threads) {
+  int n = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, 0) != cudaSuccess) {
+    cudaGetLastError();
+    n = 0;
+  }
+  return n > 0 ? n : 1;
+}
+
+template <int D>
+int resident_ctas(bool leader, int gt) {
+  static const int lead = resident_per_sm(decode_leader_kernel<__nv_bfloat16, D>, 32);
+  static const int f1 = resident_per_sm(decode_follower_kernel<__nv_bfloat16, D, 1>, kThreads);
+  static const int f4 = resident_per_sm(decode_follower_kernel<__nv_bfloat16, D, 4>, kThreads);
+  static const int f8 = resident_per_sm(decode_follower_kernel<__nv_bfloat16, D, 8>, kThreads);
+  return leader ? lead : (gt == 1 ? f1 : (gt == 4 ? f4 : f8));
+}
+
+int resident_ctas(bool leader, int D, int gt) {
+  switch (D) {
+    case 64:
+      return resident_ctas<64>(leader, gt);
+    case 128:
+      return resident_ctas<128>(leader, gt);
+    default:
+      return resident_ctas<256>(leader, gt);
+  }
+}
+
+// Waves of resident CTAs a decode kernel's grid fills: the leader 2 (its measured best), the
+// follower UNIATTN_DECODE_FOLLOWER_WAVES (tuning runs only) or 4.
+int decode_waves(bool leader) {
+  static const int follower = [] {
+    const char* e = std::getenv("UNIATTN_DECODE_FOLLOWER_WAVES");
+    const long v = e ? std::strtol(e, nullptr, 10) : 0;
+    return v >= 1 && v <= 64 ? static_cast<int>(v) : 4;
+  }();
+  return leader ? 2 : follower;
+}
+
 }  // namespace
 
 void plan_decode(DecodeArgs& a, int num_sms, bool leader) {
-  // Leader: one-warp CTAs, ~16 per SM, chunks >= 128 keys. Follower: 4-warp CTAs, ~16 per SM
-  // (H100, B=8, S=32K: 0.206 ms at 16 against 0.240 at 4 and 0.243 at 8), chunks >= 256 keys.
-  // Both keep the split overhead (workspace, combine) small.
+  // The grid fills whole waves of resident CTAs and never starts a partial one: with splits
+  // rounded up, 2,048 follower CTAs at 5 per SM ran 3.1 waves on the H200 (B=8, S=16K), the last
+  // one a tenth full, and the kernel read V at 3.1 TB/s against the leader's 4.2. Chunks of at
+  // least 128 (leader) or 256 (follower) keys keep the split overhead (workspace, combine) small.
   const int G = a.Hq / a.Hkv;
   const int rows = leader ? kLeadRows : group_tile(G);
   const int64_t ctas = static_cast<int64_t>(a.B) * a.Hkv * ((G + rows - 1) / rows);
-  // UNIATTN_FOLLOWER_CTAS_PER_SM overrides the follower's occupancy target (tuning runs only).
-  static const int64_t follower_ctas = [] {
-    const char* e = std::getenv("UNIATTN_FOLLOWER_CTAS_PER_SM");
-    const long v = e ? std::strtol(e, nullptr, 10) : 0;
-    return v >= 1 && v <= 64 ? static_cast<int64_t>(v) : 16LL;
-  }();
-  const int64_t target = (leader ? 16LL : follower_ctas) * num_sms;
+  const int64_t slots = static_cast<int64_t>(resident_ctas(leader, a.D, group_tile(G))) *
+                        decode_waves(leader) * num_sms;
   const int64_t min_chunk = leader ? 128 : 256, align = leader ? kLeadBN : kBK;
-  int64_t splits = (target + ctas - 1) / ctas;
+  int64_t splits = slots / ctas;
   const int64_t max_splits = (static_cast<int64_t>(a.S) + min_chunk - 1) / min_chunk;
   splits = splits > max_splits ? max_splits : splits;
   if (splits < 1) splits = 1;

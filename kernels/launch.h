@@ -150,6 +150,22 @@ struct AdamWArgs {
 };
 cudaError_t launch_adamw(const AdamWArgs& a, DType dt, int num_sms, cudaStream_t stream);
 
+// ---- GEMV for decode (gemv.cu) ----------------------------------------------------------------
+// y = x . w^T (+ bias) (+ add) for at most kGemvMaxRows rows, fp16/bf16, fp32 accumulation and
+// one rounding of each output (what at::linear / at::addmm with beta = 1 compute).
+inline constexpr int64_t kGemvMaxRows = 4;
+struct GemvArgs {
+  const void* x;     // [M, K], rows x_stride elements apart (x_stride % 8 == 0), 16-byte aligned
+  const void* w;     // [N, K] contiguous, 16-byte aligned; K % 8 == 0
+  const void* bias;  // [N], or nullptr
+  const void* add;   // [M, N], rows add_stride elements apart, or nullptr
+  void* y;           // [M, N], rows y_stride elements apart
+  int64_t M, N, K;
+  int64_t x_stride, add_stride, y_stride;
+};
+// cudaErrorInvalidValue for M > kGemvMaxRows, K % 8 != 0 or fp32.
+cudaError_t launch_gemv(const GemvArgs& a, DType dt, cudaStream_t stream);
+
 // ---- image probes -------------------------------------------------------------------------------
 // Load one kernel of the file on the current device (cudaFuncGetAttributes; PTX is JIT-compiled
 // then) and return the error when the build has no image the device can run. Each .cu file is
@@ -157,5 +173,6 @@ cudaError_t launch_adamw(const AdamWArgs& a, DType dt, int num_sms, cudaStream_t
 cudaError_t probe_prefill_image();
 cudaError_t probe_decode_image();
 cudaError_t probe_fused_image();
+cudaError_t probe_gemv_image();
 
 }  // namespace uniattn::kernels::cuda

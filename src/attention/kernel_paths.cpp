@@ -22,7 +22,7 @@ namespace {
 constexpr std::array<const char*, kNumKernelOps> kOpNames = {
     "prefill_attention", "decode_leader", "decode_follower",
     "rms_norm",          "rotary",        "gated_activation",
-    "cross_entropy",     "adamw"};
+    "cross_entropy",     "adamw",         "gemv"};
 
 // Minimum compute capability (x10) of every kernel: mma.sync m16n8k16 bf16 and cp.async are sm_80.
 constexpr int kMinArch = 80;

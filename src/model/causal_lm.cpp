@@ -163,7 +163,7 @@ const at::Tensor& CausalLMImpl::lm_head_weight() const {
 
 at::Tensor CausalLMImpl::logits_after(const at::Tensor& hidden, const at::Tensor& pending,
                                       bool last_only) {
-  auto out = at::matmul(final_hidden(hidden, pending, last_only), lm_head_weight().t());
+  auto out = linear_forward(final_hidden(hidden, pending, last_only), lm_head_weight());
   if (config_->final_logit_softcap > 0) {
     const double cap = config_->final_logit_softcap;
     out = at::tanh(out / cap) * cap;

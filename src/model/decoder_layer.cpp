@@ -123,17 +123,12 @@ at::Tensor AttentionImpl::forward(const at::Tensor& xn, ForwardState& s) {
   auto attn = out.transpose(1, 2).reshape({b, t, c.num_heads * c.head_dim});
   if (wc_out.defined()) {
     // W_c xn + o_proj(out) as one GEMM with beta = 1 (no bias: fusion needs none).
-    return at::addmm(wc_out.reshape({b * t, c.hidden_size}), attn.reshape({b * t, attn.size(2)}),
-                     o_proj->weight.t())
-        .view({b, t, c.hidden_size});
+    return linear_forward(attn, o_proj->weight, {}, wc_out);
   }
   auto a = o_proj->forward(attn);
   if (w_c) {
     // o_proj(out) + W_c xn as one GEMM with beta = 1 (no separate add kernel).
-    const int64_t hidden = c.hidden_size;
-    a = at::addmm(a.reshape({b * t, hidden}), xn.reshape({b * t, hidden}), w_c->weight.t())
-            .view({b, t, hidden});
-    if (w_c->bias.defined()) a = a + w_c->bias;
+    a = linear_forward(xn, w_c->weight, w_c->bias, a);
   }
   return a;
 }

@@ -64,6 +64,15 @@ void apply_rotary_into(const at::Tensor& x, const at::Tensor& cos, const at::Ten
 at::Tensor gated_activation(const at::Tensor& gate, const at::Tensor& up, Activation act);
 at::Tensor gated_activation_aten(const at::Tensor& gate, const at::Tensor& up, Activation act);
 
+// y = x . weight^T (+ bias) (+ add): at::linear's function, plus at::addmm's C (beta = 1) when add
+// is given. x [..., in], weight [out, in], bias [out] (optional), add [..., out] (optional, x's
+// leading shape); y [..., out] in x's dtype. Decode-sized calls (no gradient, at most 4 rows,
+// fp16/bf16 on CUDA, in % 8 == 0, 16-byte aligned) run the GEMV kernel (KernelOp::Gemv,
+// kernels/gemv.cu), which streams the weight at HBM bandwidth with no split-K pass; the rest ATen.
+// Throws (ATen's error) on mismatched shapes.
+at::Tensor linear_forward(const at::Tensor& x, const at::Tensor& weight,
+                          const at::Tensor& bias = {}, const at::Tensor& add = {});
+
 // A bias-optional linear projection whose parameters are created directly with the given
 // options (dtype, device) and initialised N(0, 0.02) as HF initialises decoders: building an
 // 8B-parameter model on the GPU then takes no CPU-side initialisation or copy.
@@ -73,7 +82,7 @@ class ProjImpl : public torch::nn::Module {
   // A bias-free projection whose parameter is `weight` as given (a row block of a
   // FusedProjections allocation).
   explicit ProjImpl(at::Tensor weight);
-  at::Tensor forward(const at::Tensor& x) const { return at::linear(x, weight, bias); }
+  at::Tensor forward(const at::Tensor& x) const { return linear_forward(x, weight, bias); }
   at::Tensor weight, bias;
 };
 TORCH_MODULE(Proj);

@@ -105,6 +105,11 @@ std::vector<at::Tensor> run_op(KernelOp op) {
       loss.backward(at::linspace(0.5, 1.5, 6, loss.options()));
       return {loss.detach(), z.grad()};
     }
+    case KernelOp::Gemv: {
+      auto x = at::randn({3, 4096}, bf16()), w = at::randn({1024, 4096}, bf16()) * 0.02;
+      auto bias = at::randn({1024}, bf16()), add = at::randn({3, 1024}, bf16());
+      return {linear_forward(x.narrow(0, 0, 1), w, bias), linear_forward(x, w, {}, add)};
+    }
     case KernelOp::AdamW: {
       // fp32, so that the compared tolerance (1e-4 of the largest value) is far below the 1e-2
       // each step moves a parameter: an update that did nothing would fail.

@@ -31,12 +31,13 @@ enum class KernelOp {
   Rotary,
   GatedActivation,
   CrossEntropy,  // the training loss over the vocabulary (forward and backward)
-  AdamW          // the optimiser step of the trainer's FusedAdamW
+  AdamW,         // the optimiser step of the trainer's FusedAdamW
+  Gemv           // decode-sized projections (at most 4 rows): y = x W^T (+ bias) (+ add)
 };
-inline constexpr int kNumKernelOps = 8;
+inline constexpr int kNumKernelOps = 9;
 
 // "prefill_attention", "decode_leader", "decode_follower", "rms_norm", "rotary",
-// "gated_activation", "cross_entropy", "adamw": the names UNIATTN_DISABLE_KERNELS takes.
+// "gated_activation", "cross_entropy", "adamw", "gemv": the names UNIATTN_DISABLE_KERNELS takes.
 const char* kernel_op_name(KernelOp op);
 
 // What the decision reads from a device (cudaDeviceProp).

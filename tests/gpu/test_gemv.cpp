@@ -1,0 +1,137 @@
+// The decode GEMV kernel (kernels/gemv.cu) behind linear_forward (src/model/layers.cpp) against
+// ATen's GEMM in the same dtype and an fp64 reference, under the FlashAttention rule: the kernel's
+// max error vs fp64 is at most twice that of at::linear / at::addmm in the same dtype.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <string>
+
+#include "cuda_hooks.h"
+#include "model/layers.h"
+#include "shared_softmax.h"
+#include "uniattn/model/kernel_paths.h"
+
+namespace {
+
+using uniattn::kernel_call_count;
+using uniattn::KernelOp;
+using uniattn::linear_forward;
+
+#define SKIP_WITHOUT_GPU()                                                                    \
+  do {                                                                                        \
+    if (!at::cuda::is_available()) GTEST_SKIP() << "no CUDA device";                          \
+    if (!uniattn::kernels::cuda_kernels_available()) GTEST_SKIP() << "built without kernels"; \
+  } while (0)
+
+at::TensorOptions cuda(at::ScalarType t) { return at::TensorOptions().dtype(t).device(at::kCUDA); }
+
+double max_err(const at::Tensor& a, const at::Tensor& ref) {
+  auto d = (a.to(at::kDouble) - ref).abs();
+  if (d.isnan().any().item<bool>()) return INFINITY;
+  return d.max().item<double>();
+}
+
+// y = linear_forward(x, w, bias, add) must take the kernel and meet the rule against ATen.
+void check_case(const std::string& what, const at::Tensor& x, const at::Tensor& w,
+                const at::Tensor& bias, const at::Tensor& add) {
+  const uint64_t calls = kernel_call_count(KernelOp::Gemv);
+  auto y = linear_forward(x, w, bias, add);
+  EXPECT_EQ(kernel_call_count(KernelOp::Gemv), calls + 1) << what << ": the kernel did not run";
+  auto shape = x.sizes().vec();
+  shape.back() = w.size(0);
+  ASSERT_EQ(y.sizes().vec(), shape) << what;
+  ASSERT_EQ(y.scalar_type(), x.scalar_type()) << what;
+
+  const int64_t k = x.size(-1), n = w.size(0);
+  auto x2 = x.reshape({-1, k});
+  at::Tensor aten = add.defined() ? at::addmm(add.reshape({-1, n}), x2, w.t())
+                                  : at::linear(x2, w, bias.defined() ? bias : at::Tensor());
+  if (add.defined() && bias.defined()) aten = aten + bias;
+  auto ref = at::matmul(x2.to(at::kDouble), w.to(at::kDouble).t());
+  if (bias.defined()) ref = ref + bias.to(at::kDouble);
+  if (add.defined()) ref = ref + add.reshape({-1, n}).to(at::kDouble);
+  const double ek = max_err(y.reshape({-1, n}), ref), ea = max_err(aten, ref);
+  std::printf("RATIO %s kernel_err=%.3e aten_err=%.3e ratio=%.3f\n", what.c_str(), ek, ea,
+              ek / std::max(ea, 1e-30));
+  EXPECT_LE(ek, 2.0 * ea + 1e-6) << what;
+}
+
+TEST(Gemv, ShapesRowsDtypesAgainstAtenAndFp64) {
+  SKIP_WITHOUT_GPU();
+  at::manual_seed(0);
+  // LLaMA-8B's projections (q/k/v fused, o, gate/up fused, down), a follower's [W_v; W_c], odd
+  // row counts, K not a multiple of the 256 elements a warp reads per step, and tiny shapes.
+  const int64_t shapes[][2] = {{6144, 4096}, {4096, 14336}, {5120, 4096}, {4099, 2056},
+                               {7, 8},       {33, 264},     {1, 4104}};
+  for (auto dt : {at::kBFloat16, at::kHalf})
+    for (const auto& nk : shapes)
+      for (int64_t m = 1; m <= uniattn::kernels::detail::kMaxGemvRows; ++m) {
+        const int64_t n = nk[0], k = nk[1];
+        auto x = at::randn({m, 1, k}, cuda(at::kFloat)).to(dt);
+        auto w = (at::randn({n, k}, cuda(at::kFloat)) * 0.02).to(dt);
+        auto bias = at::randn({n}, cuda(at::kFloat)).to(dt);
+        auto add = at::randn({m, 1, n}, cuda(at::kFloat)).to(dt);
+        const std::string tag = std::string(c10::toString(dt)) + " M=" + std::to_string(m) +
+                                " N=" + std::to_string(n) + " K=" + std::to_string(k);
+        check_case(tag, x, w, {}, {});
+        check_case(tag + " +bias", x, w, bias, {});
+        check_case(tag + " +add", x, w, {}, add);
+      }
+}
+
+TEST(Gemv, StridedAndMisalignedOperands) {
+  SKIP_WITHOUT_GPU();
+  at::manual_seed(1);
+  auto w = (at::randn({1024, 4096}, cuda(at::kBFloat16)) * 0.02);
+  // x rows 8192 elements apart (one half of a fused projection's output) and an add that is a
+  // column block of a wider GEMM result, as the follower's W_c x part is.
+  auto wide = at::randn({3, 8192}, cuda(at::kBFloat16));
+  check_case("strided x", wide.narrow(1, 4096, 4096), w, {}, {});
+  auto wide_add = at::randn({3, 5120}, cuda(at::kBFloat16));
+  check_case("strided add", wide.narrow(1, 0, 4096), w, {}, wide_add.narrow(1, 1024, 1024));
+  // x one element off 16-byte alignment: copied to an aligned row, still the kernel.
+  auto flat = at::randn({4097}, cuda(at::kBFloat16));
+  check_case("misaligned x", flat.narrow(0, 1, 4096).view({1, 4096}), w, {}, {});
+}
+
+// Where the kernel does not apply, linear_forward is ATen's and the kernel never runs.
+TEST(Gemv, OtherCallsTakeAten) {
+  SKIP_WITHOUT_GPU();
+  at::manual_seed(2);
+  auto bf = cuda(at::kBFloat16);
+  auto w = at::randn({256, 512}, bf) * 0.02;
+  auto expect_aten = [&](const std::string& what, const at::Tensor& x, const at::Tensor& wt) {
+    const uint64_t calls = kernel_call_count(KernelOp::Gemv);
+    auto y = linear_forward(x, wt);
+    EXPECT_EQ(kernel_call_count(KernelOp::Gemv), calls) << what;
+    EXPECT_TRUE(at::equal(y, at::linear(x, wt))) << what;
+  };
+  expect_aten("5 rows", at::randn({5, 512}, bf), w);
+  expect_aten("fp32", at::randn({1, 512}, cuda(at::kFloat)), w.to(at::kFloat));
+  expect_aten("K % 8 != 0", at::randn({1, 510}, bf), w.narrow(1, 0, 510).contiguous());
+  expect_aten("transposed weight", at::randn({1, 256}, bf), w.t());
+  {
+    at::AutoGradMode grad(true);
+    auto wg = w.clone().requires_grad_(true);
+    const uint64_t calls = kernel_call_count(KernelOp::Gemv);
+    auto y = linear_forward(at::randn({1, 512}, bf), wg);
+    EXPECT_EQ(kernel_call_count(KernelOp::Gemv), calls) << "weight requiring grad";
+    EXPECT_TRUE(y.requires_grad());
+  }
+}
+
+TEST(Gemv, NaNInTheWeightReachesItsOutput) {
+  SKIP_WITHOUT_GPU();
+  auto bf = cuda(at::kBFloat16);
+  auto w = at::randn({64, 4096}, bf) * 0.02;
+  w[5][4000] = NAN;
+  auto y = linear_forward(at::randn({2, 4096}, bf), w);
+  auto nan = y.isnan();
+  EXPECT_TRUE(nan.select(1, 5).all().item<bool>());
+  EXPECT_EQ(nan.sum().item<int64_t>(), 2);
+}
+
+}  // namespace
