@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -18,7 +19,9 @@
 #include <string>
 #include <vector>
 
+#include "model/layers.h"
 #include "shared_softmax.h"
+#include "uniattn/model/kernel_paths.h"
 
 namespace uk = uniattn::kernels;
 
@@ -175,6 +178,83 @@ TEST(KernelBench, Llama8bShapes) {
 }  // namespace
 
 namespace {
+// Device time of one replay of fn(0..sets-1) captured as a CUDA graph, per call (ms).
+double graph_call_ms(int sets, const std::function<void(int)>& fn) {
+  auto stream = c10::cuda::getStreamFromPool();
+  c10::cuda::CUDAStreamGuard guard(stream);
+  for (int i = 0; i < sets; ++i) fn(i);  // warm-up (cuBLAS picks its kernels) outside the capture
+  stream.synchronize();
+  at::cuda::CUDAGraph graph;
+  graph.capture_begin();
+  for (int i = 0; i < sets; ++i) fn(i);
+  graph.capture_end();
+  return time_ms([&](int) { graph.replay(); }, 3, 20) / sets;
+}
+
+// Decode projections of LLaMA-3.1-8B at 1 and 4 rows: linear_forward's GEMV kernel against
+// at::linear (cuBLAS) on the same weights, each replayed from a CUDA graph over enough weight
+// copies (>= 1 GiB) that L2 holds none of them; bandwidth = weight bytes / time, and the copy
+// ceiling (dst.copy_(src) of 2 GiB, read + written) measured in the same run. Runs only when
+// UNIATTN_GEMV_BENCH_OUT names the JSON file to write.
+TEST(KernelBench, DecodeProjections) {
+  const char* out_path = std::getenv("UNIATTN_GEMV_BENCH_OUT");
+  if (!out_path) GTEST_SKIP() << "set UNIATTN_GEMV_BENCH_OUT to run the benchmark";
+  if (!at::cuda::is_available() || !uk::cuda_kernels_available()) GTEST_SKIP() << "no CUDA";
+  auto opt = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+  nlohmann::json rows = nlohmann::json::array();
+  auto add = [&](const std::string& c, const std::string& variant, const std::string& metric,
+                 double value, const std::string& unit) {
+    rows.push_back(
+        {{"case", c}, {"variant", variant}, {"metric", metric}, {"value", value}, {"unit", unit}});
+    std::printf("BENCH %-28s %-8s %-22s %10.4f %s\n", c.c_str(), variant.c_str(), metric.c_str(),
+                value, unit.c_str());
+  };
+  const int64_t copy_bytes = int64_t{1} << 31;
+  {
+    auto src = at::empty({copy_bytes}, opt.dtype(at::kByte)), dst = at::empty_like(src);
+    const double t = time_ms([&](int) { dst.copy_(src); }, 3, 10);
+    add("ceiling", "copy", "bandwidth", 2.0 * copy_bytes / t / 1e6, "GB/s");
+  }
+  struct Shape {
+    const char* name;
+    int64_t n, k;
+  };
+  for (const Shape& s : {Shape{"qkv_proj", 6144, 4096}, Shape{"o_proj", 4096, 4096},
+                         Shape{"v_proj+w_c", 5120, 4096}, Shape{"gate_up_proj", 28672, 4096},
+                         Shape{"down_proj", 4096, 14336}, Shape{"lm_head", 128256, 4096}}) {
+    const double bytes = 2.0 * s.n * s.k;
+    const int sets = static_cast<int>(std::max(2.0, std::ceil((1 << 30) / bytes)));
+    std::vector<at::Tensor> ws;
+    for (int i = 0; i < sets; ++i) ws.push_back(at::randn({s.n, s.k}, opt) * 0.02);
+    for (int64_t m : {1, 4}) {
+      auto x = at::randn({m, s.k}, opt);
+      std::vector<at::Tensor> ys(sets);
+      const uint64_t calls = uniattn::kernel_call_count(uniattn::KernelOp::Gemv);
+      const double t_gemv =
+          graph_call_ms(sets, [&](int i) { ys[i] = uniattn::linear_forward(x, ws[i]); });
+      EXPECT_GT(uniattn::kernel_call_count(uniattn::KernelOp::Gemv), calls) << s.name;
+      const double t_cublas = graph_call_ms(sets, [&](int i) { ys[i] = at::linear(x, ws[i]); });
+      const std::string c = std::string(s.name) + "/M=" + std::to_string(m);
+      add(c, "gemv", "time", t_gemv * 1e3, "us");
+      add(c, "gemv", "bandwidth", bytes / t_gemv / 1e6, "GB/s");
+      add(c, "cublas", "time", t_cublas * 1e3, "us");
+      add(c, "cublas", "bandwidth", bytes / t_cublas / 1e6, "GB/s");
+    }
+  }
+  nlohmann::json doc;
+  doc["gpu"] = at::cuda::getCurrentDeviceProperties()->name;
+  const char* commit = std::getenv("UNIATTN_COMMIT");
+  const char* cmd = std::getenv("UNIATTN_BENCH_COMMAND");
+  doc["commit"] = commit ? commit : "unknown";
+  doc["command"] = cmd ? cmd : "UNIATTN_GEMV_BENCH_OUT=<file> test_kernel_bench";
+  doc["notes"] =
+      "bf16, LLaMA-3.1-8B projection shapes; per call: the median of 20 replays of a CUDA graph "
+      "of calls over >= 1 GiB of distinct weights, divided by the calls; gemv = "
+      "linear_forward (kernels/gemv.cu), cublas = at::linear";
+  doc["rows"] = rows;
+  std::ofstream(out_path) << doc.dump(2) << "\n";
+}
+
 // One decode step at B=8, S=32K for a profiler (ncu); runs only with UNIATTN_KERNEL_PROFILE=1.
 TEST(KernelBench, DecodeProfileTarget) {
   const char* e = std::getenv("UNIATTN_KERNEL_PROFILE");
