@@ -12,9 +12,6 @@ namespace uniattn::kernels::detail {
 // The RMSNorm backward kernel keeps a row of fp32 weight-gradient sums in shared memory: with its
 // 256 bytes of reduction scratch, 48 KiB (the default limit, no opt-in) hold 12,224 columns.
 inline constexpr int64_t kMaxNormBackwardCols = 12224;
-// Rows the GEMV kernel takes (cuda::kGemvMaxRows in launch.h): decode batches up to 4. At 8 rows
-// its fp32 FMAs would no longer hide under the weight reads; cuBLAS's tensor-core GEMM runs those.
-inline constexpr int64_t kMaxGemvRows = 4;
 
 // AdamW's hyper-parameters for one parameter tensor; step counts this update (1 for the first).
 struct AdamWHyper {
@@ -74,9 +71,8 @@ struct CudaHooks {
   void (*adamw)(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
                 const at::Tensor& exp_avg_sq, const at::Tensor* grad_scale,
                 const AdamWHyper& h) = nullptr;
-  // y = x . w^T (+ bias) (+ add) (gemv.cu): x [M, K] with M <= cuda::kGemvMaxRows and rows
-  // x.stride(0) apart, w [N, K] contiguous, bias [N], add and y [M, N] with unit column stride;
-  // one fp16/bf16 dtype on one device; K % 8 == 0 and x, w 16-byte aligned (x.stride(0) % 8 == 0).
+  // y = w . x (+ bias) (+ add) (gemv.cu): x [K] and w [N, K] contiguous and 16-byte aligned,
+  // K % 8 == 0, bias, add and y [N] contiguous; one fp16/bf16 dtype on one device.
   void (*gemv)(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bias,
                const at::Tensor* add, at::Tensor& y) = nullptr;
   void (*cross_entropy_forward)(const at::Tensor& logits, const at::Tensor& targets,

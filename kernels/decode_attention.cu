@@ -16,6 +16,7 @@
 
 #include "launch.h"
 #include "mma_utils.cuh"
+#include "pdl.cuh"
 
 namespace uniattn::kernels::cuda {
 namespace {
@@ -275,6 +276,7 @@ __global__ void __launch_bounds__(32) decode_leader_kernel(const DecodeArgs a) {
 constexpr int kCombineChunk = 1024;
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) leader_combine_kernel(const DecodeArgs a) {
+  pdl_launch_dependents();  // the GEMV after us may start (it waits for our output: pdl.cuh)
   const int h = blockIdx.x, b = blockIdx.y;
   const int len = min(max(a.seqlens[b], 0), a.S);
   const int j_begin = blockIdx.z * kCombineChunk;
@@ -331,6 +333,7 @@ __global__ void __launch_bounds__(kThreads) leader_combine_kernel(const DecodeAr
 
 template <typename T, int D, int GT>
 __global__ void __launch_bounds__(kThreads) decode_follower_kernel(const DecodeArgs a) {
+  pdl_launch_dependents();  // the GEMV after us may start (it waits for our output: pdl.cuh)
   constexpr int TPK = D / 8, KP = kThreads / TPK, kUnroll = 8;
   __shared__ __align__(16) float red[KP * GT * D];
   const int split = blockIdx.x, b = blockIdx.z;
@@ -393,6 +396,7 @@ __global__ void __launch_bounds__(kThreads) decode_follower_kernel(const DecodeA
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) follower_combine_kernel(const DecodeArgs a) {
+  pdl_launch_dependents();  // the GEMV after us may start (it waits for our output: pdl.cuh)
   const int64_t bh = static_cast<int64_t>(blockIdx.y) * a.Hq + blockIdx.x;
   for (int d = threadIdx.x; d < D; d += kThreads) {
     float o = 0.f;

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "cuda_hooks.h"
 #include "launch.h"
@@ -190,20 +192,23 @@ void adamw_cuda(const at::Tensor& param, const at::Tensor& grad, const at::Tenso
         "adamw");
 }
 
-static_assert(cuda::kGemvMaxRows == detail::kMaxGemvRows);
-
 void gemv_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bias,
                const at::Tensor* add, at::Tensor& y) {
   const c10::cuda::CUDAGuard guard(x.device());
   detail::count_kernel_call(KernelOp::Gemv);
+  // UNIATTN_GEMV_PDL=0 launches without PDL (tuning runs only: the benchmark's comparison).
+  static const bool pdl_allowed = [] {
+    const char* e = std::getenv("UNIATTN_GEMV_PDL");
+    return !(e && std::string(e) == "0");
+  }();
   cuda::GemvArgs a{};
   a.x = x.data_ptr();
   a.w = w.data_ptr();
   a.bias = bias ? bias->data_ptr() : nullptr;
   a.add = add ? add->data_ptr() : nullptr;
   a.y = y.data_ptr();
-  a.M = x.size(0), a.N = w.size(0), a.K = w.size(1);
-  a.x_stride = x.stride(0), a.add_stride = add ? add->stride(0) : 0, a.y_stride = y.stride(0);
+  a.N = w.size(0), a.K = w.size(1);
+  a.pdl = pdl_allowed && at::cuda::getCurrentDeviceProperties()->major >= 9;
   check(cuda::launch_gemv(a, small_op_dtype(x), at::cuda::getCurrentCUDAStream()), "gemv");
 }
 

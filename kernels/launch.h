@@ -150,20 +150,19 @@ struct AdamWArgs {
 };
 cudaError_t launch_adamw(const AdamWArgs& a, DType dt, int num_sms, cudaStream_t stream);
 
-// ---- GEMV for decode (gemv.cu) ----------------------------------------------------------------
-// y = x . w^T (+ bias) (+ add) for at most kGemvMaxRows rows, fp16/bf16, fp32 accumulation and
-// one rounding of each output (what at::linear / at::addmm with beta = 1 compute).
-inline constexpr int64_t kGemvMaxRows = 4;
+// ---- GEMV for decode batch 1 (gemv.cu) ---------------------------------------------------------
+// y = w . x (+ bias) (+ add) for one input row, fp16/bf16, fp32 accumulation and one rounding of
+// each output (what at::linear / at::addmm with beta = 1 compute).
 struct GemvArgs {
-  const void* x;     // [M, K], rows x_stride elements apart (x_stride % 8 == 0), 16-byte aligned
+  const void* x;     // [K], 16-byte aligned
   const void* w;     // [N, K] contiguous, 16-byte aligned; K % 8 == 0
   const void* bias;  // [N], or nullptr
-  const void* add;   // [M, N], rows add_stride elements apart, or nullptr
-  void* y;           // [M, N], rows y_stride elements apart
-  int64_t M, N, K;
-  int64_t x_stride, add_stride, y_stride;
+  const void* add;   // [N], or nullptr
+  void* y;           // [N]
+  int64_t N, K;
+  bool pdl;  // launch with programmatic stream serialization (pdl.cuh; sm_90 and newer)
 };
-// cudaErrorInvalidValue for M > kGemvMaxRows, K % 8 != 0 or fp32.
+// cudaErrorInvalidValue for K % 8 != 0, K above 2^31 or fp32.
 cudaError_t launch_gemv(const GemvArgs& a, DType dt, cudaStream_t stream);
 
 // ---- image probes -------------------------------------------------------------------------------

@@ -200,46 +200,44 @@ bool aligned16(const at::Tensor& t) {
   return reinterpret_cast<std::uintptr_t>(t.data_ptr()) % 16 == 0;
 }
 
-// x as [rows, in] for the GEMV kernel, or an undefined tensor where the kernel does not apply.
+// x as one aligned row [in] for the GEMV kernel, or an undefined tensor where it does not apply:
+// one row only (at 4 rows the kernel read 2.3-3.7 TB/s against cuBLAS's 3.2-4.3 on the H200,
+// bench/results/gemv-llama8b-h200.json), no gradient, fp16/bf16 on CUDA, in % 8 == 0.
 at::Tensor gemv_input(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
                       const at::Tensor& add) {
-  if (x.dim() < 1 || w.dim() != 2 || x.size(-1) != w.size(1) || w.size(1) % 8 != 0) return {};
-  const int64_t rows = x.numel() / std::max<int64_t>(x.size(-1), 1);
-  if (rows < 1 || rows > kernels::detail::kMaxGemvRows) return {};
+  if (x.dim() < 1 || x.numel() != x.size(-1) || w.dim() != 2 || x.size(-1) != w.size(1) ||
+      w.size(1) % 8 != 0 || x.numel() == 0)
+    return {};
   if (!kernels::detail::cuda_hooks().gemv || x.scalar_type() == at::kFloat) return {};
   const bool ok = bias.defined() ? use_fused(KernelOp::Gemv, {&x, &w, &bias})
                                  : use_fused(KernelOp::Gemv, {&x, &w});
   if (!ok || (add.defined() && !use_fused(KernelOp::Gemv, {&x, &add}))) return {};
   if (!w.is_contiguous() || !aligned16(w) || (bias.defined() && bias.numel() != w.size(0)))
     return {};
-  auto x2 = x.reshape({rows, x.size(-1)});
-  if (x2.stride(1) != 1 || x2.stride(0) % 8 != 0) x2 = x2.contiguous();
-  // A few rows: copying a misaligned input to fresh (aligned) memory costs next to nothing.
-  return aligned16(x2) ? x2 : x2.clone();
+  auto row = x.reshape({x.size(-1)}).contiguous();
+  // One row: copying a misaligned input to fresh (aligned) memory costs next to nothing.
+  return aligned16(row) ? row : row.clone();
 }
 }  // namespace
 
 at::Tensor linear_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                           const at::Tensor& add) {
-  if (auto x2 = gemv_input(x, weight, bias, add); x2.defined()) {
-    const int64_t rows = x2.size(0), out = weight.size(0);
-    at::Tensor a2;
+  auto shape = x.sizes().vec();
+  if (!shape.empty()) shape.back() = weight.size(0);
+  if (auto row = gemv_input(x, weight, bias, add); row.defined()) {
+    const int64_t out = weight.size(0);
+    at::Tensor a;
     if (add.defined()) {
-      UNIATTN_CHECK(add.numel() == rows * out, "linear_forward: add ", add.sizes(),
-                    " is not [..., ", out, "] for ", rows, " rows");
-      a2 = add.reshape({rows, out});
-      if (a2.stride(1) != 1) a2 = a2.contiguous();
+      UNIATTN_CHECK(add.numel() == out, "linear_forward: add ", add.sizes(), " is not [..., ", out,
+                    "] for one row");
+      a = add.reshape({out}).contiguous();
     }
-    auto y = at::empty({rows, out}, x.options());
-    kernels::detail::cuda_hooks().gemv(x2, weight, bias.defined() ? &bias : nullptr,
-                                       a2.defined() ? &a2 : nullptr, y);
-    auto shape = x.sizes().vec();
-    shape.back() = out;
+    auto y = at::empty({out}, x.options());
+    kernels::detail::cuda_hooks().gemv(row, weight, bias.defined() ? &bias : nullptr,
+                                       a.defined() ? &a : nullptr, y);
     return y.view(shape);
   }
   if (!add.defined()) return at::linear(x, weight, bias);
-  auto shape = x.sizes().vec();
-  shape.back() = weight.size(0);
   auto y = at::addmm(add.reshape({-1, weight.size(0)}), x.reshape({-1, x.size(-1)}), weight.t())
                .view(shape);
   return bias.defined() ? y + bias : y;

@@ -59,22 +59,27 @@ void check_case(const std::string& what, const at::Tensor& x, const at::Tensor& 
   EXPECT_LE(ek, 2.0 * ea + 1e-6) << what;
 }
 
-TEST(Gemv, ShapesRowsDtypesAgainstAtenAndFp64) {
+TEST(Gemv, ShapesDtypesAgainstAtenAndFp64) {
   SKIP_WITHOUT_GPU();
   at::manual_seed(0);
   // LLaMA-8B's projections (q/k/v fused, o, gate/up fused, down), a follower's [W_v; W_c], odd
-  // row counts, K not a multiple of the 256 elements a warp reads per step, and tiny shapes.
+  // output counts, K not a multiple of the 256 elements a warp reads per step, tiny shapes; x as
+  // a decode step's [1, 1, K] and as a plain [K].
   const int64_t shapes[][2] = {{6144, 4096}, {4096, 14336}, {5120, 4096}, {4099, 2056},
                                {7, 8},       {33, 264},     {1, 4104}};
   for (auto dt : {at::kBFloat16, at::kHalf})
     for (const auto& nk : shapes)
-      for (int64_t m = 1; m <= uniattn::kernels::detail::kMaxGemvRows; ++m) {
+      for (bool flat : {false, true}) {
         const int64_t n = nk[0], k = nk[1];
-        auto x = at::randn({m, 1, k}, cuda(at::kFloat)).to(dt);
+        auto x = at::randn(flat ? std::vector<int64_t>{k} : std::vector<int64_t>{1, 1, k},
+                           cuda(at::kFloat))
+                     .to(dt);
         auto w = (at::randn({n, k}, cuda(at::kFloat)) * 0.02).to(dt);
         auto bias = at::randn({n}, cuda(at::kFloat)).to(dt);
-        auto add = at::randn({m, 1, n}, cuda(at::kFloat)).to(dt);
-        const std::string tag = std::string(c10::toString(dt)) + " M=" + std::to_string(m) +
+        auto add = at::randn(flat ? std::vector<int64_t>{n} : std::vector<int64_t>{1, 1, n},
+                             cuda(at::kFloat))
+                       .to(dt);
+        const std::string tag = std::string(c10::toString(dt)) + (flat ? " [K]" : " [1,1,K]") +
                                 " N=" + std::to_string(n) + " K=" + std::to_string(k);
         check_case(tag, x, w, {}, {});
         check_case(tag + " +bias", x, w, bias, {});
@@ -86,12 +91,16 @@ TEST(Gemv, StridedAndMisalignedOperands) {
   SKIP_WITHOUT_GPU();
   at::manual_seed(1);
   auto w = (at::randn({1024, 4096}, cuda(at::kBFloat16)) * 0.02);
-  // x rows 8192 elements apart (one half of a fused projection's output) and an add that is a
-  // column block of a wider GEMM result, as the follower's W_c x part is.
-  auto wide = at::randn({3, 8192}, cuda(at::kBFloat16));
-  check_case("strided x", wide.narrow(1, 4096, 4096), w, {}, {});
-  auto wide_add = at::randn({3, 5120}, cuda(at::kBFloat16));
-  check_case("strided add", wide.narrow(1, 0, 4096), w, {}, wide_add.narrow(1, 1024, 1024));
+  // x one half of a fused projection's output, and an add that is a column block of a wider GEMM
+  // result, as the follower's W_c x part is.
+  auto wide = at::randn({1, 8192}, cuda(at::kBFloat16));
+  check_case("x a column block", wide.narrow(1, 4096, 4096), w, {}, {});
+  auto wide_add = at::randn({1, 5120}, cuda(at::kBFloat16));
+  check_case("add a column block", wide.narrow(1, 0, 4096), w, {}, wide_add.narrow(1, 1024, 1024));
+  // Every element read lives in the second half of a pair of rows: x = rows[1], add = adds[1].
+  auto rows = at::randn({2, 4096}, cuda(at::kBFloat16)),
+       adds = at::randn({2, 1024}, rows.options());
+  check_case("second row", rows[1], w, {}, adds[1]);
   // x one element off 16-byte alignment: copied to an aligned row, still the kernel.
   auto flat = at::randn({4097}, cuda(at::kBFloat16));
   check_case("misaligned x", flat.narrow(0, 1, 4096).view({1, 4096}), w, {}, {});
@@ -109,7 +118,8 @@ TEST(Gemv, OtherCallsTakeAten) {
     EXPECT_EQ(kernel_call_count(KernelOp::Gemv), calls) << what;
     EXPECT_TRUE(at::equal(y, at::linear(x, wt))) << what;
   };
-  expect_aten("5 rows", at::randn({5, 512}, bf), w);
+  expect_aten("2 rows", at::randn({2, 512}, bf), w);
+  expect_aten("2 rows in a batch", at::randn({2, 1, 512}, bf), w);
   expect_aten("fp32", at::randn({1, 512}, cuda(at::kFloat)), w.to(at::kFloat));
   expect_aten("K % 8 != 0", at::randn({1, 510}, bf), w.narrow(1, 0, 510).contiguous());
   expect_aten("transposed weight", at::randn({1, 256}, bf), w.t());
@@ -128,10 +138,10 @@ TEST(Gemv, NaNInTheWeightReachesItsOutput) {
   auto bf = cuda(at::kBFloat16);
   auto w = at::randn({64, 4096}, bf) * 0.02;
   w[5][4000] = NAN;
-  auto y = linear_forward(at::randn({2, 4096}, bf), w);
+  auto y = linear_forward(at::randn({1, 4096}, bf), w);
   auto nan = y.isnan();
-  EXPECT_TRUE(nan.select(1, 5).all().item<bool>());
-  EXPECT_EQ(nan.sum().item<int64_t>(), 2);
+  EXPECT_TRUE(nan[0][5].item<bool>());
+  EXPECT_EQ(nan.sum().item<int64_t>(), 1);
 }
 
 }  // namespace

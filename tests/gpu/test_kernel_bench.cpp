@@ -191,11 +191,12 @@ double graph_call_ms(int sets, const std::function<void(int)>& fn) {
   return time_ms([&](int) { graph.replay(); }, 3, 20) / sets;
 }
 
-// Decode projections of LLaMA-3.1-8B at 1 and 4 rows: linear_forward's GEMV kernel against
-// at::linear (cuBLAS) on the same weights, each replayed from a CUDA graph over enough weight
-// copies (>= 1 GiB) that L2 holds none of them; bandwidth = weight bytes / time, and the copy
-// ceiling (dst.copy_(src) of 2 GiB, read + written) measured in the same run. Runs only when
-// UNIATTN_GEMV_BENCH_OUT names the JSON file to write.
+// Decode projections of LLaMA-3.1-8B at batch 1: linear_forward's GEMV kernel (with and without
+// PDL: consecutive calls overlap one's start with the other's end) against at::linear (cuBLAS)
+// on the same weights, each replayed from a CUDA graph over enough weight copies (>= 1 GiB) that
+// L2 holds none of them; bandwidth = weight bytes / time, and the copy ceiling (dst.copy_(src) of
+// 2 GiB, read + written) measured in the same run. 4 rows: cuBLAS only (linear_forward's ATen
+// path). Runs only when UNIATTN_GEMV_BENCH_OUT names the JSON file to write.
 TEST(KernelBench, DecodeProjections) {
   const char* out_path = std::getenv("UNIATTN_GEMV_BENCH_OUT");
   if (!out_path) GTEST_SKIP() << "set UNIATTN_GEMV_BENCH_OUT to run the benchmark";
@@ -209,6 +210,9 @@ TEST(KernelBench, DecodeProjections) {
     std::printf("BENCH %-28s %-8s %-22s %10.4f %s\n", c.c_str(), variant.c_str(), metric.c_str(),
                 value, unit.c_str());
   };
+  // UNIATTN_GEMV_PDL=0 (a second run) times the kernel launched without PDL.
+  const char* pdl_env = std::getenv("UNIATTN_GEMV_PDL");
+  const std::string gemv_variant = pdl_env && std::string(pdl_env) == "0" ? "gemv_no_pdl" : "gemv";
   const int64_t copy_bytes = int64_t{1} << 31;
   {
     auto src = at::empty({copy_bytes}, opt.dtype(at::kByte)), dst = at::empty_like(src);
@@ -226,20 +230,21 @@ TEST(KernelBench, DecodeProjections) {
     const int sets = static_cast<int>(std::max(2.0, std::ceil((1 << 30) / bytes)));
     std::vector<at::Tensor> ws;
     for (int i = 0; i < sets; ++i) ws.push_back(at::randn({s.n, s.k}, opt) * 0.02);
-    for (int64_t m : {1, 4}) {
-      auto x = at::randn({m, s.k}, opt);
-      std::vector<at::Tensor> ys(sets);
-      const uint64_t calls = uniattn::kernel_call_count(uniattn::KernelOp::Gemv);
-      const double t_gemv =
-          graph_call_ms(sets, [&](int i) { ys[i] = uniattn::linear_forward(x, ws[i]); });
-      EXPECT_GT(uniattn::kernel_call_count(uniattn::KernelOp::Gemv), calls) << s.name;
-      const double t_cublas = graph_call_ms(sets, [&](int i) { ys[i] = at::linear(x, ws[i]); });
-      const std::string c = std::string(s.name) + "/M=" + std::to_string(m);
-      add(c, "gemv", "time", t_gemv * 1e3, "us");
-      add(c, "gemv", "bandwidth", bytes / t_gemv / 1e6, "GB/s");
-      add(c, "cublas", "time", t_cublas * 1e3, "us");
-      add(c, "cublas", "bandwidth", bytes / t_cublas / 1e6, "GB/s");
-    }
+    std::vector<at::Tensor> ys(sets);
+    auto x = at::randn({1, s.k}, opt);
+    auto record = [&](const std::string& c, const std::string& variant, double t) {
+      add(c, variant, "time", t * 1e3, "us");
+      add(c, variant, "bandwidth", bytes / t / 1e6, "GB/s");
+    };
+    const uint64_t calls = uniattn::kernel_call_count(uniattn::KernelOp::Gemv);
+    record(std::string(s.name) + "/M=1", gemv_variant,
+           graph_call_ms(sets, [&](int i) { ys[i] = uniattn::linear_forward(x, ws[i]); }));
+    EXPECT_GT(uniattn::kernel_call_count(uniattn::KernelOp::Gemv), calls) << s.name;
+    record(std::string(s.name) + "/M=1", "cublas",
+           graph_call_ms(sets, [&](int i) { ys[i] = at::linear(x, ws[i]); }));
+    auto x4 = at::randn({4, s.k}, opt);
+    record(std::string(s.name) + "/M=4", "cublas",
+           graph_call_ms(sets, [&](int i) { ys[i] = at::linear(x4, ws[i]); }));
   }
   nlohmann::json doc;
   doc["gpu"] = at::cuda::getCurrentDeviceProperties()->name;

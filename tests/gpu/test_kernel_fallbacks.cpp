@@ -106,9 +106,9 @@ std::vector<at::Tensor> run_op(KernelOp op) {
       return {loss.detach(), z.grad()};
     }
     case KernelOp::Gemv: {
-      auto x = at::randn({3, 4096}, bf16()), w = at::randn({1024, 4096}, bf16()) * 0.02;
-      auto bias = at::randn({1024}, bf16()), add = at::randn({3, 1024}, bf16());
-      return {linear_forward(x.narrow(0, 0, 1), w, bias), linear_forward(x, w, {}, add)};
+      auto x = at::randn({1, 1, 4096}, bf16()), w = at::randn({1024, 4096}, bf16()) * 0.02;
+      auto bias = at::randn({1024}, bf16()), add = at::randn({1, 1, 1024}, bf16());
+      return {linear_forward(x, w, bias), linear_forward(x, w, {}, add)};
     }
     case KernelOp::AdamW: {
       // fp32, so that the compared tolerance (1e-4 of the largest value) is far below the 1e-2

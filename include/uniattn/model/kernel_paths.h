@@ -32,7 +32,7 @@ enum class KernelOp {
   GatedActivation,
   CrossEntropy,  // the training loss over the vocabulary (forward and backward)
   AdamW,         // the optimiser step of the trainer's FusedAdamW
-  Gemv           // decode-sized projections (at most 4 rows): y = x W^T (+ bias) (+ add)
+  Gemv           // decode batch 1 projections (one row): y = W x (+ bias) (+ add)
 };
 inline constexpr int kNumKernelOps = 9;
 
