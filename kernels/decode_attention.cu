@@ -491,16 +491,19 @@ int resident_ctas(bool leader, int D, int gt) {
 }
 
 // Waves of resident CTAs a decode kernel's grid fills: UNIATTN_DECODE_LEADER_WAVES /
-// UNIATTN_DECODE_FOLLOWER_WAVES (tuning runs only), else the leader 2 and the follower 1.
-// H200, LLaMA-8B, uniattn (2271bfb): the follower at 1, 2, 4, 8 waves gave 8.50, 8.51, 8.71, 8.61
-// ms per step at B=8, S=16K and 9.05, 9.09, 9.16, 9.17 ms at B=32, S=4K.
+// UNIATTN_DECODE_FOLLOWER_WAVES (tuning runs only), else 1: a CTA's chunk then takes as long as
+// the whole kernel, and no second wave starts behind the first's slowest CTA. H200, LLaMA-8B:
+// the follower at 1, 2, 4, 8 waves gave 8.50, 8.51, 8.71, 8.61 ms per uniattn step at B=8,
+// S=16K and 9.05, 9.09, 9.16, 9.17 ms at B=32, S=4K (2271bfb); the leader at 1, 2, 3, 4 waves
+// 8.82, 9.31, 9.55, 9.88 ms per none step at B=8, S=16K and 9.47, 9.62, 9.72, 9.89 at B=32
+// (ba562e3).
 int waves_from_env(const char* name, int fallback) {
   const char* e = std::getenv(name);
   const long v = e ? std::strtol(e, nullptr, 10) : 0;
   return v >= 1 && v <= 64 ? static_cast<int>(v) : fallback;
 }
 int decode_waves(bool leader) {
-  static const int lead = waves_from_env("UNIATTN_DECODE_LEADER_WAVES", 2);
+  static const int lead = waves_from_env("UNIATTN_DECODE_LEADER_WAVES", 1);
   static const int follow = waves_from_env("UNIATTN_DECODE_FOLLOWER_WAVES", 1);
   return leader ? lead : follow;
 }

@@ -7,10 +7,13 @@
 // Here one warp owns one output element n: its lanes stream W[n, :] with 16-byte loads, kUnroll
 // of them in flight per lane, multiply with x (read through L1, where every warp finds it), reduce
 // by shuffles and round the fp32 sum once, as cuBLAS's fp32-accumulating GEMM does (bias and add
-// enter the fp32 sum, as in its epilogue). With PDL (pdl.cuh) each warp first starts its row's
-// transfer into L2, then waits for the kernel ahead, whose output x is.
+// enter the fp32 sum, as in its epilogue). Launched with PDL (pdl.cuh), its CTAs start while the
+// kernel ahead, whose output x is, finishes, and wait for it before reading x. (A bulk L2 prefetch
+// of each row before that wait made every shape slower: 2.1-3.9 against 2.9-4.4 TB/s, 4e31425.)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+#include <cstdlib>
 
 #include "dtype_cvt.cuh"
 #include "launch.h"
@@ -45,51 +48,91 @@ __device__ __forceinline__ void to_f32x8<__half>(const uint4& u, float (&f)[8]) 
   }
 }
 
-// acc += W chunk . x chunk (8 elements each).
+// acc + W chunk . x chunk (8 elements each; x already in fp32).
 template <typename T>
-__device__ __forceinline__ float fma_chunk(const uint4& wv, const uint4& xv, float acc) {
-  float wf[8], xf[8];
+__device__ __forceinline__ float fma_chunk(const uint4& wv, const float (&xf)[8], float acc) {
+  float wf[8];
   to_f32x8<T>(wv, wf);
-  to_f32x8<T>(xv, xf);
 #pragma unroll
   for (int e = 0; e < 8; ++e) acc = fmaf(wf[e], xf[e], acc);
   return acc;
 }
 
-template <typename T>
+// R rows per warp: R = 2 halves the per-row start and reduction for wide weights (gate/up, lm_head)
+// and reads each x chunk once for both rows; kUnroll / R loads per row stay in flight.
+template <typename T, int R>
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs a) {
+  constexpr int U = kUnroll / R;
   pdl_launch_dependents();
   const int lane = threadIdx.x % 32;
-  const int64_t n = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
-  const bool active = n < a.N;  // the whole warp: n is the warp's
+  const int64_t n0 = (static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32) * R;
+  if (n0 >= a.N) return;  // the whole warp: n0 is the warp's
   const int64_t chunks = a.K / 8;
-  const uint4* w = reinterpret_cast<const uint4*>(static_cast<const T*>(a.w) + n * a.K);
-  if (active && lane == 0 && chunks > 0) prefetch_l2(w, static_cast<uint32_t>(chunks * 16));
-  pdl_wait();
-  if (!active) return;
-  const uint4* x = static_cast<const uint4*>(a.x);
-  float acc = 0.f;
-  int64_t c = lane;
-  for (; c + (kUnroll - 1) * 32 < chunks; c += kUnroll * 32) {
-    uint4 wv[kUnroll];
+  const uint4* w[R];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) wv[u] = __ldcs(w + c + u * 32);  // streamed: read once
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) acc = fma_chunk<T>(wv[u], __ldg(x + c + u * 32), acc);
+  for (int r = 0; r < R; ++r) {  // a row past N reads row n0 again and is not written
+    const int64_t n = n0 + r < a.N ? n0 + r : n0;
+    w[r] = reinterpret_cast<const uint4*>(static_cast<const T*>(a.w) + n * a.K);
   }
-  for (; c < chunks; c += 32) acc = fma_chunk<T>(__ldcs(w + c), __ldg(x + c), acc);
+  pdl_wait();  // x is the output of the kernel ahead
+  const uint4* x = static_cast<const uint4*>(a.x);
+  float acc[R];
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+  for (int r = 0; r < R; ++r) acc[r] = 0.f;
+  int64_t c = lane;
+  for (; c + (U - 1) * 32 < chunks; c += U * 32) {
+    uint4 wv[R][U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int r = 0; r < R; ++r) wv[r][u] = __ldcs(w[r] + c + u * 32);  // streamed: read once
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      float xf[8];
+      to_f32x8<T>(__ldg(x + c + u * 32), xf);
+#pragma unroll
+      for (int r = 0; r < R; ++r) acc[r] = fma_chunk<T>(wv[r][u], xf, acc[r]);
+    }
+  }
+  for (; c < chunks; c += 32) {
+    float xf[8];
+    to_f32x8<T>(__ldg(x + c), xf);
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[r] = fma_chunk<T>(__ldcs(w[r] + c), xf, acc[r]);
+  }
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
+  }
   if (lane != 0) return;
-  if (a.bias) acc += ld(static_cast<const T*>(a.bias) + n);
-  if (a.add) acc += ld(static_cast<const T*>(a.add) + n);
-  static_cast<T*>(a.y)[n] = Cvt<T>::from(acc);
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int64_t n = n0 + r;
+    if (n >= a.N) break;
+    float y = acc[r];
+    if (a.bias) y += ld(static_cast<const T*>(a.bias) + n);
+    if (a.add) y += ld(static_cast<const T*>(a.add) + n);
+    static_cast<T*>(a.y)[n] = Cvt<T>::from(y);
+  }
 }
 
-template <typename T>
-cudaError_t launch_typed(const GemvArgs& a, cudaStream_t st) {
+// Rows per warp: UNIATTN_GEMV_ROWS_PER_WARP (1 or 2; tuning runs only), else 2 for weights of at
+// least 16,384 rows (more warps than one wave holds) and 1 below.
+int rows_per_warp(int64_t n) {
+  static const int forced = [] {
+    const char* e = std::getenv("UNIATTN_GEMV_ROWS_PER_WARP");
+    const long v = e ? std::strtol(e, nullptr, 10) : 0;
+    return v == 1 || v == 2 ? static_cast<int>(v) : 0;
+  }();
+  return forced ? forced : (n >= 16384 ? 2 : 1);
+}
+
+template <typename T, int R>
+cudaError_t launch_rows(const GemvArgs& a, cudaStream_t st) {
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>((a.N + kWarps - 1) / kWarps));
+  cfg.gridDim = dim3(static_cast<unsigned>((a.N + kWarps * R - 1) / (kWarps * R)));
   cfg.blockDim = dim3(kWarps * 32);
   cfg.stream = st;
   cudaLaunchAttribute attr[1];
@@ -97,14 +140,19 @@ cudaError_t launch_typed(const GemvArgs& a, cudaStream_t st) {
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
   cfg.numAttrs = a.pdl ? 1 : 0;
-  return cudaLaunchKernelEx(&cfg, gemv_kernel<T>, a);
+  return cudaLaunchKernelEx(&cfg, gemv_kernel<T, R>, a);
+}
+
+template <typename T>
+cudaError_t launch_typed(const GemvArgs& a, cudaStream_t st) {
+  return rows_per_warp(a.N) == 2 ? launch_rows<T, 2>(a, st) : launch_rows<T, 1>(a, st);
 }
 
 }  // namespace
 
 cudaError_t probe_gemv_image() {
   cudaFuncAttributes attr{};
-  const cudaError_t e = cudaFuncGetAttributes(&attr, gemv_kernel<__nv_bfloat16>);
+  const cudaError_t e = cudaFuncGetAttributes(&attr, gemv_kernel<__nv_bfloat16, 1>);
   if (e != cudaSuccess) cudaGetLastError();
   return e;
 }

@@ -5,11 +5,11 @@
 // kernel ahead of it in the stream has finished, once every CTA of that one has executed
 // griddepcontrol.launch_dependents (or exited); it must execute griddepcontrol.wait, which returns
 // when the kernel ahead has completed and its writes are visible, before it reads them. The
-// kernels that precede a GEMV in a decode step trigger at their start, so the GEMV's CTAs stream
-// their weight rows into L2 while those kernels run. Both instructions are no-ops for a kernel
-// launched without the attribute, and compile to nothing before sm_90.
+// kernels that precede a GEMV in a decode step trigger at their start, so the GEMV is launched and
+// its CTAs resident when the kernel ahead ends, instead of the launch following the drain. Both
+// instructions are no-ops for a kernel launched without the attribute, and compile to nothing
+// before sm_90.
 #pragma once
-#include <cstdint>
 
 namespace uniattn::kernels::cuda {
 
@@ -22,16 +22,6 @@ __device__ __forceinline__ void pdl_launch_dependents() {
 __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
-// Starts loading [p, p + bytes) into L2 (one TMA bulk prefetch; p and bytes multiples of 16).
-__device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
-#else
-  (void)p;
-  (void)bytes;
 #endif
 }
 

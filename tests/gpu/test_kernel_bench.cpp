@@ -210,9 +210,13 @@ TEST(KernelBench, DecodeProjections) {
     std::printf("BENCH %-28s %-8s %-22s %10.4f %s\n", c.c_str(), variant.c_str(), metric.c_str(),
                 value, unit.c_str());
   };
-  // UNIATTN_GEMV_PDL=0 (a second run) times the kernel launched without PDL.
+  // Further runs with UNIATTN_GEMV_PDL=0 or UNIATTN_GEMV_ROWS_PER_WARP=1|2 time the kernel
+  // launched without PDL or with the rows per warp forced.
   const char* pdl_env = std::getenv("UNIATTN_GEMV_PDL");
-  const std::string gemv_variant = pdl_env && std::string(pdl_env) == "0" ? "gemv_no_pdl" : "gemv";
+  const char* rows_env = std::getenv("UNIATTN_GEMV_ROWS_PER_WARP");
+  const std::string gemv_variant = std::string("gemv") +
+                                   (pdl_env && std::string(pdl_env) == "0" ? "_no_pdl" : "") +
+                                   (rows_env ? std::string("_rows") + rows_env : "");
   const int64_t copy_bytes = int64_t{1} << 31;
   {
     auto src = at::empty({copy_bytes}, opt.dtype(at::kByte)), dst = at::empty_like(src);
