@@ -354,20 +354,42 @@ __global__ void __launch_bounds__(kThreads) decode_follower_kernel(const DecodeA
 #pragma unroll
     for (int e = 0; e < 8; ++e) acc[g][e] = 0.f;
   }
+  // A thread's kUnroll keys are consecutive, so its probabilities of one head arrive as float4s
+  // (S % 4 == 0 and an aligned row) rather than one scalar load per key and head.
+  const bool p_vec = (a.S & 3) == 0 && (reinterpret_cast<uintptr_t>(a.p_row) & 15) == 0;
   for (int j0 = lo; j0 < hi; j0 += KP * kUnroll) {
     uint4 vu[kUnroll];
     float p[kUnroll][GT];
+    const int jt = j0 + kq * kUnroll;  // this thread's first key
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {  // issue every load first: more bytes in flight
-      const int j = j0 + u * KP + kq;
+      const int j = jt + u;
       // The follower reads [0, len): a block given back (below the window, where p is 0) is
       // skipped, not read through its -1 entry.
       const T* src = j < hi ? vc(j) : nullptr;
-      const bool ok = src != nullptr;
-      vu[u] = ok ? *reinterpret_cast<const uint4*>(src + sl * 8) : make_uint4(0, 0, 0, 0);
+      vu[u] = src ? *reinterpret_cast<const uint4*>(src + sl * 8) : make_uint4(0, 0, 0, 0);
+    }
+    if (p_vec && jt + kUnroll <= hi) {
 #pragma unroll
-      for (int g = 0; g < GT; ++g)
-        p[u][g] = (ok && g < ng) ? prow[static_cast<int64_t>(g) * a.S + j] : 0.f;
+      for (int g = 0; g < GT; ++g) {
+#pragma unroll
+        for (int q = 0; q < kUnroll / 4; ++q) {
+          const float4 f = g < ng ? *reinterpret_cast<const float4*>(
+                                        prow + static_cast<int64_t>(g) * a.S + jt + 4 * q)
+                                  : make_float4(0.f, 0.f, 0.f, 0.f);
+          p[4 * q][g] = f.x;
+          p[4 * q + 1][g] = f.y;
+          p[4 * q + 2][g] = f.z;
+          p[4 * q + 3][g] = f.w;
+        }
+      }
+    } else {
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+        for (int g = 0; g < GT; ++g)
+          p[u][g] = (jt + u < hi && g < ng) ? prow[static_cast<int64_t>(g) * a.S + jt + u] : 0.f;
+      }
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
