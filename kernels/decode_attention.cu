@@ -145,6 +145,8 @@ template <typename T, int D>
 __global__ void __launch_bounds__(32) decode_leader_kernel(const DecodeArgs a) {
   using Mma = MmaOp<T>;
   constexpr int BN = kLeadBN;
+  pdl_launch_dependents();  // pdl.cuh: the next kernel may launch; we wait for the one ahead
+  pdl_wait();
   __shared__ __align__(128) unsigned char smem[(kLeadRows + 2 * BN) * D * 2];
   const uint32_t sQ = smem_u32(smem);
   const uint32_t sK = sQ + kLeadRows * D * 2;
@@ -276,7 +278,8 @@ __global__ void __launch_bounds__(32) decode_leader_kernel(const DecodeArgs a) {
 constexpr int kCombineChunk = 1024;
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) leader_combine_kernel(const DecodeArgs a) {
-  pdl_launch_dependents();  // the GEMV after us may start (it waits for our output: pdl.cuh)
+  pdl_launch_dependents();  // pdl.cuh: the next kernel may launch; we wait for the one ahead
+  pdl_wait();
   const int h = blockIdx.x, b = blockIdx.y;
   const int len = min(max(a.seqlens[b], 0), a.S);
   const int j_begin = blockIdx.z * kCombineChunk;
@@ -333,7 +336,8 @@ __global__ void __launch_bounds__(kThreads) leader_combine_kernel(const DecodeAr
 
 template <typename T, int D, int GT>
 __global__ void __launch_bounds__(kThreads) decode_follower_kernel(const DecodeArgs a) {
-  pdl_launch_dependents();  // the GEMV after us may start (it waits for our output: pdl.cuh)
+  pdl_launch_dependents();  // pdl.cuh: the next kernel may launch; we wait for the one ahead
+  pdl_wait();
   constexpr int TPK = D / 8, KP = kThreads / TPK, kUnroll = 8;
   __shared__ __align__(16) float red[KP * GT * D];
   const int split = blockIdx.x, b = blockIdx.z;
@@ -418,7 +422,8 @@ __global__ void __launch_bounds__(kThreads) decode_follower_kernel(const DecodeA
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) follower_combine_kernel(const DecodeArgs a) {
-  pdl_launch_dependents();  // the GEMV after us may start (it waits for our output: pdl.cuh)
+  pdl_launch_dependents();  // pdl.cuh: the next kernel may launch; we wait for the one ahead
+  pdl_wait();
   const int64_t bh = static_cast<int64_t>(blockIdx.y) * a.Hq + blockIdx.x;
   for (int d = threadIdx.x; d < D; d += kThreads) {
     float o = 0.f;
@@ -432,22 +437,20 @@ int group_tile(int G) { return G <= 1 ? 1 : (G <= 4 ? 4 : kMaxGroup); }
 template <typename T, int D>
 cudaError_t launch_leader(const DecodeArgs& a, cudaStream_t st) {
   const int nsub = (a.Hq / a.Hkv + kLeadRows - 1) / kLeadRows;
-  decode_leader_kernel<T, D><<<dim3(a.splits, a.Hkv * nsub, a.B), 32, 0, st>>>(a);
-  cudaError_t e = cudaGetLastError();
+  const cudaError_t e =
+      launch_pdl(decode_leader_kernel<T, D>, dim3(a.splits, a.Hkv * nsub, a.B), dim3(32), 0, st, a);
   if (e != cudaSuccess) return e;
   const int chunks = a.p_row ? (a.S + kCombineChunk - 1) / kCombineChunk : 1;
-  leader_combine_kernel<T, D><<<dim3(a.Hq, a.B, chunks), kThreads, 0, st>>>(a);
-  return cudaGetLastError();
+  return launch_pdl(leader_combine_kernel<T, D>, dim3(a.Hq, a.B, chunks), dim3(kThreads), 0, st, a);
 }
 
 template <typename T, int D, int GT>
 cudaError_t launch_follower(const DecodeArgs& a, cudaStream_t st) {
   const int nsub = (a.Hq / a.Hkv + GT - 1) / GT;
-  decode_follower_kernel<T, D, GT><<<dim3(a.splits, a.Hkv * nsub, a.B), kThreads, 0, st>>>(a);
-  cudaError_t e = cudaGetLastError();
+  const cudaError_t e = launch_pdl(decode_follower_kernel<T, D, GT>,
+                                   dim3(a.splits, a.Hkv * nsub, a.B), dim3(kThreads), 0, st, a);
   if (e != cudaSuccess || a.splits == 1) return e;
-  follower_combine_kernel<T, D><<<dim3(a.Hq, a.B), kThreads, 0, st>>>(a);
-  return cudaGetLastError();
+  return launch_pdl(follower_combine_kernel<T, D>, dim3(a.Hq, a.B), dim3(kThreads), 0, st, a);
 }
 
 template <bool kLeader, typename T, int D>

@@ -6,8 +6,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
-#include <string>
 
 #include "cuda_hooks.h"
 #include "launch.h"
@@ -196,11 +194,6 @@ void gemv_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bias,
                const at::Tensor* add, at::Tensor& y) {
   const c10::cuda::CUDAGuard guard(x.device());
   detail::count_kernel_call(KernelOp::Gemv);
-  // UNIATTN_GEMV_PDL=0 launches without PDL (tuning runs only: the benchmark's comparison).
-  static const bool pdl_allowed = [] {
-    const char* e = std::getenv("UNIATTN_GEMV_PDL");
-    return !(e && std::string(e) == "0");
-  }();
   cuda::GemvArgs a{};
   a.x = x.data_ptr();
   a.w = w.data_ptr();
@@ -208,7 +201,6 @@ void gemv_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bias,
   a.add = add ? add->data_ptr() : nullptr;
   a.y = y.data_ptr();
   a.N = w.size(0), a.K = w.size(1);
-  a.pdl = pdl_allowed && at::cuda::getCurrentDeviceProperties()->major >= 9;
   check(cuda::launch_gemv(a, small_op_dtype(x), at::cuda::getCurrentCUDAStream()), "gemv");
 }
 

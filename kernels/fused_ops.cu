@@ -38,7 +38,8 @@ template <typename T>
 __global__ void rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ delta,
                                 const T* __restrict__ w, T* __restrict__ h_out, T* __restrict__ out,
                                 int n, float eps, bool plus_one) {
-  pdl_launch_dependents();  // the GEMV after us may start (it waits for our output: pdl.cuh)
+  pdl_launch_dependents();  // pdl.cuh: the next kernel may launch; we wait for the one ahead
+  pdl_wait();
   const int64_t base = static_cast<int64_t>(blockIdx.x) * n;
   x += base;
   out += base;
@@ -75,7 +76,8 @@ __global__ void __launch_bounds__(128)
     rms_norm_vec_kernel(const T* __restrict__ x, const T* __restrict__ delta,
                         const T* __restrict__ w, T* __restrict__ h_out, T* __restrict__ out, int n,
                         float eps, bool plus_one) {
-  pdl_launch_dependents();  // the GEMV after us may start (it waits for our output: pdl.cuh)
+  pdl_launch_dependents();  // pdl.cuh: the next kernel may launch; we wait for the one ahead
+  pdl_wait();
   constexpr int kVec = 8;
   const int64_t base = static_cast<int64_t>(blockIdx.x) * n;
   const int nv = n / kVec;
@@ -129,6 +131,8 @@ __global__ void __launch_bounds__(128)
 template <typename T>
 __global__ void rotary_kernel(const T* __restrict__ x, const T* __restrict__ cos_t,
                               const T* __restrict__ sin_t, T* __restrict__ out, RotaryArgs a) {
+  pdl_launch_dependents();  // pdl.cuh: the next kernel may launch; we wait for the one ahead
+  pdl_wait();
   const int half = a.D / 2;
   const int i = threadIdx.x;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
@@ -170,7 +174,8 @@ __device__ __forceinline__ T gated_one(T g, T u) {
 template <typename T, bool kGelu>
 __global__ void gated_kernel(const T* __restrict__ g, const T* __restrict__ u, T* __restrict__ out,
                              int64_t n, int64_t cols, int64_t in_stride, bool vectorised) {
-  pdl_launch_dependents();  // the GEMV after us may start (it waits for our output: pdl.cuh)
+  pdl_launch_dependents();  // pdl.cuh: the next kernel may launch; we wait for the one ahead
+  pdl_wait();
   constexpr int kVec = 16 / sizeof(T);
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -192,10 +197,10 @@ __global__ void gated_kernel(const T* __restrict__ g, const T* __restrict__ u, T
 
 template <typename T, int V>
 cudaError_t rms_norm_vec(const NormArgs& a, cudaStream_t st) {
-  rms_norm_vec_kernel<T, V><<<static_cast<unsigned>(a.rows), 128, 0, st>>>(
-      static_cast<const T*>(a.x), static_cast<const T*>(a.delta), static_cast<const T*>(a.w),
-      static_cast<T*>(a.h_out), static_cast<T*>(a.out), a.n, a.eps, a.plus_one);
-  return cudaGetLastError();
+  return launch_pdl(rms_norm_vec_kernel<T, V>, dim3(static_cast<unsigned>(a.rows)), dim3(128), 0,
+                    st, static_cast<const T*>(a.x), static_cast<const T*>(a.delta),
+                    static_cast<const T*>(a.w), static_cast<T*>(a.h_out), static_cast<T*>(a.out),
+                    a.n, a.eps, a.plus_one);
 }
 
 template <typename T>
@@ -210,10 +215,10 @@ cudaError_t rms_norm_dt(const NormArgs& a, cudaStream_t st) {
     }
   }
   const int threads = a.n >= 2048 ? 512 : a.n >= 512 ? 128 : 64;
-  rms_norm_kernel<T><<<static_cast<unsigned>(a.rows), threads, 0, st>>>(
-      static_cast<const T*>(a.x), static_cast<const T*>(a.delta), static_cast<const T*>(a.w),
-      static_cast<T*>(a.h_out), static_cast<T*>(a.out), a.n, a.eps, a.plus_one);
-  return cudaGetLastError();
+  return launch_pdl(rms_norm_kernel<T>, dim3(static_cast<unsigned>(a.rows)), dim3(threads), 0, st,
+                    static_cast<const T*>(a.x), static_cast<const T*>(a.delta),
+                    static_cast<const T*>(a.w), static_cast<T*>(a.h_out), static_cast<T*>(a.out),
+                    a.n, a.eps, a.plus_one);
 }
 
 template <typename T>
@@ -223,9 +228,9 @@ cudaError_t rotary_dt(const RotaryArgs& a, cudaStream_t st) {
   const int64_t rows = static_cast<int64_t>(a.B) * a.H * a.T;
   const dim3 block(static_cast<unsigned>(half), static_cast<unsigned>(rows_per_block));
   const auto grid = static_cast<unsigned>((rows + rows_per_block - 1) / rows_per_block);
-  rotary_kernel<T><<<grid, block, 0, st>>>(static_cast<const T*>(a.x), static_cast<const T*>(a.cos),
-                                           static_cast<const T*>(a.sin), static_cast<T*>(a.out), a);
-  return cudaGetLastError();
+  return launch_pdl(rotary_kernel<T>, dim3(grid), block, 0, st, static_cast<const T*>(a.x),
+                    static_cast<const T*>(a.cos), static_cast<const T*>(a.sin),
+                    static_cast<T*>(a.out), a);
 }
 
 template <typename T>
@@ -237,11 +242,8 @@ cudaError_t gated_dt(const GatedArgs& a, cudaStream_t st) {
   const auto g = static_cast<const T*>(a.gate);
   const auto u = static_cast<const T*>(a.up);
   const auto o = static_cast<T*>(a.out);
-  if (a.gelu)
-    gated_kernel<T, true><<<blocks, kThreads, 0, st>>>(g, u, o, a.n, a.cols, a.in_stride, vec);
-  else
-    gated_kernel<T, false><<<blocks, kThreads, 0, st>>>(g, u, o, a.n, a.cols, a.in_stride, vec);
-  return cudaGetLastError();
+  return launch_pdl(a.gelu ? gated_kernel<T, true> : gated_kernel<T, false>, dim3(blocks),
+                    dim3(kThreads), 0, st, g, u, o, a.n, a.cols, a.in_stride, vec);
 }
 
 }  // namespace

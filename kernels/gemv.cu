@@ -63,7 +63,7 @@ __device__ __forceinline__ float fma_chunk(const uint4& wv, const float (&xf)[8]
 template <typename T, int R>
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs a) {
   constexpr int U = kUnroll / R;
-  pdl_launch_dependents();
+  pdl_launch_dependents();  // pdl.cuh: the next kernel may launch; we wait for the one ahead
   const int lane = threadIdx.x % 32;
   const int64_t n0 = (static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32) * R;
   if (n0 >= a.N) return;  // the whole warp: n0 is the warp's
@@ -131,16 +131,8 @@ int rows_per_warp(int64_t n) {
 
 template <typename T, int R>
 cudaError_t launch_rows(const GemvArgs& a, cudaStream_t st) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>((a.N + kWarps * R - 1) / (kWarps * R)));
-  cfg.blockDim = dim3(kWarps * 32);
-  cfg.stream = st;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = a.pdl ? 1 : 0;
-  return cudaLaunchKernelEx(&cfg, gemv_kernel<T, R>, a);
+  const dim3 grid(static_cast<unsigned>((a.N + kWarps * R - 1) / (kWarps * R)));
+  return launch_pdl(gemv_kernel<T, R>, grid, dim3(kWarps * 32), 0, st, a);
 }
 
 template <typename T>

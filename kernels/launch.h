@@ -160,7 +160,6 @@ struct GemvArgs {
   const void* add;   // [N], or nullptr
   void* y;           // [N]
   int64_t N, K;
-  bool pdl;  // launch with programmatic stream serialization (pdl.cuh; sm_90 and newer)
 };
 // cudaErrorInvalidValue for K % 8 != 0, K above 2^31 or fp32.
 cudaError_t launch_gemv(const GemvArgs& a, DType dt, cudaStream_t stream);

@@ -1,15 +1,20 @@
 // Internal: programmatic dependent launch (PDL, sm_90+; CUDA C++ Programming Guide, "Programmatic
-// Dependent Launch and Synchronization"), as the decode GEMV uses it.
+// Dependent Launch and Synchronization") for the kernels of a decode step.
 //
 // A kernel launched with cudaLaunchAttributeProgrammaticStreamSerialization may start before the
 // kernel ahead of it in the stream has finished, once every CTA of that one has executed
 // griddepcontrol.launch_dependents (or exited); it must execute griddepcontrol.wait, which returns
-// when the kernel ahead has completed and its writes are visible, before it reads them. The
-// kernels that precede a GEMV in a decode step trigger at their start, so the GEMV is launched and
-// its CTAs resident when the kernel ahead ends, instead of the launch following the drain. Both
-// instructions are no-ops for a kernel launched without the attribute, and compile to nothing
-// before sm_90.
+// when the kernel ahead has completed and its writes are visible, before it reads them. Every
+// kernel launched through launch_pdl triggers and waits before it touches memory, so the order of
+// all memory accesses is the stream's, and only the launch of the next kernel overlaps the end of
+// the one ahead: at decode batch 1, some 400 kernels of a few microseconds each. Both instructions
+// are no-ops for a kernel launched without the attribute (behind an ATen kernel, or with
+// UNIATTN_PDL=0) and compile to nothing before sm_90.
 #pragma once
+#include <cuda_runtime.h>
+
+#include <cstdlib>
+#include <string_view>
 
 namespace uniattn::kernels::cuda {
 
@@ -23,6 +28,40 @@ __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
+}
+
+// Whether kernels launch with PDL: on sm_90 and newer, unless UNIATTN_PDL=0 (comparisons).
+inline bool pdl_enabled() {
+  static const bool allowed = [] {
+    const char* e = std::getenv("UNIATTN_PDL");
+    return !(e && std::string_view(e) == "0");
+  }();
+  int dev = 0, major = 0;
+  if (!allowed || cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return major >= 9;
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...), with programmatic stream serialization where
+// pdl_enabled(). The kernel must call pdl_launch_dependents() and pdl_wait() before it touches
+// memory another kernel writes.
+template <typename... Params, typename... Args>
+cudaError_t launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                       cudaStream_t stream, Args... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(args)...);
 }
 
 }  // namespace uniattn::kernels::cuda

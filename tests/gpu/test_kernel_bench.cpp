@@ -210,9 +210,9 @@ TEST(KernelBench, DecodeProjections) {
     std::printf("BENCH %-28s %-8s %-22s %10.4f %s\n", c.c_str(), variant.c_str(), metric.c_str(),
                 value, unit.c_str());
   };
-  // Further runs with UNIATTN_GEMV_PDL=0 or UNIATTN_GEMV_ROWS_PER_WARP=1|2 time the kernel
-  // launched without PDL or with the rows per warp forced.
-  const char* pdl_env = std::getenv("UNIATTN_GEMV_PDL");
+  // Further runs with UNIATTN_PDL=0 or UNIATTN_GEMV_ROWS_PER_WARP=1|2 time the kernel launched
+  // without PDL or with the rows per warp forced.
+  const char* pdl_env = std::getenv("UNIATTN_PDL");
   const char* rows_env = std::getenv("UNIATTN_GEMV_ROWS_PER_WARP");
   const std::string gemv_variant = std::string("gemv") +
                                    (pdl_env && std::string(pdl_env) == "0" ? "_no_pdl" : "") +
