@@ -44,18 +44,48 @@ double time_ms(const std::function<void(int)>& fn, int warm = 5, int reps = 30) 
   return t[t.size() / 2];
 }
 
+// Appends {case, variant, metric, value, unit} to rows and prints it as a BENCH line.
+void add_row(nlohmann::json& rows, const std::string& c, const std::string& variant,
+             const std::string& metric, double value, const std::string& unit) {
+  rows.push_back(
+      {{"case", c}, {"variant", variant}, {"metric", metric}, {"value", value}, {"unit", unit}});
+  std::printf("BENCH %-28s %-34s %-22s %10.4f %s\n", c.c_str(), variant.c_str(), metric.c_str(),
+              value, unit.c_str());
+}
+
+// The GPU, commit (UNIATTN_COMMIT) and command (UNIATTN_BENCH_COMMAND, else `fallback`) of a
+// result file.
+nlohmann::json result_doc(const char* fallback) {
+  nlohmann::json doc;
+  doc["gpu"] = at::cuda::getCurrentDeviceProperties()->name;
+  const char* commit = std::getenv("UNIATTN_COMMIT");
+  const char* cmd = std::getenv("UNIATTN_BENCH_COMMAND");
+  doc["commit"] = commit ? commit : "unknown";
+  doc["command"] = cmd ? cmd : fallback;
+  return doc;
+}
+
+// Device time of one replay of fn(0..sets-1) captured as a CUDA graph, per call (ms).
+double graph_call_ms(int sets, const std::function<void(int)>& fn) {
+  auto stream = c10::cuda::getStreamFromPool();
+  c10::cuda::CUDAStreamGuard guard(stream);
+  for (int i = 0; i < sets; ++i) fn(i);  // warm-up (cuBLAS picks its kernels) outside the capture
+  stream.synchronize();
+  at::cuda::CUDAGraph graph;
+  graph.capture_begin();
+  for (int i = 0; i < sets; ++i) fn(i);
+  graph.capture_end();
+  return time_ms([&](int) { graph.replay(); }, 3, 20) / sets;
+}
+
 TEST(KernelBench, Llama8bShapes) {
   const char* out_path = std::getenv("UNIATTN_KERNEL_BENCH_OUT");
   if (!out_path) GTEST_SKIP() << "set UNIATTN_KERNEL_BENCH_OUT to run the benchmark";
   if (!at::cuda::is_available() || !uk::cuda_kernels_available()) GTEST_SKIP() << "no CUDA";
   nlohmann::json rows = nlohmann::json::array();
-  auto add = [&](const std::string& c, const std::string& variant, const std::string& metric,
-                 double value, const std::string& unit) {
-    rows.push_back(
-        {{"case", c}, {"variant", variant}, {"metric", metric}, {"value", value}, {"unit", unit}});
-    std::printf("BENCH %-20s %-34s %-10s %10.4f %s\n", c.c_str(), variant.c_str(), metric.c_str(),
-                value, unit.c_str());
-  };
+  auto add = [&rows](const std::string& c, const std::string& variant, const std::string& metric,
+                     double value,
+                     const std::string& unit) { add_row(rows, c, variant, metric, value, unit); };
   const int64_t Hq = 32, Hkv = 8, D = 128;
   const float scale = 1.f / std::sqrt(128.f);
   auto opt = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
@@ -119,17 +149,7 @@ TEST(KernelBench, Llama8bShapes) {
     });
     // The same calls replayed from CUDA graphs (all `sets` calls in one graph, time / sets): the
     // device time without host launch overhead, which dominates at B=1.
-    auto graph_ms = [&](const std::function<void(int)>& fn) {
-      auto stream = c10::cuda::getStreamFromPool();
-      c10::cuda::CUDAStreamGuard guard(stream);
-      for (int i = 0; i < sets; ++i) fn(i);  // warm-up outside the capture
-      stream.synchronize();
-      at::cuda::CUDAGraph graph;
-      graph.capture_begin();
-      for (int i = 0; i < sets; ++i) fn(i);
-      graph.capture_end();
-      return time_ms([&](int) { graph.replay(); }, 3, 20) / sets;
-    };
+    auto graph_ms = [&](const std::function<void(int)>& fn) { return graph_call_ms(sets, fn); };
     std::vector<at::Tensor> outs, prows, fouts;
     for (int i = 0; i < sets; ++i) {
       outs.push_back(at::empty({B, Hq, 1, D}, opt));
@@ -159,12 +179,7 @@ TEST(KernelBench, Llama8bShapes) {
         "GB/s");
   }
 
-  nlohmann::json doc;
-  doc["gpu"] = at::cuda::getCurrentDeviceProperties()->name;
-  const char* commit = std::getenv("UNIATTN_COMMIT");
-  const char* cmd = std::getenv("UNIATTN_BENCH_COMMAND");
-  doc["commit"] = commit ? commit : "unknown";
-  doc["command"] = cmd ? cmd : "UNIATTN_KERNEL_BENCH_OUT=<file> test_kernel_bench";
+  nlohmann::json doc = result_doc("UNIATTN_KERNEL_BENCH_OUT=<file> test_kernel_bench");
   doc["notes"] =
       "median of 30 CUDA-event-timed runs after 5 warm-ups; bf16; Hq=32 Hkv=8 D=128; "
       "decode B=1 rotates 8 cache sets to defeat L2; bandwidth counts K+V (+fp32 p_row "
@@ -178,19 +193,6 @@ TEST(KernelBench, Llama8bShapes) {
 }  // namespace
 
 namespace {
-// Device time of one replay of fn(0..sets-1) captured as a CUDA graph, per call (ms).
-double graph_call_ms(int sets, const std::function<void(int)>& fn) {
-  auto stream = c10::cuda::getStreamFromPool();
-  c10::cuda::CUDAStreamGuard guard(stream);
-  for (int i = 0; i < sets; ++i) fn(i);  // warm-up (cuBLAS picks its kernels) outside the capture
-  stream.synchronize();
-  at::cuda::CUDAGraph graph;
-  graph.capture_begin();
-  for (int i = 0; i < sets; ++i) fn(i);
-  graph.capture_end();
-  return time_ms([&](int) { graph.replay(); }, 3, 20) / sets;
-}
-
 // Decode projections of LLaMA-3.1-8B at batch 1: linear_forward's GEMV kernel (with and without
 // PDL: consecutive calls overlap one's start with the other's end) against at::linear (cuBLAS)
 // on the same weights, each replayed from a CUDA graph over enough weight copies (>= 1 GiB) that
@@ -203,13 +205,9 @@ TEST(KernelBench, DecodeProjections) {
   if (!at::cuda::is_available() || !uk::cuda_kernels_available()) GTEST_SKIP() << "no CUDA";
   auto opt = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
   nlohmann::json rows = nlohmann::json::array();
-  auto add = [&](const std::string& c, const std::string& variant, const std::string& metric,
-                 double value, const std::string& unit) {
-    rows.push_back(
-        {{"case", c}, {"variant", variant}, {"metric", metric}, {"value", value}, {"unit", unit}});
-    std::printf("BENCH %-28s %-8s %-22s %10.4f %s\n", c.c_str(), variant.c_str(), metric.c_str(),
-                value, unit.c_str());
-  };
+  auto add = [&rows](const std::string& c, const std::string& variant, const std::string& metric,
+                     double value,
+                     const std::string& unit) { add_row(rows, c, variant, metric, value, unit); };
   // Further runs with UNIATTN_PDL=0 or UNIATTN_GEMV_ROWS_PER_WARP=1|2 time the kernel launched
   // without PDL or with the rows per warp forced.
   const char* pdl_env = std::getenv("UNIATTN_PDL");
@@ -250,12 +248,7 @@ TEST(KernelBench, DecodeProjections) {
     record(std::string(s.name) + "/M=4", "cublas",
            graph_call_ms(sets, [&](int i) { ys[i] = at::linear(x4, ws[i]); }));
   }
-  nlohmann::json doc;
-  doc["gpu"] = at::cuda::getCurrentDeviceProperties()->name;
-  const char* commit = std::getenv("UNIATTN_COMMIT");
-  const char* cmd = std::getenv("UNIATTN_BENCH_COMMAND");
-  doc["commit"] = commit ? commit : "unknown";
-  doc["command"] = cmd ? cmd : "UNIATTN_GEMV_BENCH_OUT=<file> test_kernel_bench";
+  nlohmann::json doc = result_doc("UNIATTN_GEMV_BENCH_OUT=<file> test_kernel_bench");
   doc["notes"] =
       "bf16, LLaMA-3.1-8B projection shapes; per call: the median of 20 replays of a CUDA graph "
       "of calls over >= 1 GiB of distinct weights, divided by the calls; gemv = "

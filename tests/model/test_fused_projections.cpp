@@ -84,5 +84,34 @@ TEST(FusedProjections, ModelNamesAndDecodeUnchanged) {
   }
 }
 
+// linear_forward is at::linear plus at::addmm's C: on the CPU (the ATen path) it must equal the
+// fp64 expression for every input layout the model passes (decode's [1, 1, K], a flat [K], a
+// batch [B, T, K]), with and without bias and add, and keep the leading shape.
+TEST(LinearForward, EqualsLinearPlusAddOnEveryLayout) {
+  at::manual_seed(3);
+  auto w = at::randn({12, 16}, at::kDouble), bias = at::randn({12}, at::kDouble);
+  for (const auto& shape : std::vector<std::vector<int64_t>>{{1, 1, 16}, {16}, {2, 3, 16}}) {
+    auto x = at::randn(shape, at::kDouble);
+    auto out_shape = shape;
+    out_shape.back() = 12;
+    auto add = at::randn(out_shape, at::kDouble);
+    auto ref = at::matmul(x, w.t());
+    auto y = linear_forward(x, w);
+    EXPECT_EQ(y.sizes().vec(), out_shape);
+    EXPECT_LT(test::max_abs_diff(y, ref), 1e-12);
+    EXPECT_LT(test::max_abs_diff(linear_forward(x, w, bias), ref + bias), 1e-12);
+    EXPECT_LT(test::max_abs_diff(linear_forward(x, w, {}, add), ref + add), 1e-12);
+    auto both = linear_forward(x, w, bias, add);
+    EXPECT_EQ(both.sizes().vec(), out_shape);
+    EXPECT_LT(test::max_abs_diff(both, ref + bias + add), 1e-12);
+  }
+  // An add that is a column block of a wider output (the follower's W_c x part).
+  auto wide = at::randn({2, 1, 20}, at::kDouble);
+  auto x = at::randn({2, 1, 16}, at::kDouble);
+  auto add = wide.narrow(2, 8, 12);
+  EXPECT_LT(test::max_abs_diff(linear_forward(x, w, {}, add), at::matmul(x, w.t()) + add), 1e-12);
+  EXPECT_THROW(linear_forward(x, w, {}, at::randn({2, 1, 11}, at::kDouble)), std::exception);
+}
+
 }  // namespace
 }  // namespace uniattn
