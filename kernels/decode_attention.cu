@@ -536,10 +536,12 @@ int decode_waves(bool leader) {
 }  // namespace
 
 void plan_decode(DecodeArgs& a, int num_sms, bool leader) {
-  // The grid fills whole waves of resident CTAs and never starts a partial one: with splits
-  // rounded up, 2,048 follower CTAs at 5 per SM ran 3.1 waves on the H200 (B=8, S=16K), the last
-  // one a tenth full, and the kernel read V at 3.1 TB/s against the leader's 4.2. Chunks of at
-  // least 128 (leader) or 256 (follower) keys keep the split overhead (workspace, combine) small.
+  // Splits are rounded down so that the grid does not spill past the waves of resident CTAs it
+  // targets: with splits rounded up, 2,048 follower CTAs at 5 per SM ran 3.1 waves on the H200
+  // (B=8, S=16K), the last one a tenth full, and the kernel read V at 3.1 TB/s against the
+  // leader's 4.2. (A batch with more CTAs than one wave holds runs unsplit, in several waves.)
+  // Chunks of at least 128 (leader) or 256 (follower) keys keep the split overhead (workspace,
+  // combine) small.
   const int G = a.Hq / a.Hkv;
   const int rows = leader ? kLeadRows : group_tile(G);
   const int64_t ctas = static_cast<int64_t>(a.B) * a.Hkv * ((G + rows - 1) / rows);

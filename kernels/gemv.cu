@@ -5,7 +5,8 @@
 // as narrow tensor-core tiles, most with a split-K reduction kernel behind them (the q/k/v and o
 // projections of LLaMA-8B at 3.3 and 2.5 TB/s on the H200, bench/results/gemv-llama8b-h200.json).
 // Here one warp owns one output element n: its lanes stream W[n, :] with 16-byte loads, kUnroll
-// of them in flight per lane, multiply with x (read through L1, where every warp finds it), reduce
+// of them in flight per lane, multiply with x (plain loads, not the read-only path: x is the
+// output of the kernel ahead, beside which PDL may have started this one), reduce
 // by shuffles and round the fp32 sum once, as cuBLAS's fp32-accumulating GEMM does (bias and add
 // enter the fp32 sum, as in its epilogue). Launched with PDL (pdl.cuh), its CTAs start while the
 // kernel ahead, whose output x is, finishes, and wait for it before reading x. (A bulk L2 prefetch
@@ -90,14 +91,14 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs a) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       float xf[8];
-      to_f32x8<T>(__ldg(x + c + u * 32), xf);
+      to_f32x8<T>(x[c + u * 32], xf);
 #pragma unroll
       for (int r = 0; r < R; ++r) acc[r] = fma_chunk<T>(wv[r][u], xf, acc[r]);
     }
   }
   for (; c < chunks; c += 32) {
     float xf[8];
-    to_f32x8<T>(__ldg(x + c), xf);
+    to_f32x8<T>(x[c], xf);
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r] = fma_chunk<T>(__ldcs(w[r] + c), xf, acc[r]);
   }

@@ -14,7 +14,10 @@
 #include <cuda_runtime.h>
 
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <string_view>
+#include <utility>
 
 namespace uniattn::kernels::cuda {
 
@@ -30,24 +33,37 @@ __device__ __forceinline__ void pdl_wait() {
 #endif
 }
 
-// Whether kernels launch with PDL: on sm_90 and newer, unless UNIATTN_PDL=0 (comparisons).
-inline bool pdl_enabled() {
+// Whether `kernel` launches with PDL on the current device: unless UNIATTN_PDL=0 (comparisons),
+// when the device is sm_90 or newer and the image it runs was compiled for sm_90 or newer (PTX
+// version >= 90). A build holding only older images (compute_80 PTX JIT-compiled for an H100, say)
+// has the griddepcontrol instructions compiled out, and an early launch there would let a kernel
+// read its predecessor's output before it is complete. Decided once per (kernel, device).
+inline bool pdl_enabled(const void* kernel) {
   static const bool allowed = [] {
     const char* e = std::getenv("UNIATTN_PDL");
     return !(e && std::string_view(e) == "0");
   }();
-  int dev = 0, major = 0;
-  if (!allowed || cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
+  int dev = 0;
+  if (!allowed || cudaGetDevice(&dev) != cudaSuccess) return false;
+  static std::mutex mu;
+  static std::map<std::pair<const void*, int>, bool> decided;
+  const std::lock_guard<std::mutex> lock(mu);
+  const auto [it, fresh] = decided.try_emplace({kernel, dev}, false);
+  if (fresh) {
+    int major = 0;
+    cudaFuncAttributes attr{};
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+        cudaFuncGetAttributes(&attr, kernel) != cudaSuccess)
+      cudaGetLastError();  // the error of our own query: the kernel launches without PDL
+    else
+      it->second = major >= 9 && attr.ptxVersion >= 90;
   }
-  return major >= 9;
+  return it->second;
 }
 
 // kernel<<<grid, block, smem, stream>>>(args...), with programmatic stream serialization where
-// pdl_enabled(). The kernel must call pdl_launch_dependents() and pdl_wait() before it touches
-// memory another kernel writes.
+// pdl_enabled(kernel). The kernel must call pdl_launch_dependents() and pdl_wait() before it
+// touches memory another kernel writes.
 template <typename... Params, typename... Args>
 cudaError_t launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
                        cudaStream_t stream, Args... args) {
@@ -60,7 +76,7 @@ cudaError_t launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t 
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
-  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  cfg.numAttrs = pdl_enabled(reinterpret_cast<const void*>(kernel)) ? 1 : 0;
   return cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(args)...);
 }
 

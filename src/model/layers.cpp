@@ -1,5 +1,7 @@
 #include "layers.h"
 
+#include <ATen/autocast_mode.h>
+
 #include <algorithm>
 #include <cmath>
 #include <numbers>
@@ -208,11 +210,15 @@ at::Tensor gemv_input(const at::Tensor& x, const at::Tensor& w, const at::Tensor
   if (x.dim() < 1 || x.numel() != x.size(-1) || w.dim() != 2 || x.size(-1) != w.size(1) ||
       w.size(1) % 8 != 0 || x.numel() == 0)
     return {};
-  if (!kernels::detail::cuda_hooks().gemv || x.scalar_type() == at::kFloat) return {};
+  // Autocast would have at::linear compute in its own dtype: leave those calls to ATen.
+  if (!kernels::detail::cuda_hooks().gemv || x.scalar_type() == at::kFloat ||
+      at::autocast::is_autocast_enabled(at::kCUDA))
+    return {};
   const bool ok = bias.defined() ? use_fused(KernelOp::Gemv, {&x, &w, &bias})
                                  : use_fused(KernelOp::Gemv, {&x, &w});
   if (!ok || (add.defined() && !use_fused(KernelOp::Gemv, {&x, &add}))) return {};
-  if (!w.is_contiguous() || !aligned16(w) || (bias.defined() && bias.numel() != w.size(0)))
+  if (!w.is_contiguous() || !aligned16(w) ||
+      (bias.defined() && (bias.dim() != 1 || bias.numel() != w.size(0))))
     return {};
   auto row = x.reshape({x.size(-1)}).contiguous();
   // One row: copying a misaligned input to fresh (aligned) memory costs next to nothing.
@@ -233,7 +239,8 @@ at::Tensor linear_forward(const at::Tensor& x, const at::Tensor& weight, const a
       a = add.reshape({out}).contiguous();
     }
     auto y = at::empty({out}, x.options());
-    kernels::detail::cuda_hooks().gemv(row, weight, bias.defined() ? &bias : nullptr,
+    const auto b = bias.defined() ? bias.contiguous() : bias;
+    kernels::detail::cuda_hooks().gemv(row, weight, b.defined() ? &b : nullptr,
                                        a.defined() ? &a : nullptr, y);
     return y.view(shape);
   }

@@ -67,9 +67,9 @@ at::Tensor gated_activation_aten(const at::Tensor& gate, const at::Tensor& up, A
 // y = x . weight^T (+ bias) (+ add): at::linear's function, plus at::addmm's C (beta = 1) when add
 // is given. x [..., in], weight [out, in], bias [out] (optional), add [..., out] (optional, x's
 // leading shape); y [..., out] in x's dtype. A single row (decode at batch 1) with no gradient,
-// fp16/bf16 on CUDA, in % 8 == 0 and a contiguous 16-byte aligned weight runs the GEMV kernel
-// (KernelOp::Gemv, kernels/gemv.cu): no split-K pass, and launched with PDL on sm_90+ so its
-// weight streams in while the kernel before it ends. Everything else runs ATen.
+// fp16/bf16 on CUDA outside autocast, in % 8 == 0 and a contiguous 16-byte aligned weight runs
+// the GEMV kernel (KernelOp::Gemv, kernels/gemv.cu): no split-K pass, and on sm_90+ launched with
+// PDL, so its launch overlaps the end of the kernel before it. Everything else runs ATen.
 // Throws (ATen's error) on mismatched shapes.
 at::Tensor linear_forward(const at::Tensor& x, const at::Tensor& weight,
                           const at::Tensor& bias = {}, const at::Tensor& add = {});

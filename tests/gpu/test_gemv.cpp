@@ -2,6 +2,7 @@
 // ATen's GEMM in the same dtype and an fp64 reference, under the FlashAttention rule: the kernel's
 // max error vs fp64 is at most twice that of at::linear / at::addmm in the same dtype.
 #include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <gtest/gtest.h>
 
@@ -85,6 +86,7 @@ TEST(Gemv, ShapesDtypesAgainstAtenAndFp64) {
         check_case(tag, x, w, {}, {});
         check_case(tag + " +bias", x, w, bias, {});
         check_case(tag + " +add", x, w, {}, add);
+        check_case(tag + " +bias +add", x, w, bias, add);  // a follower's W_c with attention bias
       }
 }
 
@@ -105,6 +107,12 @@ TEST(Gemv, StridedAndMisalignedOperands) {
   // x one element off 16-byte alignment: copied to an aligned row, still the kernel.
   auto flat = at::randn({4097}, cuda(at::kBFloat16));
   check_case("misaligned x", flat.narrow(0, 1, 4096).view({1, 4096}), w, {}, {});
+  // Every other element of a longer vector: the kernel reads a contiguous copy.
+  auto bias2 = at::randn({2048}, cuda(at::kBFloat16));
+  check_case("strided bias", rows[0], w, bias2.slice(0, 0, 2048, 2), {});
+  // Grad mode on but nothing requiring grad: still inference, still the kernel.
+  at::AutoGradMode grad(true);
+  check_case("grad mode, no grad needed", rows[0], w, {}, {});
 }
 
 // Where the kernel does not apply, linear_forward is ATen's and the kernel never runs.
@@ -124,6 +132,17 @@ TEST(Gemv, OtherCallsTakeAten) {
   expect_aten("fp32", at::randn({1, 512}, cuda(at::kFloat)), w.to(at::kFloat));
   expect_aten("K % 8 != 0", at::randn({1, 510}, bf), w.narrow(1, 0, 510).contiguous());
   expect_aten("transposed weight", at::randn({1, 256}, bf), w.t());
+  {
+    // Under autocast at::linear computes in the autocast dtype (fp16 here): not the kernel's.
+    at::autocast::set_autocast_enabled(at::kCUDA, true);
+    at::autocast::set_autocast_dtype(at::kCUDA, at::kHalf);
+    const uint64_t calls = kernel_call_count(KernelOp::Gemv);
+    auto y = linear_forward(at::randn({1, 512}, bf), w);
+    at::autocast::set_autocast_enabled(at::kCUDA, false);
+    at::autocast::clear_cache();
+    EXPECT_EQ(kernel_call_count(KernelOp::Gemv), calls) << "autocast";
+    EXPECT_EQ(y.scalar_type(), at::kHalf);
+  }
   {
     at::AutoGradMode grad(true);
     auto wg = w.clone().requires_grad_(true);
