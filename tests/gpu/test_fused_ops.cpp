@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cuda_hooks.h"
+#include "gpu/gpu_test_util.h"
 #include "model/layers.h"
 #include "shared_softmax.h"
 #include "train/cross_entropy.h"
@@ -22,12 +23,6 @@
 namespace {
 
 using uniattn::Activation;
-
-#define SKIP_WITHOUT_GPU()                                                                    \
-  do {                                                                                        \
-    if (!at::cuda::is_available()) GTEST_SKIP() << "no CUDA device";                          \
-    if (!uniattn::kernels::cuda_kernels_available()) GTEST_SKIP() << "built without kernels"; \
-  } while (0)
 
 double max_err(const at::Tensor& a, const at::Tensor& ref) {
   auto d = (a.to(at::kDouble) - ref.to(at::kDouble)).abs();

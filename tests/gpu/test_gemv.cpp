@@ -11,6 +11,7 @@
 #include <string>
 
 #include "cuda_hooks.h"
+#include "gpu/gpu_test_util.h"
 #include "model/layers.h"
 #include "shared_softmax.h"
 #include "uniattn/model/kernel_paths.h"
@@ -20,12 +21,6 @@ namespace {
 using uniattn::kernel_call_count;
 using uniattn::KernelOp;
 using uniattn::linear_forward;
-
-#define SKIP_WITHOUT_GPU()                                                                    \
-  do {                                                                                        \
-    if (!at::cuda::is_available()) GTEST_SKIP() << "no CUDA device";                          \
-    if (!uniattn::kernels::cuda_kernels_available()) GTEST_SKIP() << "built without kernels"; \
-  } while (0)
 
 at::TensorOptions cuda(at::ScalarType t) { return at::TensorOptions().dtype(t).device(at::kCUDA); }
 

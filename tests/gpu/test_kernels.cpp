@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "gpu/gpu_test_util.h"
 #include "shared_softmax.h"
 
 namespace uk = uniattn::kernels;
@@ -26,12 +27,6 @@ bool quick() {
   const char* e = std::getenv("UNIATTN_KERNEL_TEST_QUICK");
   return e && std::string(e) == "1";
 }
-
-#define SKIP_WITHOUT_GPU()                                                      \
-  do {                                                                          \
-    if (!at::cuda::is_available()) GTEST_SKIP() << "no CUDA device";            \
-    if (!uk::cuda_kernels_available()) GTEST_SKIP() << "built without kernels"; \
-  } while (0)
 
 // p_row [B,Hq,S] with its entries from len_b on (unspecified: the kernel leaves them as they
 // were) set to 0, so rows from different calls and from the fallback compare.
