@@ -37,8 +37,10 @@ __device__ __forceinline__ void pdl_wait() {
 // when the device is sm_90 or newer and the image it runs was compiled for sm_90 or newer (PTX
 // version >= 90). A build holding only older images (compute_80 PTX JIT-compiled for an H100, say)
 // has the griddepcontrol instructions compiled out, and an early launch there would let a kernel
-// read its predecessor's output before it is complete. Decided once per (kernel, device).
-inline bool pdl_enabled(const void* kernel) {
+// read its predecessor's output before it is complete. Decided once per (kernel, device), on a
+// launch outside stream capture (the query is not one a capture admits); a launch captured before
+// the decision runs without PDL.
+inline bool pdl_enabled(const void* kernel, cudaStream_t stream) {
   static const bool allowed = [] {
     const char* e = std::getenv("UNIATTN_PDL");
     return !(e && std::string_view(e) == "0");
@@ -48,22 +50,28 @@ inline bool pdl_enabled(const void* kernel) {
   static std::mutex mu;
   static std::map<std::pair<const void*, int>, bool> decided;
   const std::lock_guard<std::mutex> lock(mu);
-  const auto [it, fresh] = decided.try_emplace({kernel, dev}, false);
-  if (fresh) {
-    int major = 0;
-    cudaFuncAttributes attr{};
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-        cudaFuncGetAttributes(&attr, kernel) != cudaSuccess)
-      cudaGetLastError();  // the error of our own query: the kernel launches without PDL
-    else
-      it->second = major >= 9 && attr.ptxVersion >= 90;
+  if (const auto it = decided.find({kernel, dev}); it != decided.end()) return it->second;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess ||
+      capture != cudaStreamCaptureStatusNone) {
+    cudaGetLastError();
+    return false;
   }
-  return it->second;
+  int major = 0;
+  cudaFuncAttributes attr{};
+  bool on = false;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+      cudaFuncGetAttributes(&attr, kernel) != cudaSuccess)
+    cudaGetLastError();  // the error of our own query: the kernel launches without PDL
+  else
+    on = major >= 9 && attr.ptxVersion >= 90;
+  decided.emplace(std::make_pair(kernel, dev), on);
+  return on;
 }
 
 // kernel<<<grid, block, smem, stream>>>(args...), with programmatic stream serialization where
-// pdl_enabled(kernel). The kernel must call pdl_launch_dependents() and pdl_wait() before it
-// touches memory another kernel writes.
+// pdl_enabled(kernel, stream). The kernel must call pdl_launch_dependents() and pdl_wait() before
+// it touches memory another kernel writes.
 template <typename... Params, typename... Args>
 cudaError_t launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
                        cudaStream_t stream, Args... args) {
@@ -76,7 +84,7 @@ cudaError_t launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t 
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
-  cfg.numAttrs = pdl_enabled(reinterpret_cast<const void*>(kernel)) ? 1 : 0;
+  cfg.numAttrs = pdl_enabled(reinterpret_cast<const void*>(kernel), stream) ? 1 : 0;
   return cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(args)...);
 }
 
