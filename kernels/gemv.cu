@@ -2,15 +2,15 @@
 //
 // At decode batch 1 a projection reads its whole weight to produce one output row, so its time is
 // the weight's bytes over HBM bandwidth plus the kernel's start and drain. cuBLAS runs this shape
-// as narrow tensor-core tiles, most with a split-K reduction kernel behind them (the q/k/v and o
-// projections of LLaMA-8B at 3.3 and 2.5 TB/s on the H200, bench/results/gemv-llama8b-h200.json).
-// Here one warp owns one output element n: its lanes stream W[n, :] with 16-byte loads, kUnroll
-// of them in flight per lane, multiply with x (plain loads, not the read-only path: x is the
-// output of the kernel ahead, beside which PDL may have started this one), reduce
-// by shuffles and round the fp32 sum once, as cuBLAS's fp32-accumulating GEMM does (bias and add
-// enter the fp32 sum, as in its epilogue). Launched with PDL (pdl.cuh), its CTAs start while the
-// kernel ahead, whose output x is, finishes, and wait for it before reading x. (A bulk L2 prefetch
-// of each row before that wait made every shape slower: 2.1-3.9 against 2.9-4.4 TB/s, 4e31425.)
+// as narrow tensor-core tiles, most with a split-K reduction kernel behind them (LLaMA-8B's q/k/v
+// and o projections at 3.3 and 2.5 TB/s on the H200, bench/results/kernels-gemv-llama8b-h200.json).
+// Here one warp owns one output element (two for wide weights): its lanes stream W[n, :] with
+// 16-byte loads, kUnroll of them in flight per lane, multiply with x, reduce by shuffles and round
+// the fp32 sum once, as cuBLAS's fp32-accumulating GEMM does (bias and add enter the fp32 sum, as
+// in its epilogue). Launched with PDL (pdl.cuh), its CTAs may start beside the kernel ahead, whose
+// output x is; they wait for it before reading anything, and read x with plain loads rather than
+// the read-only path. (A bulk L2 prefetch of each row before that wait made every shape slower:
+// 2.1-3.9 against 2.9-4.4 TB/s, 4e31425.)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 

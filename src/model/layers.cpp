@@ -204,7 +204,8 @@ bool aligned16(const at::Tensor& t) {
 
 // x as one aligned row [in] for the GEMV kernel, or an undefined tensor where it does not apply:
 // one row only (at 4 rows the kernel read 2.3-3.7 TB/s against cuBLAS's 3.2-4.3 on the H200,
-// bench/results/gemv-llama8b-h200.json), no gradient, fp16/bf16 on CUDA, in % 8 == 0.
+// bench/results/kernels-gemv-4rows-llama8b-h200-ba562e3.json), no gradient, fp16/bf16 on CUDA, in %
+// 8 == 0.
 at::Tensor gemv_input(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
                       const at::Tensor& add) {
   if (x.dim() < 1 || x.numel() != x.size(-1) || w.dim() != 2 || x.size(-1) != w.size(1) ||
