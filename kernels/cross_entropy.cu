@@ -148,12 +148,11 @@ template <typename T>
 cudaError_t forward_dt(const CrossEntropyArgs& a, cudaStream_t st) {
   const auto* x = static_cast<const T*>(a.logits);
   const auto grid = static_cast<unsigned>(a.rows);
-  if (vectorizable<T>(a.logits, a.vocab, a.row_stride))
-    cross_entropy_forward_kernel<T, true><<<grid, kThreads, 0, st>>>(
-        x, a.targets, a.loss, a.row_max, a.inv_sum, a.vocab, a.row_stride, a.ignore_index);
-  else
-    cross_entropy_forward_kernel<T, false><<<grid, kThreads, 0, st>>>(
-        x, a.targets, a.loss, a.row_max, a.inv_sum, a.vocab, a.row_stride, a.ignore_index);
+  const auto kernel = vectorizable<T>(a.logits, a.vocab, a.row_stride)
+                          ? cross_entropy_forward_kernel<T, true>
+                          : cross_entropy_forward_kernel<T, false>;
+  kernel<<<grid, kThreads, 0, st>>>(x, a.targets, a.loss, a.row_max, a.inv_sum, a.vocab,
+                                    a.row_stride, a.ignore_index);
   return cudaGetLastError();
 }
 
@@ -162,12 +161,11 @@ cudaError_t backward_dt(const CrossEntropyArgs& a, cudaStream_t st) {
   const auto* x = static_cast<const T*>(a.logits);
   auto* gx = static_cast<T*>(a.grad_logits);
   const auto grid = static_cast<unsigned>(a.rows);
-  if (vectorizable<T>(a.logits, a.vocab, a.row_stride) && aligned16(a.grad_logits))
-    cross_entropy_backward_kernel<T, true><<<grid, kThreads, 0, st>>>(
-        x, a.targets, a.row_max, a.inv_sum, a.grad_loss, gx, a.vocab, a.row_stride, a.ignore_index);
-  else
-    cross_entropy_backward_kernel<T, false><<<grid, kThreads, 0, st>>>(
-        x, a.targets, a.row_max, a.inv_sum, a.grad_loss, gx, a.vocab, a.row_stride, a.ignore_index);
+  const auto kernel = vectorizable<T>(a.logits, a.vocab, a.row_stride) && aligned16(a.grad_logits)
+                          ? cross_entropy_backward_kernel<T, true>
+                          : cross_entropy_backward_kernel<T, false>;
+  kernel<<<grid, kThreads, 0, st>>>(x, a.targets, a.row_max, a.inv_sum, a.grad_loss, gx, a.vocab,
+                                    a.row_stride, a.ignore_index);
   return cudaGetLastError();
 }
 

@@ -145,8 +145,7 @@ template <typename T, int D>
 __global__ void __launch_bounds__(32) decode_leader_kernel(const DecodeArgs a) {
   using Mma = MmaOp<T>;
   constexpr int BN = kLeadBN;
-  pdl_launch_dependents();  // pdl.cuh: the next kernel may launch; we wait for the one ahead
-  pdl_wait();
+  pdl_begin();  // pdl.cuh
   __shared__ __align__(128) unsigned char smem[(kLeadRows + 2 * BN) * D * 2];
   const uint32_t sQ = smem_u32(smem);
   const uint32_t sK = sQ + kLeadRows * D * 2;
@@ -278,8 +277,7 @@ __global__ void __launch_bounds__(32) decode_leader_kernel(const DecodeArgs a) {
 constexpr int kCombineChunk = 1024;
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) leader_combine_kernel(const DecodeArgs a) {
-  pdl_launch_dependents();  // pdl.cuh: the next kernel may launch; we wait for the one ahead
-  pdl_wait();
+  pdl_begin();  // pdl.cuh
   const int h = blockIdx.x, b = blockIdx.y;
   const int len = min(max(a.seqlens[b], 0), a.S);
   const int j_begin = blockIdx.z * kCombineChunk;
@@ -336,8 +334,7 @@ __global__ void __launch_bounds__(kThreads) leader_combine_kernel(const DecodeAr
 
 template <typename T, int D, int GT>
 __global__ void __launch_bounds__(kThreads) decode_follower_kernel(const DecodeArgs a) {
-  pdl_launch_dependents();  // pdl.cuh: the next kernel may launch; we wait for the one ahead
-  pdl_wait();
+  pdl_begin();  // pdl.cuh
   constexpr int TPK = D / 8, KP = kThreads / TPK, kUnroll = 8;
   __shared__ __align__(16) float red[KP * GT * D];
   const int split = blockIdx.x, b = blockIdx.z;
@@ -422,8 +419,7 @@ __global__ void __launch_bounds__(kThreads) decode_follower_kernel(const DecodeA
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) follower_combine_kernel(const DecodeArgs a) {
-  pdl_launch_dependents();  // pdl.cuh: the next kernel may launch; we wait for the one ahead
-  pdl_wait();
+  pdl_begin();  // pdl.cuh
   const int64_t bh = static_cast<int64_t>(blockIdx.y) * a.Hq + blockIdx.x;
   for (int d = threadIdx.x; d < D; d += kThreads) {
     float o = 0.f;
@@ -522,14 +518,9 @@ int resident_ctas(bool leader, int D, int gt) {
 // S=16K and 9.05, 9.09, 9.16, 9.17 ms at B=32, S=4K (2271bfb); the leader at 1, 2, 3, 4 waves
 // 8.82, 9.31, 9.55, 9.88 ms per none step at B=8, S=16K and 9.47, 9.62, 9.72, 9.89 at B=32
 // (ba562e3).
-int waves_from_env(const char* name, int fallback) {
-  const char* e = std::getenv(name);
-  const long v = e ? std::strtol(e, nullptr, 10) : 0;
-  return v >= 1 && v <= 64 ? static_cast<int>(v) : fallback;
-}
 int decode_waves(bool leader) {
-  static const int lead = waves_from_env("UNIATTN_DECODE_LEADER_WAVES", 1);
-  static const int follow = waves_from_env("UNIATTN_DECODE_FOLLOWER_WAVES", 1);
+  static const int lead = env_int("UNIATTN_DECODE_LEADER_WAVES", 1, 64, 1);
+  static const int follow = env_int("UNIATTN_DECODE_FOLLOWER_WAVES", 1, 64, 1);
   return leader ? lead : follow;
 }
 

@@ -38,8 +38,7 @@ template <typename T>
 __global__ void rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ delta,
                                 const T* __restrict__ w, T* __restrict__ h_out, T* __restrict__ out,
                                 int n, float eps, bool plus_one) {
-  pdl_launch_dependents();  // pdl.cuh: the next kernel may launch; we wait for the one ahead
-  pdl_wait();
+  pdl_begin();  // pdl.cuh
   const int64_t base = static_cast<int64_t>(blockIdx.x) * n;
   x += base;
   out += base;
@@ -76,8 +75,7 @@ __global__ void __launch_bounds__(128)
     rms_norm_vec_kernel(const T* __restrict__ x, const T* __restrict__ delta,
                         const T* __restrict__ w, T* __restrict__ h_out, T* __restrict__ out, int n,
                         float eps, bool plus_one) {
-  pdl_launch_dependents();  // pdl.cuh: the next kernel may launch; we wait for the one ahead
-  pdl_wait();
+  pdl_begin();  // pdl.cuh
   constexpr int kVec = 8;
   const int64_t base = static_cast<int64_t>(blockIdx.x) * n;
   const int nv = n / kVec;
@@ -131,8 +129,7 @@ __global__ void __launch_bounds__(128)
 template <typename T>
 __global__ void rotary_kernel(const T* __restrict__ x, const T* __restrict__ cos_t,
                               const T* __restrict__ sin_t, T* __restrict__ out, RotaryArgs a) {
-  pdl_launch_dependents();  // pdl.cuh: the next kernel may launch; we wait for the one ahead
-  pdl_wait();
+  pdl_begin();  // pdl.cuh
   const int half = a.D / 2;
   const int i = threadIdx.x;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
@@ -174,8 +171,7 @@ __device__ __forceinline__ T gated_one(T g, T u) {
 template <typename T, bool kGelu>
 __global__ void gated_kernel(const T* __restrict__ g, const T* __restrict__ u, T* __restrict__ out,
                              int64_t n, int64_t cols, int64_t in_stride, bool vectorised) {
-  pdl_launch_dependents();  // pdl.cuh: the next kernel may launch; we wait for the one ahead
-  pdl_wait();
+  pdl_begin();  // pdl.cuh
   constexpr int kVec = 16 / sizeof(T);
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;

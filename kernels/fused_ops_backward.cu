@@ -146,10 +146,8 @@ cudaError_t gated_backward_dt(const GatedBackwardArgs& a, cudaStream_t st) {
   const auto u = static_cast<const T*>(a.up);
   const auto dg = static_cast<T*>(a.grad_gate);
   const auto du = static_cast<T*>(a.grad_up);
-  if (a.gelu)
-    gated_backward_kernel<T, true><<<blocks, kThreads, 0, st>>>(dy, g, u, dg, du, a.n, vec);
-  else
-    gated_backward_kernel<T, false><<<blocks, kThreads, 0, st>>>(dy, g, u, dg, du, a.n, vec);
+  const auto kernel = a.gelu ? gated_backward_kernel<T, true> : gated_backward_kernel<T, false>;
+  kernel<<<blocks, kThreads, 0, st>>>(dy, g, u, dg, du, a.n, vec);
   return cudaGetLastError();
 }
 

@@ -14,8 +14,6 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <cstdlib>
-
 #include "dtype_cvt.cuh"
 #include "launch.h"
 #include "pdl.cuh"
@@ -64,7 +62,7 @@ __device__ __forceinline__ float fma_chunk(const uint4& wv, const float (&xf)[8]
 template <typename T, int R>
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs a) {
   constexpr int U = kUnroll / R;
-  pdl_launch_dependents();  // pdl.cuh: the next kernel may launch; we wait for the one ahead
+  pdl_begin();  // pdl.cuh: x is the output of the kernel ahead
   const int lane = threadIdx.x % 32;
   const int64_t n0 = (static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32) * R;
   if (n0 >= a.N) return;  // the whole warp: n0 is the warp's
@@ -75,7 +73,6 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs a) {
     const int64_t n = n0 + r < a.N ? n0 + r : n0;
     w[r] = reinterpret_cast<const uint4*>(static_cast<const T*>(a.w) + n * a.K);
   }
-  pdl_wait();  // x is the output of the kernel ahead
   const uint4* x = static_cast<const uint4*>(a.x);
   float acc[R];
 #pragma unroll
@@ -122,11 +119,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs a) {
 // Rows per warp: UNIATTN_GEMV_ROWS_PER_WARP (1 or 2; tuning runs only), else 2 for weights of at
 // least 16,384 rows (more warps than one wave holds) and 1 below.
 int rows_per_warp(int64_t n) {
-  static const int forced = [] {
-    const char* e = std::getenv("UNIATTN_GEMV_ROWS_PER_WARP");
-    const long v = e ? std::strtol(e, nullptr, 10) : 0;
-    return v == 1 || v == 2 ? static_cast<int>(v) : 0;
-  }();
+  static const int forced = env_int("UNIATTN_GEMV_ROWS_PER_WARP", 1, 2, 0);
   return forced ? forced : (n >= 16384 ? 2 : 1);
 }
 

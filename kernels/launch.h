@@ -5,8 +5,17 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <cstdlib>
 
 namespace uniattn::kernels::cuda {
+
+// Tuning switches: the integer value of environment variable `name` when it lies in [lo, hi],
+// else `fallback`.
+inline int env_int(const char* name, int lo, int hi, int fallback) {
+  const char* e = std::getenv(name);
+  const long v = e ? std::strtol(e, nullptr, 10) : lo - 1L;
+  return v >= lo && v <= hi ? static_cast<int>(v) : fallback;
+}
 
 // The attention kernels take kHalf and kBFloat16; the small fused ops (fused_ops.cu) also kFloat.
 enum class DType { kHalf, kBFloat16, kFloat };

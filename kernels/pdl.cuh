@@ -33,6 +33,13 @@ __device__ __forceinline__ void pdl_wait() {
 #endif
 }
 
+// The first step of a kernel launched through launch_pdl that has nothing to do before it reads
+// what the kernel ahead wrote: let the next kernel launch, then wait for the one ahead.
+__device__ __forceinline__ void pdl_begin() {
+  pdl_launch_dependents();
+  pdl_wait();
+}
+
 // Whether `kernel` launches with PDL on the current device: unless UNIATTN_PDL=0 (comparisons),
 // when the device is sm_90 or newer and the image it runs was compiled for sm_90 or newer (PTX
 // version >= 90). A build holding only older images (compute_80 PTX JIT-compiled for an H100, say)
@@ -70,8 +77,8 @@ inline bool pdl_enabled(const void* kernel, cudaStream_t stream) {
 }
 
 // kernel<<<grid, block, smem, stream>>>(args...), with programmatic stream serialization where
-// pdl_enabled(kernel, stream). The kernel must call pdl_launch_dependents() and pdl_wait() before
-// it touches memory another kernel writes.
+// pdl_enabled(kernel, stream). The kernel must call pdl_begin() (or pdl_launch_dependents() and
+// pdl_wait()) before it touches memory another kernel writes.
 template <typename... Params, typename... Args>
 cudaError_t launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
                        cudaStream_t stream, Args... args) {

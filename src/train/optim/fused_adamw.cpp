@@ -6,6 +6,7 @@
 #include <map>
 #include <optional>
 #include <tuple>
+#include <utility>
 
 #include "cuda_hooks.h"
 #include "uniattn/error.h"
@@ -38,7 +39,15 @@ bool adamw_kernel_applies(const std::vector<at::Tensor>& params,
 }
 }  // namespace
 
-at::Tensor FusedAdamW::step(LossClosure closure) {
+at::Tensor FusedAdamW::step(LossClosure closure) { return step_scaled(std::move(closure), {}); }
+
+at::Tensor FusedAdamW::step_clipped(const at::Tensor& clip_coef) {
+  // The kernels divide each gradient by grad_scale (their AMP unscaling input).
+  return step_scaled(nullptr,
+                     clip_coef.defined() ? at::reciprocal(clip_coef.to(at::kFloat)) : at::Tensor());
+}
+
+at::Tensor FusedAdamW::step_scaled(LossClosure closure, const at::Tensor& grad_scale) {
   at::NoGradGuard no_grad;
   at::Tensor loss;
   if (closure) {
@@ -83,7 +92,7 @@ at::Tensor FusedAdamW::step(LossClosure closure) {
     const auto [beta1, beta2] = o.betas();
     for (auto& [key, l] : buckets) {
       std::optional<at::Tensor> scale;
-      if (grad_scale_.defined()) scale = grad_scale_.to(l.params[0].device());
+      if (grad_scale.defined()) scale = grad_scale.to(l.params[0].device());
       if (!amsgrad && adamw_kernel_applies(l.params, l.grads, l.exp_avgs, l.exp_avg_sqs)) {
         kernels::detail::AdamWHyper h{o.lr(), beta1, beta2, o.weight_decay(), o.eps()};
         for (size_t i = 0; i < l.params.size(); ++i) {
@@ -124,16 +133,6 @@ std::vector<at::Tensor> FusedAdamW::device_steps(const std::vector<at::Tensor>& 
   }
   if (!advance.empty()) at::_foreach_add_(advance, 1.0);
   return steps;
-}
-
-at::Tensor FusedAdamW::step_clipped(const at::Tensor& clip_coef) {
-  // The kernel divides each gradient by grad_scale (its AMP unscaling input).
-  if (clip_coef.defined()) grad_scale_ = at::reciprocal(clip_coef.to(at::kFloat));
-  struct Reset {
-    at::Tensor& t;
-    ~Reset() { t = at::Tensor(); }
-  } reset{grad_scale_};
-  return step();
 }
 
 namespace {

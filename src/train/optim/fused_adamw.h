@@ -31,7 +31,8 @@ class FusedAdamW : public torch::optim::AdamW {
   at::Tensor step_clipped(const at::Tensor& clip_coef);
 
  private:
-  at::Tensor grad_scale_;  // fp32 scalar for step(), set only inside step_clipped()
+  // step() with each gradient divided by grad_scale (an fp32 scalar tensor; undefined: 1).
+  at::Tensor step_scaled(LossClosure closure, const at::Tensor& grad_scale);
   // The device step counts at::_fused_adamw_ reads for `params` (counts[i] this update), from
   // the mirrors below; only its path keeps them, the adamw kernel takes the counts by value.
   std::vector<at::Tensor> device_steps(const std::vector<at::Tensor>& params,
