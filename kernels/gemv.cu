@@ -59,41 +59,47 @@ __device__ __forceinline__ float fma_chunk(const uint4& wv, const float (&xf)[8]
 
 // R rows per warp: R = 2 halves the per-row start and reduction for wide weights (gate/up, lm_head)
 // and reads each x chunk once for both rows; kUnroll / R loads per row stay in flight.
-template <typename T, int R>
+// S warps per row group (split-K inside the CTA): warp slice s of a group reads the 512-byte
+// segments s, s + S, s + 2S, ... of each row, so a narrow weight (q/k/v, o, down: 4-6K rows, one
+// warp each filling half the H200's warp slots) keeps S times the loads in flight; the S partial
+// sums meet in shared memory and are added in slice order.
+template <typename T, int R, int S>
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs a) {
+  static_assert(kWarps % S == 0, "a CTA holds whole row groups");
   constexpr int U = kUnroll / R;
-  pdl_begin();  // pdl.cuh: x is the output of the kernel ahead
-  const int lane = threadIdx.x % 32;
-  const int64_t n0 = (static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32) * R;
-  if (n0 >= a.N) return;  // the whole warp: n0 is the warp's
+  constexpr int64_t kStride = S * 32;  // chunks between one lane's consecutive loads
+  pdl_begin();                         // pdl.cuh: x is the output of the kernel ahead
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, slice = warp % S;
+  const int64_t n0 = (static_cast<int64_t>(blockIdx.x) * (kWarps / S) + warp / S) * R;
+  if (S == 1 && n0 >= a.N) return;  // the whole warp; with S > 1 every warp reaches the barrier
   const int64_t chunks = a.K / 8;
   const uint4* w[R];
 #pragma unroll
-  for (int r = 0; r < R; ++r) {  // a row past N reads row n0 again and is not written
-    const int64_t n = n0 + r < a.N ? n0 + r : n0;
+  for (int r = 0; r < R; ++r) {  // a row past N reads row N - 1 and is not written
+    const int64_t n = n0 + r < a.N ? n0 + r : a.N - 1;
     w[r] = reinterpret_cast<const uint4*>(static_cast<const T*>(a.w) + n * a.K);
   }
   const uint4* x = static_cast<const uint4*>(a.x);
   float acc[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[r] = 0.f;
-  int64_t c = lane;
-  for (; c + (U - 1) * 32 < chunks; c += U * 32) {
+  int64_t c = slice * 32 + lane;
+  for (; c + (U - 1) * kStride < chunks; c += U * kStride) {
     uint4 wv[R][U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
 #pragma unroll
-      for (int r = 0; r < R; ++r) wv[r][u] = __ldcs(w[r] + c + u * 32);  // streamed: read once
+      for (int r = 0; r < R; ++r) wv[r][u] = __ldcs(w[r] + c + u * kStride);  // streamed: read once
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       float xf[8];
-      to_f32x8<T>(x[c + u * 32], xf);
+      to_f32x8<T>(x[c + u * kStride], xf);
 #pragma unroll
       for (int r = 0; r < R; ++r) acc[r] = fma_chunk<T>(wv[r][u], xf, acc[r]);
     }
   }
-  for (; c < chunks; c += 32) {
+  for (; c < chunks; c += kStride) {
     float xf[8];
     to_f32x8<T>(x[c], xf);
 #pragma unroll
@@ -104,7 +110,22 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs a) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
   }
-  if (lane != 0) return;
+  if constexpr (S > 1) {
+    __shared__ float partial[kWarps][R];
+    if (lane == 0) {
+#pragma unroll
+      for (int r = 0; r < R; ++r) partial[warp][r] = acc[r];
+    }
+    __syncthreads();
+    if (slice != 0) return;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      acc[r] = partial[warp][r];
+#pragma unroll
+      for (int s = 1; s < S; ++s) acc[r] += partial[warp + s][r];
+    }
+  }
+  if (lane != 0 || n0 >= a.N) return;
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     const int64_t n = n0 + r;
@@ -123,29 +144,45 @@ int rows_per_warp(int64_t n) {
   return forced ? forced : (n >= 16384 ? 2 : 1);
 }
 
-template <typename T, int R>
+// Warps per row at one row per warp: UNIATTN_GEMV_SPLIT_K (1, 2 or 4; tuning runs only), else
+// enough that the grid holds about 16,384 warps (two per H200 warp slot).
+int split_k(int64_t n) {
+  static const int forced = env_int("UNIATTN_GEMV_SPLIT_K", 1, 4, 0);
+  if (forced) return forced == 3 ? 2 : forced;
+  return n >= 8192 ? 1 : n >= 4096 ? 2 : 4;
+}
+
+template <typename T, int R, int S>
 cudaError_t launch_rows(const GemvArgs& a, cudaStream_t st) {
-  const dim3 grid(static_cast<unsigned>((a.N + kWarps * R - 1) / (kWarps * R)));
-  return launch_pdl(gemv_kernel<T, R>, grid, dim3(kWarps * 32), 0, st, a);
+  constexpr int64_t kRows = kWarps / S * R;  // outputs per CTA
+  const dim3 grid(static_cast<unsigned>((a.N + kRows - 1) / kRows));
+  return launch_pdl(gemv_kernel<T, R, S>, grid, dim3(kWarps * 32), 0, st, a);
 }
 
 template <typename T>
 cudaError_t launch_typed(const GemvArgs& a, cudaStream_t st) {
-  return rows_per_warp(a.N) == 2 ? launch_rows<T, 2>(a, st) : launch_rows<T, 1>(a, st);
+  if (rows_per_warp(a.N) == 2) return launch_rows<T, 2, 1>(a, st);
+  switch (split_k(a.N)) {
+    case 4:
+      return launch_rows<T, 1, 4>(a, st);
+    case 2:
+      return launch_rows<T, 1, 2>(a, st);
+    default:
+      return launch_rows<T, 1, 1>(a, st);
+  }
 }
 
 }  // namespace
 
 cudaError_t probe_gemv_image() {
   cudaFuncAttributes attr{};
-  const cudaError_t e = cudaFuncGetAttributes(&attr, gemv_kernel<__nv_bfloat16, 1>);
+  const cudaError_t e = cudaFuncGetAttributes(&attr, gemv_kernel<__nv_bfloat16, 1, 1>);
   if (e != cudaSuccess) cudaGetLastError();
   return e;
 }
 
 cudaError_t launch_gemv(const GemvArgs& a, DType dt, cudaStream_t st) {
-  if (a.K % 8 != 0 || a.K * 2 > 0xffffffffLL || dt == DType::kFloat ||
-      (a.N + kWarps - 1) / kWarps > 0x7fffffff)
+  if (a.K % 8 != 0 || a.K * 2 > 0xffffffffLL || dt == DType::kFloat || a.N > 0x7fffffff)
     return cudaErrorInvalidValue;
   if (a.N == 0) return cudaSuccess;
   return dt == DType::kHalf ? launch_typed<__half>(a, st) : launch_typed<__nv_bfloat16>(a, st);

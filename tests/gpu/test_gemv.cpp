@@ -61,9 +61,12 @@ TEST(Gemv, ShapesDtypesAgainstAtenAndFp64) {
   // LLaMA-8B's projections (q/k/v fused, o, gate/up fused, down), a follower's [W_v; W_c], odd
   // output counts, K not a multiple of the 256 elements a warp reads per step, tiny shapes; x as
   // a decode step's [1, 1, K] and as a plain [K].
-  // 16,385 rows take two rows per warp, the last warp's second row past the end.
-  const int64_t shapes[][2] = {{6144, 4096}, {4096, 14336}, {5120, 4096}, {4099, 2056},
-                               {16385, 264}, {7, 8},        {33, 264},    {1, 4104}};
+  // 16,385 rows take two rows per warp, the last warp's second row past the end; below 16,384 rows
+  // one to four warps share a row (8,193: one; 4,096-6,144: two; fewer: four), the last CTA's
+  // row groups partly past the end.
+  const int64_t shapes[][2] = {{6144, 4096}, {4096, 14336}, {5120, 4096},
+                               {4099, 2056}, {16385, 264},  {8193, 520},
+                               {7, 8},       {33, 264},     {1, 4104}};
   for (auto dt : {at::kBFloat16, at::kHalf})
     for (const auto& nk : shapes)
       for (bool flat : {false, true}) {
