@@ -48,6 +48,13 @@ struct CudaHooks {
   // dim; cos/sin [B|1, 1, T, D].
   void (*rotary)(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                  const at::Tensor* pos, const at::Tensor& out) = nullptr;
+  // One decode step's q, k and v [B, H|H_kv, T, D] (last dims contiguous) in one launch:
+  // q_out[b, h, t] = rotary(q[b, h, t]); k_dst[b, h, pos[0] + t] = rotary(k[b, h, t]);
+  // v_dst[b, h, pos[0] + t] = v[b, h, t]. One dtype, one device; pos int64 on that device.
+  void (*rotary_qkv)(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                     const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& pos,
+                     const at::Tensor& q_out, const at::Tensor& k_dst,
+                     const at::Tensor& v_dst) = nullptr;
   // out = act(gate) * up; gate and up of one shape, each with a contiguous last dim and rows a
   // common stride apart (flattenable to [rows, cols]); out contiguous.
   void (*gated)(const at::Tensor& gate, const at::Tensor& up, bool gelu, at::Tensor& out) = nullptr;
@@ -75,6 +82,10 @@ struct CudaHooks {
   // K % 8 == 0, bias, add and y [N] contiguous; one fp16/bf16 dtype on one device.
   void (*gemv)(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bias,
                const at::Tensor* add, at::Tensor& y) = nullptr;
+  // y[i] = act(w[i] . x) * (w[N + i] . x) for a fused gate/up weight w [2N, K] (gemv.cu), each dot
+  // product rounded to the dtype before the activation as gemv + gated would; x and w as gemv's,
+  // y [N] contiguous. act: tanh-approximated GELU when gelu, else SiLU.
+  void (*gemv_gated)(const at::Tensor& x, const at::Tensor& w, bool gelu, at::Tensor& y) = nullptr;
   void (*cross_entropy_forward)(const at::Tensor& logits, const at::Tensor& targets,
                                 int64_t ignore_index, at::Tensor& loss,
                                 at::Tensor& stats) = nullptr;

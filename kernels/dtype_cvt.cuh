@@ -38,6 +38,22 @@ __device__ __forceinline__ float round_to(float x) {
   return Cvt<T>::to(Cvt<T>::from(x));
 }
 
+// act(gate) rounded to T (ATen's silu/gelu output), times up, rounded. Shared by the gated
+// activation kernel (fused_ops.cu) and the gated GEMV (gemv.cu), so the two paths round alike.
+template <typename T, bool kGelu>
+__device__ __forceinline__ T gated_one(T g, T u) {
+  const float x = Cvt<T>::to(g);
+  float act;
+  if constexpr (kGelu) {
+    // ATen's tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+    constexpr float kBeta = 0.7978845608028654f, kKappa = 0.044715f;
+    act = 0.5f * x * (1.f + tanhf(kBeta * (x + kKappa * x * x * x)));
+  } else {
+    act = x / (1.f + expf(-x));
+  }
+  return Cvt<T>::from(round_to<T>(act) * Cvt<T>::to(u));
+}
+
 // Whether every pointer allows 16-byte vector accesses.
 template <typename... P>
 bool aligned16(const P*... p) {

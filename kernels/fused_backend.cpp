@@ -51,25 +51,43 @@ void rms_norm_cuda(const at::Tensor& x, const at::Tensor* delta, const at::Tenso
   check(cuda::launch_rms_norm(a, small_op_dtype(x), at::cuda::getCurrentCUDAStream()), "rms_norm");
 }
 
-void rotary_cuda(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
-                 const at::Tensor* pos, const at::Tensor& out) {
-  const c10::cuda::CUDAGuard guard(x.device());
+cuda::RotaryHeads rotary_heads(const at::Tensor& x, const at::Tensor& out, bool rotate,
+                               bool at_pos) {
+  return {x.data_ptr(),  out.data_ptr(), static_cast<int>(x.size(1)),
+          rotate,        at_pos,         x.stride(0),
+          x.stride(1),   x.stride(2),    out.stride(0),
+          out.stride(1), out.stride(2)};
+}
+
+// One launch over `blocks` (x [B, H_j, T, D] each; one B, T, D).
+void launch_rotary_blocks(const at::Tensor& x0, const at::Tensor& cos, const at::Tensor& sin,
+                          const at::Tensor* pos, std::initializer_list<cuda::RotaryHeads> blocks) {
+  const c10::cuda::CUDAGuard guard(x0.device());
   detail::count_kernel_call(KernelOp::Rotary);
   cuda::RotaryArgs a{};
-  a.x = x.data_ptr();
   a.cos = cos.data_ptr();
   a.sin = sin.data_ptr();
-  a.out = out.data_ptr();
   a.pos = pos ? pos->data_ptr<int64_t>() : nullptr;
-  a.B = static_cast<int>(x.size(0));
-  a.H = static_cast<int>(x.size(1));
-  a.T = static_cast<int>(x.size(2));
-  a.D = static_cast<int>(x.size(3));
-  a.x_b = x.stride(0), a.x_h = x.stride(1), a.x_t = x.stride(2);
+  a.B = static_cast<int>(x0.size(0));
+  a.T = static_cast<int>(x0.size(2));
+  a.D = static_cast<int>(x0.size(3));
   // A [1, 1, T, D] table serves every batch row.
   a.c_b = cos.size(0) == 1 ? 0 : cos.stride(0), a.c_t = cos.stride(2);
-  a.o_b = out.stride(0), a.o_h = out.stride(1), a.o_t = out.stride(2);
-  check(cuda::launch_rotary(a, small_op_dtype(x), at::cuda::getCurrentCUDAStream()), "rotary");
+  for (const auto& b : blocks) a.heads[a.blocks++] = b;
+  check(cuda::launch_rotary(a, small_op_dtype(x0), at::cuda::getCurrentCUDAStream()), "rotary");
+}
+
+void rotary_cuda(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                 const at::Tensor* pos, const at::Tensor& out) {
+  launch_rotary_blocks(x, cos, sin, pos, {rotary_heads(x, out, true, pos != nullptr)});
+}
+
+void rotary_qkv_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                     const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& pos,
+                     const at::Tensor& q_out, const at::Tensor& k_dst, const at::Tensor& v_dst) {
+  launch_rotary_blocks(q, cos, sin, &pos,
+                       {rotary_heads(q, q_out, true, false), rotary_heads(k, k_dst, true, true),
+                        rotary_heads(v, v_dst, false, true)});
 }
 
 void gated_cuda(const at::Tensor& gate, const at::Tensor& up, bool gelu, at::Tensor& out) {
@@ -204,11 +222,25 @@ void gemv_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bias,
   check(cuda::launch_gemv(a, small_op_dtype(x), at::cuda::getCurrentCUDAStream()), "gemv");
 }
 
+void gemv_gated_cuda(const at::Tensor& x, const at::Tensor& w, bool gelu, at::Tensor& y) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  detail::count_kernel_call(KernelOp::Gemv);
+  cuda::GemvArgs a{};
+  a.x = x.data_ptr();
+  a.w = w.data_ptr();
+  a.y = y.data_ptr();
+  a.N = w.size(0) / 2, a.K = w.size(1);
+  a.epilogue = gelu ? cuda::GemvEpilogue::kGeluGated : cuda::GemvEpilogue::kSiluGated;
+  check(cuda::launch_gemv(a, small_op_dtype(x), at::cuda::getCurrentCUDAStream()), "gated gemv");
+}
+
 [[maybe_unused]] const bool registered = [] {
   auto& h = detail::cuda_hooks();
   h.gemv = &gemv_cuda;
+  h.gemv_gated = &gemv_gated_cuda;
   h.rms_norm = &rms_norm_cuda;
   h.rotary = &rotary_cuda;
+  h.rotary_qkv = &rotary_qkv_cuda;
   h.gated = &gated_cuda;
   h.rms_norm_backward = &rms_norm_backward_cuda;
   h.gated_backward = &gated_backward_cuda;

@@ -124,23 +124,42 @@ __global__ void __launch_bounds__(128)
   }
 }
 
-// One thread per pair (i, i + D/2) of one (b, h, t) row. HF: x * cos + rotate_half(x) * sin with
-// rotate_half(x) = cat(-x2, x1); each product and the sum are rounded to T, as ATen does.
+int total_heads(const RotaryArgs& a) {
+  int h = 0;
+  for (int j = 0; j < a.blocks; ++j) h += a.heads[j].H;
+  return h;
+}
+
+// One thread per pair (i, i + D/2) of one (b, h, t) row, h counted across the launch's blocks of
+// heads. HF: x * cos + rotate_half(x) * sin with rotate_half(x) = cat(-x2, x1); each product and
+// the sum are rounded to T, as ATen does.
 template <typename T>
-__global__ void rotary_kernel(const T* __restrict__ x, const T* __restrict__ cos_t,
-                              const T* __restrict__ sin_t, T* __restrict__ out, RotaryArgs a) {
+__global__ void rotary_kernel(const RotaryArgs a, int H) {
   pdl_begin();  // pdl.cuh
   const int half = a.D / 2;
   const int i = threadIdx.x;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
-  if (i >= half || row >= static_cast<int64_t>(a.B) * a.H * a.T) return;
+  if (i >= half || row >= static_cast<int64_t>(a.B) * H * a.T) return;
   const int t = static_cast<int>(row % a.T);
-  const int h = static_cast<int>((row / a.T) % a.H);
-  const int b = static_cast<int>(row / (static_cast<int64_t>(a.T) * a.H));
-  const T* xr = x + b * a.x_b + h * a.x_h + t * a.x_t;
+  int h = static_cast<int>((row / a.T) % H);
+  const int b = static_cast<int>(row / (static_cast<int64_t>(a.T) * H));
+  int j = 0;  // the block of heads h falls in (branches, not an indexed parameter array)
+  if (a.blocks > 1 && h >= a.heads[0].H) {
+    h -= a.heads[0].H, j = 1;
+    if (a.blocks > 2 && h >= a.heads[1].H) h -= a.heads[1].H, j = 2;
+  }
+  const RotaryHeads s = j == 0 ? a.heads[0] : j == 1 ? a.heads[1] : a.heads[2];
+  const T* xr = static_cast<const T*>(s.x) + b * s.x_b + h * s.x_h + t * s.x_t;
+  const int64_t slot = (s.at_pos ? *a.pos : 0) + t;
+  T* o = static_cast<T*>(s.out) + b * s.o_b + h * s.o_h + slot * s.o_t;
+  if (!s.rotate) {
+    o[i] = xr[i];
+    o[i + half] = xr[i + half];
+    return;
+  }
+  const T* cos_t = static_cast<const T*>(a.cos);
+  const T* sin_t = static_cast<const T*>(a.sin);
   const int64_t c_off = b * a.c_b + t * a.c_t;
-  const int64_t slot = (a.pos ? *a.pos : 0) + t;
-  T* o = out + b * a.o_b + h * a.o_h + slot * a.o_t;
   const float x1 = ld(xr + i), x2 = ld(xr + i + half);
   const float c1 = ld(cos_t + c_off + i), c2 = ld(cos_t + c_off + i + half);
   const float s1 = ld(sin_t + c_off + i), s2 = ld(sin_t + c_off + i + half);
@@ -148,21 +167,6 @@ __global__ void rotary_kernel(const T* __restrict__ x, const T* __restrict__ cos
   o[i] = Cvt<T>::from(__fadd_rn(round_to<T>(__fmul_rn(x1, c1)), round_to<T>(__fmul_rn(-x2, s1))));
   o[i + half] =
       Cvt<T>::from(__fadd_rn(round_to<T>(__fmul_rn(x2, c2)), round_to<T>(__fmul_rn(x1, s2))));
-}
-
-// act(gate) rounded to T (ATen's silu/gelu output), times up, rounded.
-template <typename T, bool kGelu>
-__device__ __forceinline__ T gated_one(T g, T u) {
-  const float x = Cvt<T>::to(g);
-  float act;
-  if constexpr (kGelu) {
-    // ATen's tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
-    constexpr float kBeta = 0.7978845608028654f, kKappa = 0.044715f;
-    act = 0.5f * x * (1.f + tanhf(kBeta * (x + kKappa * x * x * x)));
-  } else {
-    act = x / (1.f + expf(-x));
-  }
-  return Cvt<T>::from(round_to<T>(act) * Cvt<T>::to(u));
 }
 
 // Rows of `cols` elements; gate and up rows start `in_stride` elements apart (both halves of a
@@ -221,12 +225,11 @@ template <typename T>
 cudaError_t rotary_dt(const RotaryArgs& a, cudaStream_t st) {
   const int half = a.D / 2;
   const int rows_per_block = half >= 128 ? 2 : 256 / half;
-  const int64_t rows = static_cast<int64_t>(a.B) * a.H * a.T;
+  const int H = total_heads(a);
+  const int64_t rows = static_cast<int64_t>(a.B) * H * a.T;
   const dim3 block(static_cast<unsigned>(half), static_cast<unsigned>(rows_per_block));
   const auto grid = static_cast<unsigned>((rows + rows_per_block - 1) / rows_per_block);
-  return launch_pdl(rotary_kernel<T>, dim3(grid), block, 0, st, static_cast<const T*>(a.x),
-                    static_cast<const T*>(a.cos), static_cast<const T*>(a.sin),
-                    static_cast<T*>(a.out), a);
+  return launch_pdl(rotary_kernel<T>, dim3(grid), block, 0, st, a, H);
 }
 
 template <typename T>
@@ -257,7 +260,8 @@ cudaError_t launch_rms_norm(const NormArgs& a, DType dt, cudaStream_t st) {
 }
 
 cudaError_t launch_rotary(const RotaryArgs& a, DType dt, cudaStream_t st) {
-  if (static_cast<int64_t>(a.B) * a.H * a.T == 0) return cudaSuccess;
+  if (a.blocks < 1 || a.blocks > 3) return cudaErrorInvalidValue;
+  if (static_cast<int64_t>(a.B) * total_heads(a) * a.T == 0) return cudaSuccess;
   return with_dtype(dt, [&](auto t) { return rotary_dt<decltype(t)>(a, st); });
 }
 

@@ -21,7 +21,8 @@
 namespace uniattn::kernels::cuda {
 namespace {
 
-constexpr int kWarps = 4;   // outputs per CTA
+// Warps per CTA: 4, or S when S warps share one row (a CTA holds whole row groups).
+constexpr int cta_warps(int S) { return S > 4 ? S : 4; }
 constexpr int kUnroll = 8;  // 16-byte weight loads in flight per lane
 
 // Eight 16-bit values of a 16-byte vector as fp32 (bf16: the bits shifted up, exact).
@@ -63,20 +64,27 @@ __device__ __forceinline__ float fma_chunk(const uint4& wv, const float (&xf)[8]
 // segments s, s + S, s + 2S, ... of each row, so a narrow weight (q/k/v, o, down: 4-6K rows, one
 // warp each filling half the H200's warp slots) keeps S times the loads in flight; the S partial
 // sums meet in shared memory and are added in slice order.
-template <typename T, int R, int S>
-__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs a) {
+// Gated (E != kNone, R = 2): the warp's two rows are gate row i and up row N + i of a fused gate/up
+// weight, and it writes act(gate) * up for output i, so the activation needs no kernel of its own.
+template <typename T, int R, int S, GemvEpilogue E = GemvEpilogue::kNone>
+__global__ void __launch_bounds__(cta_warps(S) * 32) gemv_kernel(const GemvArgs a) {
+  constexpr int kWarps = cta_warps(S);
   static_assert(kWarps % S == 0, "a CTA holds whole row groups");
+  constexpr bool kGated = E != GemvEpilogue::kNone;
+  static_assert(!kGated || (R == 2 && S == 1), "gated: one warp per gate/up row pair");
   constexpr int U = kUnroll / R;
   constexpr int64_t kStride = S * 32;  // chunks between one lane's consecutive loads
   pdl_begin();                         // pdl.cuh: x is the output of the kernel ahead
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, slice = warp % S;
-  const int64_t n0 = (static_cast<int64_t>(blockIdx.x) * (kWarps / S) + warp / S) * R;
+  const int64_t group = static_cast<int64_t>(blockIdx.x) * (kWarps / S) + warp / S;
+  const int64_t n0 = kGated ? group : group * R;
   if (S == 1 && n0 >= a.N) return;  // the whole warp; with S > 1 every warp reaches the barrier
   const int64_t chunks = a.K / 8;
   const uint4* w[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) {  // a row past N reads row N - 1 and is not written
-    const int64_t n = n0 + r < a.N ? n0 + r : a.N - 1;
+    int64_t n = n0 + r < a.N ? n0 + r : a.N - 1;
+    if (kGated) n = (n0 < a.N ? n0 : a.N - 1) + r * a.N;
     w[r] = reinterpret_cast<const uint4*>(static_cast<const T*>(a.w) + n * a.K);
   }
   const uint4* x = static_cast<const uint4*>(a.x);
@@ -126,14 +134,19 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs a) {
     }
   }
   if (lane != 0 || n0 >= a.N) return;
+  if constexpr (kGated) {
+    static_cast<T*>(a.y)[n0] =
+        gated_one<T, E == GemvEpilogue::kGeluGated>(Cvt<T>::from(acc[0]), Cvt<T>::from(acc[1]));
+  } else {
 #pragma unroll
-  for (int r = 0; r < R; ++r) {
-    const int64_t n = n0 + r;
-    if (n >= a.N) break;
-    float y = acc[r];
-    if (a.bias) y += ld(static_cast<const T*>(a.bias) + n);
-    if (a.add) y += ld(static_cast<const T*>(a.add) + n);
-    static_cast<T*>(a.y)[n] = Cvt<T>::from(y);
+    for (int r = 0; r < R; ++r) {
+      const int64_t n = n0 + r;
+      if (n >= a.N) break;
+      float y = acc[r];
+      if (a.bias) y += ld(static_cast<const T*>(a.bias) + n);
+      if (a.add) y += ld(static_cast<const T*>(a.add) + n);
+      static_cast<T*>(a.y)[n] = Cvt<T>::from(y);
+    }
   }
 }
 
@@ -144,25 +157,33 @@ int rows_per_warp(int64_t n) {
   return forced ? forced : (n >= 16384 ? 2 : 1);
 }
 
-// Warps per row at one row per warp: UNIATTN_GEMV_SPLIT_K (1, 2 or 4; tuning runs only), else
-// enough that the grid holds about 16,384 warps (two per H200 warp slot).
-int split_k(int64_t n) {
-  static const int forced = env_int("UNIATTN_GEMV_SPLIT_K", 1, 4, 0);
-  if (forced) return forced == 3 ? 2 : forced;
-  return n >= 8192 ? 1 : n >= 4096 ? 2 : 4;
+// Warps per row at one row per warp: UNIATTN_GEMV_SPLIT_K (1, 2, 4 or 8; tuning runs only), else
+// 4 below 16,384 rows. On the H200 four beat one and two on every narrow LLaMA-8B shape (q/k/v
+// 3.86 against 3.45 TB/s, o 3.50 against 2.87, down 4.22 against 3.41; cuBLAS 3.25, 2.49, 3.72),
+// bench/results/kernels-gemv-splitk-llama8b-h200-36491ba.json.
+int split_k() {
+  static const int forced = env_int("UNIATTN_GEMV_SPLIT_K", 1, 8, 0);
+  return forced == 0 ? 4 : forced >= 8 ? 8 : forced >= 4 ? 4 : forced >= 2 ? 2 : 1;
 }
 
-template <typename T, int R, int S>
+template <typename T, int R, int S, GemvEpilogue E = GemvEpilogue::kNone>
 cudaError_t launch_rows(const GemvArgs& a, cudaStream_t st) {
-  constexpr int64_t kRows = kWarps / S * R;  // outputs per CTA
+  constexpr int kWarps = cta_warps(S);
+  constexpr int64_t kRows = kWarps / S * (E == GemvEpilogue::kNone ? R : 1);  // outputs per CTA
   const dim3 grid(static_cast<unsigned>((a.N + kRows - 1) / kRows));
-  return launch_pdl(gemv_kernel<T, R, S>, grid, dim3(kWarps * 32), 0, st, a);
+  return launch_pdl(gemv_kernel<T, R, S, E>, grid, dim3(kWarps * 32), 0, st, a);
 }
 
 template <typename T>
 cudaError_t launch_typed(const GemvArgs& a, cudaStream_t st) {
+  if (a.epilogue == GemvEpilogue::kSiluGated)
+    return launch_rows<T, 2, 1, GemvEpilogue::kSiluGated>(a, st);
+  if (a.epilogue == GemvEpilogue::kGeluGated)
+    return launch_rows<T, 2, 1, GemvEpilogue::kGeluGated>(a, st);
   if (rows_per_warp(a.N) == 2) return launch_rows<T, 2, 1>(a, st);
-  switch (split_k(a.N)) {
+  switch (split_k()) {
+    case 8:
+      return launch_rows<T, 1, 8>(a, st);
     case 4:
       return launch_rows<T, 1, 4>(a, st);
     case 2:
@@ -182,7 +203,9 @@ cudaError_t probe_gemv_image() {
 }
 
 cudaError_t launch_gemv(const GemvArgs& a, DType dt, cudaStream_t st) {
-  if (a.K % 8 != 0 || a.K * 2 > 0xffffffffLL || dt == DType::kFloat || a.N > 0x7fffffff)
+  const bool gated = a.epilogue != GemvEpilogue::kNone;
+  if (a.K % 8 != 0 || a.K * 2 > 0xffffffffLL || dt == DType::kFloat || a.N > 0x3fffffff ||
+      (gated && (a.bias || a.add)))
     return cudaErrorInvalidValue;
   if (a.N == 0) return cudaSuccess;
   return dt == DType::kHalf ? launch_typed<__half>(a, st) : launch_typed<__nv_bfloat16>(a, st);

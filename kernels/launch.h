@@ -81,16 +81,26 @@ struct NormArgs {
 };
 cudaError_t launch_rms_norm(const NormArgs& a, DType dt, cudaStream_t stream);
 
+// One block of heads of a rotary launch: x [B,H,T,D] -> out [B,H,*,D], last dims contiguous.
+struct RotaryHeads {
+  const void* x;
+  void* out;
+  int H;
+  bool rotate;            // else copied unchanged (a decode step's V, written beside its K)
+  bool at_pos;            // row t goes to position *pos + t (a cache slot), else to t
+  int64_t x_b, x_h, x_t;  // strides of x (elements)
+  int64_t o_b, o_h, o_t;  // strides of out
+};
 struct RotaryArgs {
-  const void* x;       // [B,H,T,D], last dim contiguous, strides below (elements)
   const void* cos;     // [B,1,T,D]
   const void* sin;     // same strides as cos
-  void* out;           // [B,H,*,D]; row t goes to position (pos ? *pos : 0) + t
-  const int64_t* pos;  // optional device scalar (graph-safe decode into a cache)
-  int B, H, T, D;
-  int64_t x_b, x_h, x_t;  // strides of x
-  int64_t c_b, c_t;       // strides of cos/sin
-  int64_t o_b, o_h, o_t;  // strides of out
+  const int64_t* pos;  // device scalar for blocks with at_pos (graph-safe decode into a cache)
+  int B, T, D;
+  int64_t c_b, c_t;  // strides of cos/sin
+  // Up to three blocks in one launch: a decode step's q (rotated in place of a copy), k (rotated
+  // into its cache slot) and v (copied into its slot) cost one kernel instead of three.
+  RotaryHeads heads[3];
+  int blocks;
 };
 cudaError_t launch_rotary(const RotaryArgs& a, DType dt, cudaStream_t stream);
 
@@ -162,15 +172,20 @@ cudaError_t launch_adamw(const AdamWArgs& a, DType dt, int num_sms, cudaStream_t
 // ---- GEMV for decode batch 1 (gemv.cu) ---------------------------------------------------------
 // y = w . x (+ bias) (+ add) for one input row, fp16/bf16, fp32 accumulation and one rounding of
 // each output (what at::linear / at::addmm with beta = 1 compute).
+enum class GemvEpilogue { kNone, kSiluGated, kGeluGated };
 struct GemvArgs {
   const void* x;     // [K], 16-byte aligned
-  const void* w;     // [N, K] contiguous, 16-byte aligned; K % 8 == 0
+  const void* w;     // [N, K] contiguous, 16-byte aligned; K % 8 == 0 ([2N, K] when gated)
   const void* bias;  // [N], or nullptr
   const void* add;   // [N], or nullptr
   void* y;           // [N]
   int64_t N, K;
+  // Gated: y[i] = act(W[i] . x) * (W[N + i] . x), each dot product rounded to the dtype first (a
+  // fused gate/up projection and its activation, as gated_activation computes them unfused);
+  // bias and add must be null.
+  GemvEpilogue epilogue = GemvEpilogue::kNone;
 };
-// cudaErrorInvalidValue for K % 8 != 0, K above 2^31 or fp32.
+// cudaErrorInvalidValue for K % 8 != 0, K above 2^31, fp32, or a gated call with bias or add.
 cudaError_t launch_gemv(const GemvArgs& a, DType dt, cudaStream_t stream);
 
 // ---- image probes -------------------------------------------------------------------------------

@@ -233,15 +233,30 @@ void AttentionImpl::write_decode_kv(const at::Tensor& k, const at::Tensor& v,
   s.cache->write_v_at(layer_, v, pos);
 }
 
+at::Tensor AttentionImpl::decode_rope_and_cache(const at::Tensor& q_lin, at::Tensor k,
+                                                const at::Tensor& v, ForwardState& s) const {
+  const auto& c = *cfg_;
+  if (!q_norm_.defined() && !k_norm_.defined() && !s.paged_decode && s.cache->has_k(layer_) &&
+      s.cache->has_v(layer_)) {
+    const auto& [cos, sin] = sliding_ ? s.rope_sliding : s.rope_global;
+    auto q = at::empty(q_lin.sizes(), q_lin.options());
+    if (apply_rotary_qkv_into(q_lin, k, v, cos, sin, q, s.cache->k_buffer(layer_),
+                              s.cache->v_buffer(layer_), s.decode_position))
+      return q;
+  }
+  auto q = rope_and_norm(q_lin, q_norm_, s).contiguous();
+  if (k_norm_.defined()) k = rms_norm(k, k_norm_, c.rms_norm_eps, c.norm_plus_one);
+  write_decode_kv(k, v, s);
+  return q;
+}
+
 at::Tensor AttentionImpl::decode_attention(const at::Tensor& xn, const at::Tensor& v_lin,
                                            ForwardState& s) {
   const auto& c = *cfg_;
   const auto p = kernel_params();
   if (!is_follower()) {
     auto [q_lin, k, v] = project_qkv(xn);
-    auto q = rope_and_norm(q_lin, q_norm_, s).contiguous();
-    if (k_norm_.defined()) k = rms_norm(k, k_norm_, c.rms_norm_eps, c.norm_plus_one);
-    write_decode_kv(k, v, s);
+    auto q = decode_rope_and_cache(q_lin, k, v, s);
     const auto kv = decode_kv(layer_, s);
     // A leader's kernel also writes the normalised probability row its followers reuse; a layer
     // whose followers reuse no probabilities (none, or CLA ones that read K and V) skips that row.

@@ -41,6 +41,11 @@ class AttentionImpl : public torch::nn::Module {
   // Writes a decode step's new K (k [B,Hkv,1,D] before RoPE; undefined for a follower) and V
   // into this layer's cache, static or paged.
   void write_decode_kv(const at::Tensor& k, const at::Tensor& v, ForwardState& s) const;
+  // A leader's decode step after its projections: q with RoPE (and q_norm) applied, returned
+  // contiguous [B,Hq,1,D], with k (RoPE, k_norm) and v written into the cache. One kernel for all
+  // three where apply_rotary_qkv_into applies (static cache, no q/k norm).
+  at::Tensor decode_rope_and_cache(const at::Tensor& q_lin, at::Tensor k, const at::Tensor& v,
+                                   ForwardState& s) const;
   // A follower's V heads [B, Hkv, T, D]: from v_lin when given, else its own projection.
   at::Tensor follower_v(const at::Tensor& xn, const at::Tensor& v_lin) const;
   kernels::AttnParams kernel_params() const;

@@ -162,6 +162,26 @@ void apply_rotary_into(const at::Tensor& x, const at::Tensor& cos, const at::Ten
   dst.index_copy_(2, idx, apply_rotary_aten(x, cos, sin));
 }
 
+bool apply_rotary_qkv_into(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                           const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& q_out,
+                           const at::Tensor& k_dst, const at::Tensor& v_dst,
+                           const at::Tensor& pos) {
+  if (!kernels::detail::cuda_hooks().rotary_qkv || !rotary_kernel_applies(q, cos, sin) ||
+      !rotary_kernel_applies(k, cos, sin) || !use_fused(KernelOp::Rotary, {&q, &v, &q_out}) ||
+      !use_fused(KernelOp::Rotary, {&q, &k_dst, &v_dst}))
+    return false;
+  auto fits = [&](const at::Tensor& dst, const at::Tensor& x, int64_t min_t) {
+    return dst.dim() == 4 && dst.size(0) == x.size(0) && dst.size(1) == x.size(1) &&
+           dst.size(2) >= min_t && dst.size(3) == x.size(3) && dst.stride(3) == 1;
+  };
+  const int64_t t = q.size(2);
+  return v.sizes() == k.sizes() && v.stride(3) == 1 && q.size(0) == k.size(0) && k.size(2) == t &&
+         fits(q_out, q, t) && fits(k_dst, k, t) && fits(v_dst, v, t) &&
+         pos.scalar_type() == at::kLong && pos.device() == q.device() &&
+         (kernels::detail::cuda_hooks().rotary_qkv(q, k, v, cos, sin, pos, q_out, k_dst, v_dst),
+          true);
+}
+
 at::Tensor gated_activation_aten(const at::Tensor& gate, const at::Tensor& up, Activation act) {
   auto g = act == Activation::Silu ? at::silu(gate) : at::gelu(gate, "tanh");
   return g * up;
@@ -251,6 +271,19 @@ at::Tensor linear_forward(const at::Tensor& x, const at::Tensor& weight, const a
   return bias.defined() ? y + bias : y;
 }
 
+at::Tensor gated_linear_forward(const at::Tensor& x, const at::Tensor& gate_up, Activation act) {
+  if (!kernels::detail::cuda_hooks().gemv_gated || gate_up.dim() != 2 || gate_up.size(0) % 2 != 0)
+    return {};
+  auto row = gemv_input(x, gate_up, {}, {});
+  if (!row.defined()) return {};
+  const int64_t out = gate_up.size(0) / 2;
+  auto shape = x.sizes().vec();
+  shape.back() = out;
+  auto y = at::empty({out}, x.options());
+  kernels::detail::cuda_hooks().gemv_gated(row, gate_up, act == Activation::GeluTanh, y);
+  return y.view(shape);
+}
+
 ProjImpl::ProjImpl(int64_t in, int64_t out, bool with_bias, const at::TensorOptions& o) {
   weight = register_parameter("weight", at::empty({out, in}, o).normal_(0.0, 0.02));
   if (with_bias) bias = register_parameter("bias", at::zeros({out}, o));
@@ -278,8 +311,7 @@ std::vector<Proj> FusedProjections::allocate(int64_t in, const std::vector<int64
   return projs;
 }
 
-std::vector<at::Tensor> FusedProjections::forward(const at::Tensor& x,
-                                                  const std::vector<Proj>& projs) const {
+at::Tensor FusedProjections::block(const at::Tensor& x, const std::vector<Proj>& projs) const {
   if (outs_.empty() || at::GradMode::is_enabled() || projs.size() != outs_.size()) return {};
   const auto& first = projs[0]->weight;
   const int64_t in = first.size(1);
@@ -296,9 +328,16 @@ std::vector<at::Tensor> FusedProjections::forward(const at::Tensor& x,
   // The whole block, re-derived from the parameters each time: holding it here would keep the
   // old weights alive after the parameters were re-pointed.
   const int64_t rows = (off - first.storage_offset()) / in;
-  auto y = linear_forward(x, first.as_strided({rows, in}, {in, 1}));
+  return first.as_strided({rows, in}, {in, 1});
+}
+
+std::vector<at::Tensor> FusedProjections::forward(const at::Tensor& x,
+                                                  const std::vector<Proj>& projs) const {
+  auto w = block(x, projs);
+  if (!w.defined()) return {};
+  auto y = linear_forward(x, w);
   std::vector<at::Tensor> parts;
-  off = 0;
+  int64_t off = 0;
   for (int64_t n : outs_) {
     parts.push_back(y.narrow(-1, off, n));
     off += n;
@@ -320,6 +359,9 @@ MlpImpl::MlpImpl(const ModelConfig& c, const at::TensorOptions& o) : act_(c.acti
 }
 
 at::Tensor MlpImpl::forward(const at::Tensor& x) {
+  // A decode row: the gate/up GEMV applies the activation itself (no kernel between it and down).
+  if (auto w = gate_up_.block(x, {gate_proj, up_proj}); w.defined())
+    if (auto h = gated_linear_forward(x, w, act_); h.defined()) return down_proj->forward(h);
   if (auto gu = gate_up_.forward(x, {gate_proj, up_proj}); !gu.empty())
     return down_proj->forward(gated_activation(gu[0], gu[1], act_));
   return down_proj->forward(gated_activation(gate_proj->forward(x), up_proj->forward(x), act_));

@@ -59,6 +59,15 @@ at::Tensor apply_rotary_aten(const at::Tensor& x, const at::Tensor& cos, const a
 // [pos, pos + T) (pos: int64 [1] on the device), without a host sync.
 void apply_rotary_into(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                        const at::Tensor& dst, const at::Tensor& pos);
+// A decode step's three writes in one kernel: q_out = rotary(q), k_dst[:, :, pos + t] =
+// rotary(k), v_dst[:, :, pos + t] = v, with q [B, H, T, D], k and v [B, Hkv, T, D] (last dims
+// contiguous, one dtype and CUDA device, no gradient), q_out [B, H, T, D], k_dst and v_dst
+// [B, Hkv, S_max, D] and pos int64 [1] on the device. Each value equals apply_rotary's and
+// apply_rotary_into's. Returns false, having written nothing, where the kernel does not apply
+// (the caller then runs those functions).
+bool apply_rotary_qkv_into(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                           const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& q_out,
+                           const at::Tensor& k_dst, const at::Tensor& v_dst, const at::Tensor& pos);
 
 // act(gate) * up, act SiLU or tanh-approximated GELU.
 at::Tensor gated_activation(const at::Tensor& gate, const at::Tensor& up, Activation act);
@@ -73,6 +82,12 @@ at::Tensor gated_activation_aten(const at::Tensor& gate, const at::Tensor& up, A
 // Throws (ATen's error) on mismatched shapes.
 at::Tensor linear_forward(const at::Tensor& x, const at::Tensor& weight,
                           const at::Tensor& bias = {}, const at::Tensor& add = {});
+
+// act(x . W_gate^T) * (x . W_up^T) for gate_up = [W_gate; W_up] [2 * out, in] (a fused gate/up
+// block), x [..., in] -> [..., out], when linear_forward would take the GEMV kernel for x and
+// gate_up: one kernel, values equal to linear_forward then gated_activation. Otherwise undefined
+// (the caller runs those two).
+at::Tensor gated_linear_forward(const at::Tensor& x, const at::Tensor& gate_up, Activation act);
 
 // A bias-optional linear projection whose parameters are created directly with the given
 // options (dtype, device) and initialised N(0, 0.02) as HF initialises decoders: building an
@@ -104,6 +119,8 @@ class FusedProjections {
   // gradient is needed, x has at most kMaxRows rows and every Proj still points into the
   // allocation; otherwise an empty vector (the caller runs the projections one by one).
   std::vector<at::Tensor> forward(const at::Tensor& x, const std::vector<Proj>& projs) const;
+  // The allocation [sum(outs), in] itself under forward()'s conditions, else undefined.
+  at::Tensor block(const at::Tensor& x, const std::vector<Proj>& projs) const;
   static constexpr int64_t kMaxRows = 16;
 
  private:

@@ -162,6 +162,65 @@ TEST(FusedOps, RotaryIntoCacheSlot) {
   }
 }
 
+// A decode step's q, k and v (views of one fused projection row) in one launch: q rotated into a
+// fresh tensor, k rotated into its cache slot, v copied into its slot; each equal to the separate
+// kernels' value, and nothing else in the caches moves.
+TEST(FusedOps, RotaryQkvIntoCacheSlots) {
+  SKIP_WITHOUT_GPU();
+  at::manual_seed(7);
+  for (auto dt : kDtypes) {
+    const int64_t b = 3, hq = 8, hkv = 2, d = 128, s_max = 40, p = 17;
+    auto lin = at::randn({b, 1, (hq + 2 * hkv) * d}, cuda(at::kFloat)).to(dt);
+    auto heads = [&](int64_t off, int64_t h) {
+      return lin.narrow(2, off * d, h * d).view({b, 1, h, d}).transpose(1, 2);
+    };
+    auto q = heads(0, hq), k = heads(hq, hkv), v = heads(hq + hkv, hkv);
+    auto k_cache = at::randn({b, hkv, s_max, d}, cuda(at::kFloat)).to(dt);
+    auto v_cache = at::randn({b, hkv, s_max, d}, cuda(at::kFloat)).to(dt);
+    const auto k_before = k_cache.clone(), v_before = v_cache.clone();
+    auto [cos, sin] = tables(b, 1, d, dt, p);
+    auto pos = at::full({1}, p, cuda(at::kLong));
+    auto q_out = at::empty({b, hq, 1, d}, lin.options());
+    at::NoGradGuard ng;
+    const uint64_t calls = uniattn::kernel_call_count(uniattn::KernelOp::Rotary);
+    ASSERT_TRUE(uniattn::apply_rotary_qkv_into(q, k, v, cos, sin, q_out, k_cache, v_cache, pos))
+        << name(dt);
+    EXPECT_EQ(uniattn::kernel_call_count(uniattn::KernelOp::Rotary), calls + 1) << name(dt);
+    check_rule("rotary_qkv/q/" + name(dt), q_out, uniattn::apply_rotary_aten(q, cos, sin),
+               rotary_ref(q, cos, sin));
+    EXPECT_TRUE(at::equal(q_out, uniattn::apply_rotary(q, cos, sin))) << name(dt);
+    check_rule("rotary_qkv/k/" + name(dt), k_cache.narrow(2, p, 1),
+               uniattn::apply_rotary_aten(k, cos, sin), rotary_ref(k, cos, sin));
+    EXPECT_TRUE(at::equal(k_cache.narrow(2, p, 1), uniattn::apply_rotary(k, cos, sin))) << name(dt);
+    EXPECT_TRUE(at::equal(v_cache.narrow(2, p, 1), v)) << name(dt);
+    auto others = [&](const at::Tensor& c) {
+      return at::cat({c.narrow(2, 0, p), c.narrow(2, p + 1, s_max - p - 1)}, 2);
+    };
+    EXPECT_TRUE(at::equal(others(k_cache), others(k_before))) << name(dt);
+    EXPECT_TRUE(at::equal(others(v_cache), others(v_before))) << name(dt);
+  }
+  // Where it does not apply it writes nothing and says so: the caller runs the separate ops.
+  auto bf = cuda(at::kBFloat16);
+  auto q = at::randn({1, 4, 1, 64}, bf), k = at::randn({1, 2, 1, 64}, bf);
+  auto v = at::randn({1, 2, 1, 64}, bf), q_out = at::zeros_like(q);
+  auto k_cache = at::zeros({1, 2, 8, 64}, bf), v_cache = at::zeros({1, 2, 8, 64}, bf);
+  auto [cos, sin] = tables(1, 1, 64, at::kBFloat16, 3);
+  auto pos = at::full({1}, 3, cuda(at::kLong));
+  auto expect_refused = [&](const std::string& what, const at::Tensor& kd, const at::Tensor& vv) {
+    EXPECT_FALSE(uniattn::apply_rotary_qkv_into(q, k, vv, cos, sin, q_out, kd, v_cache, pos))
+        << what;
+    EXPECT_EQ(q_out.abs().sum().item<double>(), 0.0) << what;
+    EXPECT_EQ(v_cache.abs().sum().item<double>(), 0.0) << what;
+  };
+  expect_refused("fp32 K cache", k_cache.to(at::kFloat), v);
+  expect_refused("V of another head count", k_cache, at::randn({1, 3, 1, 64}, bf));
+  expect_refused("K cache of another head dim", at::zeros({1, 2, 8, 32}, bf), v);
+  {
+    at::AutoGradMode grad(true);
+    expect_refused("v requiring grad", k_cache, v.clone().requires_grad_(true));
+  }
+}
+
 TEST(FusedOps, GatedActivations) {
   SKIP_WITHOUT_GPU();
   at::manual_seed(4);

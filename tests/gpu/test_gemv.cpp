@@ -62,8 +62,7 @@ TEST(Gemv, ShapesDtypesAgainstAtenAndFp64) {
   // output counts, K not a multiple of the 256 elements a warp reads per step, tiny shapes; x as
   // a decode step's [1, 1, K] and as a plain [K].
   // 16,385 rows take two rows per warp, the last warp's second row past the end; below 16,384 rows
-  // one to four warps share a row (8,193: one; 4,096-6,144: two; fewer: four), the last CTA's
-  // row groups partly past the end.
+  // four warps share a row.
   const int64_t shapes[][2] = {{6144, 4096}, {4096, 14336}, {5120, 4096},
                                {4099, 2056}, {16385, 264},  {8193, 520},
                                {7, 8},       {33, 264},     {1, 4104}};
@@ -111,6 +110,54 @@ TEST(Gemv, StridedAndMisalignedOperands) {
   // Grad mode on but nothing requiring grad: still inference, still the kernel.
   at::AutoGradMode grad(true);
   check_case("grad mode, no grad needed", rows[0], w, {}, {});
+}
+
+// The gate/up GEMV with the activation in its epilogue (gated_linear_forward) against ATen's
+// linear then activation and an fp64 reference (FlashAttention rule). LLaMA-8B's gate/up (2 x
+// 14,336 rows) must equal linear_forward + gated_activation bit for bit: both take two rows per
+// warp and the same summation order, and round each dot product before the activation.
+TEST(Gemv, GatedEpilogueAgainstAtenAndFp64) {
+  SKIP_WITHOUT_GPU();
+  at::manual_seed(3);
+  const int64_t shapes[][2] = {{14336, 4096}, {4099, 2056}, {7, 264}, {1, 8}};
+  for (auto dt : {at::kBFloat16, at::kHalf})
+    for (const auto& nk : shapes)
+      for (auto act : {uniattn::Activation::Silu, uniattn::Activation::GeluTanh}) {
+        const int64_t n = nk[0], k = nk[1];
+        const std::string what = std::string(c10::toString(dt)) +
+                                 (act == uniattn::Activation::Silu ? " silu" : " gelu") +
+                                 " N=" + std::to_string(n) + " K=" + std::to_string(k);
+        auto x = at::randn({1, 1, k}, cuda(at::kFloat)).to(dt);
+        auto w = (at::randn({2 * n, k}, cuda(at::kFloat)) * 0.05).to(dt);
+        const uint64_t calls = kernel_call_count(KernelOp::Gemv);
+        auto y = uniattn::gated_linear_forward(x, w, act);
+        ASSERT_TRUE(y.defined()) << what;
+        EXPECT_EQ(kernel_call_count(KernelOp::Gemv), calls + 1) << what;
+        ASSERT_EQ(y.sizes().vec(), (std::vector<int64_t>{1, 1, n})) << what;
+        auto lin = at::linear(x, w);
+        auto aten = uniattn::gated_activation_aten(lin.narrow(-1, 0, n), lin.narrow(-1, n, n), act);
+        auto ld = at::matmul(x.to(at::kDouble), w.to(at::kDouble).t());
+        auto gd = ld.narrow(-1, 0, n);
+        auto ref = (act == uniattn::Activation::Silu ? at::silu(gd) : at::gelu(gd, "tanh")) *
+                   ld.narrow(-1, n, n);
+        const double ek = max_err(y, ref), ea = max_err(aten, ref);
+        std::printf("RATIO gated %s kernel_err=%.3e aten_err=%.3e ratio=%.3f\n", what.c_str(), ek,
+                    ea, ek / std::max(ea, 1e-30));
+        EXPECT_LE(ek, 2.0 * ea + 1e-6) << what;
+        if (n == 14336) {
+          auto gu = linear_forward(x, w);
+          auto unfused = uniattn::gated_activation(gu.narrow(-1, 0, n), gu.narrow(-1, n, n), act);
+          EXPECT_TRUE(at::equal(y, unfused)) << what << ": differs from gemv + gated";
+        }
+      }
+  // Not one aligned row without grad: undefined, the caller runs linear + activation.
+  auto bf = cuda(at::kBFloat16);
+  auto w = at::randn({64, 512}, bf);
+  EXPECT_FALSE(uniattn::gated_linear_forward(at::randn({2, 512}, bf), w, uniattn::Activation::Silu)
+                   .defined());
+  EXPECT_FALSE(uniattn::gated_linear_forward(at::randn({1, 512}, bf), w.narrow(0, 0, 63),
+                                             uniattn::Activation::Silu)
+                   .defined());
 }
 
 // Where the kernel does not apply, linear_forward is ATen's and the kernel never runs.

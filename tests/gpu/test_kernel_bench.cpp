@@ -249,6 +249,20 @@ TEST(KernelBench, DecodeProjections) {
     auto x4 = at::randn({4, s.k}, opt);
     record(std::string(s.name) + "/M=4", "cublas",
            graph_call_ms(sets, [&](int i) { ys[i] = at::linear(x4, ws[i]); }));
+    if (std::string(s.name) == "gate_up_proj") {
+      // The MLP's first half at decode: the GEMV with SiLU(gate) * up in its epilogue, against the
+      // GEMV followed by the gated activation kernel.
+      const int64_t half = s.n / 2;
+      const auto silu = uniattn::Activation::Silu;
+      record("gate_up_proj+silu/M=1", gemv_variant + "_gated", graph_call_ms(sets, [&](int i) {
+               ys[i] = uniattn::gated_linear_forward(x, ws[i], silu);
+             }));
+      record("gate_up_proj+silu/M=1", gemv_variant + "+gated", graph_call_ms(sets, [&](int i) {
+               auto gu = uniattn::linear_forward(x, ws[i]);
+               ys[i] = uniattn::gated_activation(gu.narrow(-1, 0, half), gu.narrow(-1, half, half),
+                                                 silu);
+             }));
+    }
   }
   nlohmann::json doc = result_doc("UNIATTN_GEMV_BENCH_OUT=<file> test_kernel_bench");
   doc["notes"] =
