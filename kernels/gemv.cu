@@ -71,7 +71,7 @@ __global__ void __launch_bounds__(cta_warps(S) * 32) gemv_kernel(const GemvArgs 
   constexpr int kWarps = cta_warps(S);
   static_assert(kWarps % S == 0, "a CTA holds whole row groups");
   constexpr bool kGated = E != GemvEpilogue::kNone;
-  static_assert(!kGated || (R == 2 && S == 1), "gated: one warp per gate/up row pair");
+  static_assert(!kGated || R == 2, "gated: a warp group per gate/up row pair");
   constexpr int U = kUnroll / R;
   constexpr int64_t kStride = S * 32;  // chunks between one lane's consecutive loads
   pdl_begin();                         // pdl.cuh: x is the output of the kernel ahead
@@ -107,11 +107,23 @@ __global__ void __launch_bounds__(cta_warps(S) * 32) gemv_kernel(const GemvArgs 
       for (int r = 0; r < R; ++r) acc[r] = fma_chunk<T>(wv[r][u], xf, acc[r]);
     }
   }
-  for (; c < chunks; c += kStride) {
-    float xf[8];
-    to_f32x8<T>(x[c], xf);
+  if (c <
+      chunks) {  // the last U loads or fewer, issued together (predicated), then summed in order
+    uint4 wv[R][U];
 #pragma unroll
-    for (int r = 0; r < R; ++r) acc[r] = fma_chunk<T>(__ldcs(w[r] + c), xf, acc[r]);
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+        if (c + u * kStride < chunks) wv[r][u] = __ldcs(w[r] + c + u * kStride);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (c + u * kStride >= chunks) break;
+      float xf[8];
+      to_f32x8<T>(x[c + u * kStride], xf);
+#pragma unroll
+      for (int r = 0; r < R; ++r) acc[r] = fma_chunk<T>(wv[r][u], xf, acc[r]);
+    }
   }
 #pragma unroll
   for (int r = 0; r < R; ++r) {
@@ -150,6 +162,14 @@ __global__ void __launch_bounds__(cta_warps(S) * 32) gemv_kernel(const GemvArgs 
   }
 }
 
+template <typename T, int R, int S, GemvEpilogue E = GemvEpilogue::kNone>
+cudaError_t launch_rows(const GemvArgs& a, cudaStream_t st) {
+  constexpr int kWarps = cta_warps(S);
+  constexpr int64_t kRows = kWarps / S * (E == GemvEpilogue::kNone ? R : 1);  // outputs per CTA
+  const dim3 grid(static_cast<unsigned>((a.N + kRows - 1) / kRows));
+  return launch_pdl(gemv_kernel<T, R, S, E>, grid, dim3(kWarps * 32), 0, st, a);
+}
+
 // Rows per warp: UNIATTN_GEMV_ROWS_PER_WARP (1 or 2; tuning runs only), else 2 for weights of at
 // least 16,384 rows (more warps than one wave holds) and 1 below.
 int rows_per_warp(int64_t n) {
@@ -166,21 +186,33 @@ int split_k() {
   return forced == 0 ? 4 : forced >= 8 ? 8 : forced >= 4 ? 4 : forced >= 2 ? 2 : 1;
 }
 
-template <typename T, int R, int S, GemvEpilogue E = GemvEpilogue::kNone>
-cudaError_t launch_rows(const GemvArgs& a, cudaStream_t st) {
-  constexpr int kWarps = cta_warps(S);
-  constexpr int64_t kRows = kWarps / S * (E == GemvEpilogue::kNone ? R : 1);  // outputs per CTA
-  const dim3 grid(static_cast<unsigned>((a.N + kRows - 1) / kRows));
-  return launch_pdl(gemv_kernel<T, R, S, E>, grid, dim3(kWarps * 32), 0, st, a);
+// Warps per row pair at two rows per warp (gate/up, lm_head): UNIATTN_GEMV_WIDE_SPLIT_K (1, 2 or
+// 4; tuning runs only), else 1.
+int wide_split_k() {
+  static const int forced = env_int("UNIATTN_GEMV_WIDE_SPLIT_K", 1, 4, 0);
+  return forced >= 4 ? 4 : forced >= 2 ? 2 : 1;
+}
+
+// Two rows per warp (plain, or a gated gate/up pair), S warps per pair.
+template <typename T, GemvEpilogue E>
+cudaError_t launch_pairs(const GemvArgs& a, cudaStream_t st) {
+  switch (wide_split_k()) {
+    case 4:
+      return launch_rows<T, 2, 4, E>(a, st);
+    case 2:
+      return launch_rows<T, 2, 2, E>(a, st);
+    default:
+      return launch_rows<T, 2, 1, E>(a, st);
+  }
 }
 
 template <typename T>
 cudaError_t launch_typed(const GemvArgs& a, cudaStream_t st) {
   if (a.epilogue == GemvEpilogue::kSiluGated)
-    return launch_rows<T, 2, 1, GemvEpilogue::kSiluGated>(a, st);
+    return launch_pairs<T, GemvEpilogue::kSiluGated>(a, st);
   if (a.epilogue == GemvEpilogue::kGeluGated)
-    return launch_rows<T, 2, 1, GemvEpilogue::kGeluGated>(a, st);
-  if (rows_per_warp(a.N) == 2) return launch_rows<T, 2, 1>(a, st);
+    return launch_pairs<T, GemvEpilogue::kGeluGated>(a, st);
+  if (rows_per_warp(a.N) == 2) return launch_pairs<T, GemvEpilogue::kNone>(a, st);
   switch (split_k()) {
     case 8:
       return launch_rows<T, 1, 8>(a, st);
