@@ -177,20 +177,19 @@ int rows_per_warp(int64_t n) {
   return forced ? forced : (n >= 16384 ? 2 : 1);
 }
 
-// Warps per row at one row per warp: UNIATTN_GEMV_SPLIT_K (1, 2, 4 or 8; tuning runs only), else
-// 4 below 16,384 rows. On the H200 four beat one and two on every narrow LLaMA-8B shape (q/k/v
-// 3.86 against 3.45 TB/s, o 3.50 against 2.87, down 4.22 against 3.41; cuBLAS 3.25, 2.49, 3.72),
-// bench/results/kernels-gemv-splitk-llama8b-h200-36491ba.json.
+// Warps per row at one row per warp (below 16,384 rows): UNIATTN_GEMV_SPLIT_K (1, 2, 4 or 8;
+// tuning runs only), else 2. Warps per row pair at two rows per warp (gate/up, gated, lm_head):
+// UNIATTN_GEMV_WIDE_SPLIT_K (1, 2 or 4), else 4. One H200 run at c3915ba, LLaMA-8B shapes, TB/s:
+// narrow split 2 / 4 / 8: q/k/v 3.86 / 3.64 / 3.16, o 3.66 / 3.32 / 2.97, down 4.15 / 4.01 / 3.98
+// (one warp per row, 36491ba: 3.45, 2.87, 3.41); wide split 1 / 2 / 4: gated gate/up 4.10 / 4.19 /
+// 4.31, lm_head 4.46 / 4.35 / 4.51 (bench/results/kernels-gemv-splitk-llama8b-h200.json).
 int split_k() {
   static const int forced = env_int("UNIATTN_GEMV_SPLIT_K", 1, 8, 0);
-  return forced == 0 ? 4 : forced >= 8 ? 8 : forced >= 4 ? 4 : forced >= 2 ? 2 : 1;
+  return forced == 0 ? 2 : forced >= 8 ? 8 : forced >= 4 ? 4 : forced >= 2 ? 2 : 1;
 }
-
-// Warps per row pair at two rows per warp (gate/up, lm_head): UNIATTN_GEMV_WIDE_SPLIT_K (1, 2 or
-// 4; tuning runs only), else 1.
 int wide_split_k() {
   static const int forced = env_int("UNIATTN_GEMV_WIDE_SPLIT_K", 1, 4, 0);
-  return forced >= 4 ? 4 : forced >= 2 ? 2 : 1;
+  return forced == 0 ? 4 : forced >= 4 ? 4 : forced >= 2 ? 2 : 1;
 }
 
 // Two rows per warp (plain, or a gated gate/up pair), S warps per pair.

@@ -62,7 +62,8 @@ TEST(Gemv, ShapesDtypesAgainstAtenAndFp64) {
   // output counts, K not a multiple of the 256 elements a warp reads per step, tiny shapes; x as
   // a decode step's [1, 1, K] and as a plain [K].
   // 16,385 rows take two rows per warp, the last warp's second row past the end; below 16,384 rows
-  // four warps share a row.
+  // two warps share a row (UNIATTN_GEMV_SPLIT_K and _WIDE_SPLIT_K
+  // runs cover the other splits).
   const int64_t shapes[][2] = {{6144, 4096}, {4096, 14336}, {5120, 4096},
                                {4099, 2056}, {16385, 264},  {8193, 520},
                                {7, 8},       {33, 264},     {1, 4104}};
