@@ -524,6 +524,14 @@ int decode_waves(bool leader) {
   return leader ? lead : follow;
 }
 
+// Fewest keys per split: UNIATTN_DECODE_{LEADER,FOLLOWER}_MIN_CHUNK (tuning runs only), else 128
+// (leader) and 256 (follower), which keep the split overhead (workspace, combine) small.
+int64_t min_chunk(bool leader) {
+  static const int lead = env_int("UNIATTN_DECODE_LEADER_MIN_CHUNK", 16, 1 << 20, 128);
+  static const int follow = env_int("UNIATTN_DECODE_FOLLOWER_MIN_CHUNK", 16, 1 << 20, 256);
+  return leader ? lead : follow;
+}
+
 }  // namespace
 
 void plan_decode(DecodeArgs& a, int num_sms, bool leader) {
@@ -531,16 +539,15 @@ void plan_decode(DecodeArgs& a, int num_sms, bool leader) {
   // targets: with splits rounded up, 2,048 follower CTAs at 5 per SM ran 3.1 waves on the H200
   // (B=8, S=16K), the last one a tenth full, and the kernel read V at 3.1 TB/s against the
   // leader's 4.2. (A batch with more CTAs than one wave holds runs unsplit, in several waves.)
-  // Chunks of at least 128 (leader) or 256 (follower) keys keep the split overhead (workspace,
-  // combine) small.
   const int G = a.Hq / a.Hkv;
   const int rows = leader ? kLeadRows : group_tile(G);
   const int64_t ctas = static_cast<int64_t>(a.B) * a.Hkv * ((G + rows - 1) / rows);
   const int64_t slots = static_cast<int64_t>(resident_ctas(leader, a.D, group_tile(G))) *
                         decode_waves(leader) * num_sms;
-  const int64_t min_chunk = leader ? 128 : 256, align = leader ? kLeadBN : kBK;
+  const int64_t align = leader ? kLeadBN : kBK;
   int64_t splits = slots / ctas;
-  const int64_t max_splits = (static_cast<int64_t>(a.S) + min_chunk - 1) / min_chunk;
+  const int64_t max_splits =
+      (static_cast<int64_t>(a.S) + min_chunk(leader) - 1) / min_chunk(leader);
   splits = splits > max_splits ? max_splits : splits;
   if (splits < 1) splits = 1;
   int64_t chunk = (a.S + splits - 1) / splits;
