@@ -332,10 +332,21 @@ __global__ void __launch_bounds__(kThreads) leader_combine_kernel(const DecodeAr
   }
 }
 
-template <typename T, int D, int GT>
+// One step of a follower thread: U consecutive keys' V chunks (16 bytes of each row) and their
+// probabilities for the thread's GT heads.
+template <int U, int GT>
+struct FollowerStep {
+  uint4 v[U];
+  float p[U][GT];
+};
+
+// Kernel variants: U keys per thread and step; kPipe: the next step's loads are issued before this
+// step's FMAs (register double buffering), so a thread always has loads in flight.
+template <typename T, int D, int GT, int U = 8, bool kPipe = false>
 __global__ void __launch_bounds__(kThreads) decode_follower_kernel(const DecodeArgs a) {
+  static_assert(U % 4 == 0, "probabilities arrive as float4s");
   pdl_begin();  // pdl.cuh
-  constexpr int TPK = D / 8, KP = kThreads / TPK, kUnroll = 8;
+  constexpr int TPK = D / 8, KP = kThreads / TPK, kStep = KP * U;
   __shared__ __align__(16) float red[KP * GT * D];
   const int split = blockIdx.x, b = blockIdx.z;
   const int G = a.Hq / a.Hkv, nsub = (G + GT - 1) / GT;
@@ -355,52 +366,69 @@ __global__ void __launch_bounds__(kThreads) decode_follower_kernel(const DecodeA
 #pragma unroll
     for (int e = 0; e < 8; ++e) acc[g][e] = 0.f;
   }
-  // A thread's kUnroll keys are consecutive, so its probabilities of one head arrive as float4s
+  // A thread's U keys are consecutive, so its probabilities of one head arrive as float4s
   // (S % 4 == 0 and an aligned row) rather than one scalar load per key and head.
   const bool p_vec = (a.S & 3) == 0 && (reinterpret_cast<uintptr_t>(a.p_row) & 15) == 0;
-  for (int j0 = lo; j0 < hi; j0 += KP * kUnroll) {
-    uint4 vu[kUnroll];
-    float p[kUnroll][GT];
-    const int jt = j0 + kq * kUnroll;  // this thread's first key
+  auto load = [&](int j0, FollowerStep<U, GT>& st) {
+    const int jt = j0 + kq * U;  // this thread's first key
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {  // issue every load first: more bytes in flight
+    for (int u = 0; u < U; ++u) {  // issue every load first: more bytes in flight
       const int j = jt + u;
       // The follower reads [0, len): a block given back (below the window, where p is 0) is
       // skipped, not read through its -1 entry.
       const T* src = j < hi ? vc(j) : nullptr;
-      vu[u] = src ? *reinterpret_cast<const uint4*>(src + sl * 8) : make_uint4(0, 0, 0, 0);
+      st.v[u] = src ? *reinterpret_cast<const uint4*>(src + sl * 8) : make_uint4(0, 0, 0, 0);
     }
-    if (p_vec && jt + kUnroll <= hi) {
+    if (p_vec && jt + U <= hi) {
 #pragma unroll
       for (int g = 0; g < GT; ++g) {
 #pragma unroll
-        for (int q = 0; q < kUnroll / 4; ++q) {
+        for (int q = 0; q < U / 4; ++q) {
           const float4 f = g < ng ? *reinterpret_cast<const float4*>(
                                         prow + static_cast<int64_t>(g) * a.S + jt + 4 * q)
                                   : make_float4(0.f, 0.f, 0.f, 0.f);
-          p[4 * q][g] = f.x;
-          p[4 * q + 1][g] = f.y;
-          p[4 * q + 2][g] = f.z;
-          p[4 * q + 3][g] = f.w;
+          st.p[4 * q][g] = f.x;
+          st.p[4 * q + 1][g] = f.y;
+          st.p[4 * q + 2][g] = f.z;
+          st.p[4 * q + 3][g] = f.w;
         }
       }
     } else {
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
+      for (int u = 0; u < U; ++u) {
 #pragma unroll
         for (int g = 0; g < GT; ++g)
-          p[u][g] = (jt + u < hi && g < ng) ? prow[static_cast<int64_t>(g) * a.S + jt + u] : 0.f;
+          st.p[u][g] = (jt + u < hi && g < ng) ? prow[static_cast<int64_t>(g) * a.S + jt + u] : 0.f;
       }
     }
+  };
+  auto accumulate = [&](const FollowerStep<U, GT>& st) {
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < U; ++u) {
       float vf[8];
-      unpack8<T>(vu[u], vf);
+      unpack8<T>(st.v[u], vf);
 #pragma unroll
       for (int g = 0; g < GT; ++g) {
 #pragma unroll
-        for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(p[u][g], vf[e], acc[g][e]);
+        for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(st.p[u][g], vf[e], acc[g][e]);
       }
+    }
+  };
+  if constexpr (kPipe) {
+    FollowerStep<U, GT> cur;
+    if (lo < hi) load(lo, cur);
+    for (int j0 = lo; j0 < hi; j0 += kStep) {
+      FollowerStep<U, GT> next;
+      const bool more = j0 + kStep < hi;
+      if (more) load(j0 + kStep, next);
+      accumulate(cur);
+      if (more) cur = next;
+    }
+  } else {
+    for (int j0 = lo; j0 < hi; j0 += kStep) {
+      FollowerStep<U, GT> st;
+      load(j0, st);
+      accumulate(st);
     }
   }
   reduce_keys<D, GT>(acc, red, ng, [&](int g, int s2, const float(&res)[8]) {
@@ -440,11 +468,33 @@ cudaError_t launch_leader(const DecodeArgs& a, cudaStream_t st) {
   return launch_pdl(leader_combine_kernel<T, D>, dim3(a.Hq, a.B, chunks), dim3(kThreads), 0, st, a);
 }
 
+// The follower kernel's variant: UNIATTN_DECODE_FOLLOWER_PIPELINE (tuning runs only) 0 for
+// eight keys per thread and step loaded then summed, 8 or 4 for that many keys per step with the
+// next step's loads issued before this step's FMAs; else 0.
+int follower_pipeline() {
+  static const int v = env_int("UNIATTN_DECODE_FOLLOWER_PIPELINE", 0, 8, 0);
+  return v >= 8 ? 8 : v >= 4 ? 4 : 0;
+}
+
+// Calls f(kernel) with the follower kernel of the chosen variant.
+template <typename T, int D, int GT, typename F>
+auto with_follower(F&& f) {
+  switch (follower_pipeline()) {
+    case 8:
+      return f(decode_follower_kernel<T, D, GT, 8, true>);
+    case 4:
+      return f(decode_follower_kernel<T, D, GT, 4, true>);
+    default:
+      return f(decode_follower_kernel<T, D, GT, 8, false>);
+  }
+}
+
 template <typename T, int D, int GT>
 cudaError_t launch_follower(const DecodeArgs& a, cudaStream_t st) {
   const int nsub = (a.Hq / a.Hkv + GT - 1) / GT;
-  const cudaError_t e = launch_pdl(decode_follower_kernel<T, D, GT>,
-                                   dim3(a.splits, a.Hkv * nsub, a.B), dim3(kThreads), 0, st, a);
+  const cudaError_t e = with_follower<T, D, GT>([&](auto kernel) {
+    return launch_pdl(kernel, dim3(a.splits, a.Hkv * nsub, a.B), dim3(kThreads), 0, st, a);
+  });
   if (e != cudaSuccess || a.splits == 1) return e;
   return launch_pdl(follower_combine_kernel<T, D>, dim3(a.Hq, a.B), dim3(kThreads), 0, st, a);
 }
@@ -494,9 +544,10 @@ int resident_per_sm(Kernel kernel, int threads) {
 template <int D>
 int resident_ctas(bool leader, int gt) {
   static const int lead = resident_per_sm(decode_leader_kernel<__nv_bfloat16, D>, 32);
-  static const int f1 = resident_per_sm(decode_follower_kernel<__nv_bfloat16, D, 1>, kThreads);
-  static const int f4 = resident_per_sm(decode_follower_kernel<__nv_bfloat16, D, 4>, kThreads);
-  static const int f8 = resident_per_sm(decode_follower_kernel<__nv_bfloat16, D, 8>, kThreads);
+  auto follower = [](auto kernel) { return resident_per_sm(kernel, kThreads); };
+  static const int f1 = with_follower<__nv_bfloat16, D, 1>(follower);
+  static const int f4 = with_follower<__nv_bfloat16, D, 4>(follower);
+  static const int f8 = with_follower<__nv_bfloat16, D, 8>(follower);
   return leader ? lead : (gt == 1 ? f1 : (gt == 4 ? f4 : f8));
 }
 
@@ -524,10 +575,12 @@ int decode_waves(bool leader) {
   return leader ? lead : follow;
 }
 
-// Fewest keys per split: UNIATTN_DECODE_{LEADER,FOLLOWER}_MIN_CHUNK (tuning runs only), else 128
-// (leader) and 256 (follower), which keep the split overhead (workspace, combine) small.
+// Fewest keys per split: UNIATTN_DECODE_{LEADER,FOLLOWER}_MIN_CHUNK (tuning runs only), else 64
+// (leader: two tiles) and 256 (follower), which keep the split overhead (workspace, combine)
+// small. It binds only short contexts: at B=1, S=512 on the H200 the leader at 64, 128, 256 and
+// 1,024 keys gave 4.09, 4.17, 4.29 and 4.91 ms per none step (14039c8).
 int64_t min_chunk(bool leader) {
-  static const int lead = env_int("UNIATTN_DECODE_LEADER_MIN_CHUNK", 16, 1 << 20, 128);
+  static const int lead = env_int("UNIATTN_DECODE_LEADER_MIN_CHUNK", 16, 1 << 20, 64);
   static const int follow = env_int("UNIATTN_DECODE_FOLLOWER_MIN_CHUNK", 16, 1 << 20, 256);
   return leader ? lead : follow;
 }
