@@ -340,11 +340,14 @@ struct FollowerStep {
   float p[U][GT];
 };
 
-// Kernel variants: U keys per thread and step; kPipe: the next step's loads are issued before this
-// step's FMAs (register double buffering), so a thread always has loads in flight.
-template <typename T, int D, int GT, int U = 8, bool kPipe = false>
+// A step's loads are all issued before its FMAs, and the next step's after them. Issuing the next
+// step's loads first (register double buffering, 8 or 4 keys per step) was slower on the H200:
+// 8.45 and 8.36 against 8.16 ms per uniattn step at B=8, S=16K, and 8.96 and 8.87 against 8.67 at
+// B=32, S=4K; at 8 keys it took 218 registers against 128 (47c4840,
+// bench/results/bench-llama8b-h200-47c4840-follower-pipeline.json).
+template <typename T, int D, int GT>
 __global__ void __launch_bounds__(kThreads) decode_follower_kernel(const DecodeArgs a) {
-  static_assert(U % 4 == 0, "probabilities arrive as float4s");
+  constexpr int U = 8;
   pdl_begin();  // pdl.cuh
   constexpr int TPK = D / 8, KP = kThreads / TPK, kStep = KP * U;
   __shared__ __align__(16) float red[KP * GT * D];
@@ -414,22 +417,10 @@ __global__ void __launch_bounds__(kThreads) decode_follower_kernel(const DecodeA
       }
     }
   };
-  if constexpr (kPipe) {
-    FollowerStep<U, GT> cur;
-    if (lo < hi) load(lo, cur);
-    for (int j0 = lo; j0 < hi; j0 += kStep) {
-      FollowerStep<U, GT> next;
-      const bool more = j0 + kStep < hi;
-      if (more) load(j0 + kStep, next);
-      accumulate(cur);
-      if (more) cur = next;
-    }
-  } else {
-    for (int j0 = lo; j0 < hi; j0 += kStep) {
-      FollowerStep<U, GT> st;
-      load(j0, st);
-      accumulate(st);
-    }
+  for (int j0 = lo; j0 < hi; j0 += kStep) {
+    FollowerStep<U, GT> st;
+    load(j0, st);
+    accumulate(st);
   }
   reduce_keys<D, GT>(acc, red, ng, [&](int g, int s2, const float(&res)[8]) {
     const int64_t bh = static_cast<int64_t>(b) * a.Hq + h0 + g;
@@ -468,33 +459,11 @@ cudaError_t launch_leader(const DecodeArgs& a, cudaStream_t st) {
   return launch_pdl(leader_combine_kernel<T, D>, dim3(a.Hq, a.B, chunks), dim3(kThreads), 0, st, a);
 }
 
-// The follower kernel's variant: UNIATTN_DECODE_FOLLOWER_PIPELINE (tuning runs only) 0 for
-// eight keys per thread and step loaded then summed, 8 or 4 for that many keys per step with the
-// next step's loads issued before this step's FMAs; else 0.
-int follower_pipeline() {
-  static const int v = env_int("UNIATTN_DECODE_FOLLOWER_PIPELINE", 0, 8, 0);
-  return v >= 8 ? 8 : v >= 4 ? 4 : 0;
-}
-
-// Calls f(kernel) with the follower kernel of the chosen variant.
-template <typename T, int D, int GT, typename F>
-auto with_follower(F&& f) {
-  switch (follower_pipeline()) {
-    case 8:
-      return f(decode_follower_kernel<T, D, GT, 8, true>);
-    case 4:
-      return f(decode_follower_kernel<T, D, GT, 4, true>);
-    default:
-      return f(decode_follower_kernel<T, D, GT, 8, false>);
-  }
-}
-
 template <typename T, int D, int GT>
 cudaError_t launch_follower(const DecodeArgs& a, cudaStream_t st) {
   const int nsub = (a.Hq / a.Hkv + GT - 1) / GT;
-  const cudaError_t e = with_follower<T, D, GT>([&](auto kernel) {
-    return launch_pdl(kernel, dim3(a.splits, a.Hkv * nsub, a.B), dim3(kThreads), 0, st, a);
-  });
+  const cudaError_t e = launch_pdl(decode_follower_kernel<T, D, GT>,
+                                   dim3(a.splits, a.Hkv * nsub, a.B), dim3(kThreads), 0, st, a);
   if (e != cudaSuccess || a.splits == 1) return e;
   return launch_pdl(follower_combine_kernel<T, D>, dim3(a.Hq, a.B), dim3(kThreads), 0, st, a);
 }
@@ -544,10 +513,9 @@ int resident_per_sm(Kernel kernel, int threads) {
 template <int D>
 int resident_ctas(bool leader, int gt) {
   static const int lead = resident_per_sm(decode_leader_kernel<__nv_bfloat16, D>, 32);
-  auto follower = [](auto kernel) { return resident_per_sm(kernel, kThreads); };
-  static const int f1 = with_follower<__nv_bfloat16, D, 1>(follower);
-  static const int f4 = with_follower<__nv_bfloat16, D, 4>(follower);
-  static const int f8 = with_follower<__nv_bfloat16, D, 8>(follower);
+  static const int f1 = resident_per_sm(decode_follower_kernel<__nv_bfloat16, D, 1>, kThreads);
+  static const int f4 = resident_per_sm(decode_follower_kernel<__nv_bfloat16, D, 4>, kThreads);
+  static const int f8 = resident_per_sm(decode_follower_kernel<__nv_bfloat16, D, 8>, kThreads);
   return leader ? lead : (gt == 1 ? f1 : (gt == 4 ? f4 : f8));
 }
 
