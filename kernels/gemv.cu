@@ -4,13 +4,15 @@
 // the weight's bytes over HBM bandwidth plus the kernel's start and drain. cuBLAS runs this shape
 // as narrow tensor-core tiles, most with a split-K reduction kernel behind them (LLaMA-8B's q/k/v
 // and o projections at 3.3 and 2.5 TB/s on the H200, bench/results/kernels-gemv-llama8b-h200.json).
-// Here one warp owns one output element (two for wide weights): its lanes stream W[n, :] with
-// 16-byte loads, kUnroll of them in flight per lane, multiply with x, reduce by shuffles and round
-// the fp32 sum once, as cuBLAS's fp32-accumulating GEMM does (bias and add enter the fp32 sum, as
-// in its epilogue). Launched with PDL (pdl.cuh), its CTAs may start beside the kernel ahead, whose
-// output x is; they wait for it before reading anything, and read x with plain loads rather than
-// the read-only path. (A bulk L2 prefetch of each row before that wait made every shape slower:
-// 2.1-3.9 against 2.9-4.4 TB/s, 4e31425.)
+// Here a group of S warps owns one output element (two for wide weights, or a gate/up pair whose
+// activation it applies): its lanes stream W[n, :] with 16-byte loads, kUnroll of them in flight
+// per lane, multiply with x, reduce by shuffles and through shared memory, and round the fp32 sum
+// once, as cuBLAS's fp32-accumulating GEMM does (bias and add enter the fp32 sum, as in its
+// epilogue). On the H200 it reads 3.7-4.5 TB/s by LLaMA-8B shape against cuBLAS's 2.5-4.2
+// (bench/results/kernels-gemv-llama8b-h200-14039c8.json). Launched with PDL (pdl.cuh), its CTAs may
+// start beside the kernel ahead, whose output x is; they wait for it before reading anything, and
+// read x with plain loads rather than the read-only path. (A bulk L2 prefetch of each row before
+// that wait made every shape slower: 2.1-3.9 against 2.9-4.4 TB/s, 4e31425.)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
