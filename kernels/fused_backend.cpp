@@ -73,6 +73,7 @@ void launch_rotary_blocks(const at::Tensor& x0, const at::Tensor& cos, const at:
   a.D = static_cast<int>(x0.size(3));
   // A [1, 1, T, D] table serves every batch row.
   a.c_b = cos.size(0) == 1 ? 0 : cos.stride(0), a.c_t = cos.stride(2);
+  UNIATTN_CHECK(blocks.size() <= 3, "rotary: at most three blocks of heads per launch");
   for (const auto& b : blocks) a.heads[a.blocks++] = b;
   check(cuda::launch_rotary(a, small_op_dtype(x0), at::cuda::getCurrentCUDAStream()), "rotary");
 }

@@ -183,8 +183,8 @@ int rows_per_warp(int64_t n) {
 // tuning runs only), else 2. Warps per row pair at two rows per warp (gate/up, gated, lm_head):
 // UNIATTN_GEMV_WIDE_SPLIT_K (1, 2 or 4), else 4. One H200 run at c3915ba, LLaMA-8B shapes, TB/s:
 // narrow split 2 / 4 / 8: q/k/v 3.86 / 3.64 / 3.16, o 3.66 / 3.32 / 2.97, down 4.15 / 4.01 / 3.98
-// (one warp per row, 36491ba: 3.45, 2.87, 3.41); wide split 1 / 2 / 4: gated gate/up 4.10 / 4.19 /
-// 4.31, lm_head 4.46 / 4.35 / 4.51 (bench/results/kernels-gemv-splitk-llama8b-h200.json).
+// (one warp per row, 36491ba: 3.45, 2.86, 3.41); wide split 1 / 2 / 4: gated gate/up 4.10 / 4.19 /
+// 4.31, lm_head 4.46 / 4.35 / 4.50 (bench/results/kernels-gemv-splitk-llama8b-h200.json).
 int split_k() {
   static const int forced = env_int("UNIATTN_GEMV_SPLIT_K", 1, 8, 0);
   return forced == 0 ? 2 : forced >= 8 ? 8 : forced >= 4 ? 4 : forced >= 2 ? 2 : 1;

@@ -185,7 +185,8 @@ struct GemvArgs {
   // bias and add must be null.
   GemvEpilogue epilogue = GemvEpilogue::kNone;
 };
-// cudaErrorInvalidValue for K % 8 != 0, K above 2^31, fp32, or a gated call with bias or add.
+// cudaErrorInvalidValue for K % 8 != 0, K above 2^31, N of 2^30 or more, fp32, or a gated call with
+// bias or add.
 cudaError_t launch_gemv(const GemvArgs& a, DType dt, cudaStream_t stream);
 
 // ---- image probes -------------------------------------------------------------------------------

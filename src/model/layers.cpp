@@ -176,7 +176,7 @@ bool apply_rotary_qkv_into(const at::Tensor& q, const at::Tensor& k, const at::T
   };
   const int64_t t = q.size(2);
   return v.sizes() == k.sizes() && v.stride(3) == 1 && q.size(0) == k.size(0) && k.size(2) == t &&
-         fits(q_out, q, t) && fits(k_dst, k, t) && fits(v_dst, v, t) &&
+         fits(q_out, q, t) && fits(k_dst, k, t) && fits(v_dst, v, t) && pos.numel() == 1 &&
          pos.scalar_type() == at::kLong && pos.device() == q.device() &&
          (kernels::detail::cuda_hooks().rotary_qkv(q, k, v, cos, sin, pos, q_out, k_dst, v_dst),
           true);
@@ -229,7 +229,7 @@ bool aligned16(const at::Tensor& t) {
 at::Tensor gemv_input(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
                       const at::Tensor& add) {
   if (x.dim() < 1 || x.numel() != x.size(-1) || w.dim() != 2 || x.size(-1) != w.size(1) ||
-      w.size(1) % 8 != 0 || x.numel() == 0)
+      w.size(1) % 8 != 0 || x.numel() == 0 || w.size(0) >= (int64_t{1} << 30))
     return {};
   // Autocast would have at::linear compute in its own dtype: leave those calls to ATen.
   if (!kernels::detail::cuda_hooks().gemv || x.scalar_type() == at::kFloat ||
@@ -272,7 +272,10 @@ at::Tensor linear_forward(const at::Tensor& x, const at::Tensor& weight, const a
 }
 
 at::Tensor gated_linear_forward(const at::Tensor& x, const at::Tensor& gate_up, Activation act) {
-  if (!kernels::detail::cuda_hooks().gemv_gated || gate_up.dim() != 2 || gate_up.size(0) % 2 != 0)
+  // The activation runs in the GEMV's epilogue: it needs both operations' kernel paths (a
+  // disabled gated_activation keeps its ATen path).
+  if (!kernels::detail::cuda_hooks().gemv_gated || gate_up.dim() != 2 || gate_up.size(0) % 2 != 0 ||
+      !use_fused(KernelOp::GatedActivation, {&x, &gate_up}))
     return {};
   auto row = gemv_input(x, gate_up, {}, {});
   if (!row.defined()) return {};

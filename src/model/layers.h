@@ -62,7 +62,8 @@ void apply_rotary_into(const at::Tensor& x, const at::Tensor& cos, const at::Ten
 // A decode step's three writes in one kernel: q_out = rotary(q), k_dst[:, :, pos + t] =
 // rotary(k), v_dst[:, :, pos + t] = v, with q [B, H, T, D], k and v [B, Hkv, T, D] (last dims
 // contiguous, one dtype and CUDA device, no gradient), q_out [B, H, T, D], k_dst and v_dst
-// [B, Hkv, S_max, D] and pos int64 [1] on the device. Each value equals apply_rotary's and
+// [B, Hkv, S_max, D] and pos int64 [1] on the device; the caller keeps pos + T <= S_max (the
+// position is read on the device, as apply_rotary_into's is). Each value equals apply_rotary's and
 // apply_rotary_into's. Returns false, having written nothing, where the kernel does not apply
 // (the caller then runs those functions).
 bool apply_rotary_qkv_into(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -85,8 +86,9 @@ at::Tensor linear_forward(const at::Tensor& x, const at::Tensor& weight,
 
 // act(x . W_gate^T) * (x . W_up^T) for gate_up = [W_gate; W_up] [2 * out, in] (a fused gate/up
 // block), x [..., in] -> [..., out], when linear_forward would take the GEMV kernel for x and
-// gate_up: one kernel, values equal to linear_forward then gated_activation. Otherwise undefined
-// (the caller runs those two).
+// gate_up and gated_activation its kernel: one kernel, rounding where linear_forward then
+// gated_activation round (bit-equal where linear_forward also takes two rows per warp, 16,384 rows
+// or more; else the fp32 sums differ in order). Otherwise undefined (the caller runs those two).
 at::Tensor gated_linear_forward(const at::Tensor& x, const at::Tensor& gate_up, Activation act);
 
 // A bias-optional linear projection whose parameters are created directly with the given

@@ -257,6 +257,7 @@ TEST(KernelBench, DecodeProjections) {
       // GEMV followed by the gated activation kernel.
       const int64_t half = s.n / 2;
       const auto silu = uniattn::Activation::Silu;
+      ASSERT_TRUE(uniattn::gated_linear_forward(x, ws[0], silu).defined()) << "no gated GEMV";
       record("gate_up_proj+silu/M=1", gemv_variant + "_gated", graph_call_ms(sets, [&](int i) {
                ys[i] = uniattn::gated_linear_forward(x, ws[i], silu);
              }));

@@ -171,6 +171,35 @@ TEST_F(KernelFallback, SwitchGivesTheKernelPathsOutput) {
   }
 }
 
+// The gate/up GEMV with the activation in its epilogue is both operations' kernel: disabling
+// either leaves gated_linear_forward undefined (the MLP then runs linear_forward and
+// gated_activation, each on its own path), and the MLP's output does not change beyond rounding.
+TEST_F(KernelFallback, GatedGemvNeedsBothOperations) {
+  SKIP_WITHOUT_GPU();
+  auto x = at::randn({1, 1, 512}, bf16()), w = at::randn({2 * 768, 512}, bf16()) * 0.05;
+  auto unfused = [&] {
+    auto gu = linear_forward(x, w);
+    return gated_activation(gu.narrow(-1, 0, 768), gu.narrow(-1, 768, 768), Activation::Silu);
+  };
+  for (const char* disabled : {"gated_activation", "gemv", "gemv,gated_activation"}) {
+    KernelPathOverride ov;
+    ov.disabled = disabled;
+    set_kernel_path_override(ov);
+    EXPECT_FALSE(gated_linear_forward(x, w, Activation::Silu).defined()) << disabled;
+  }
+  KernelPathOverride on;
+  on.disabled = "";
+  set_kernel_path_override(on);
+  const uint64_t gemv_calls = kernel_call_count(KernelOp::Gemv);
+  auto fused = gated_linear_forward(x, w, Activation::Silu);
+  ASSERT_TRUE(fused.defined());
+  EXPECT_EQ(kernel_call_count(KernelOp::Gemv), gemv_calls + 1);
+  KernelPathOverride off;
+  off.disabled = "all";
+  set_kernel_path_override(off);
+  expect_same({fused}, {unfused()}, "gated GEMV against ATen linear + activation");
+}
+
 TEST_F(KernelFallback, PreAmpereCapabilityTakesAten) {
   SKIP_WITHOUT_GPU();
   KernelPathOverride turing, all_off;
