@@ -332,14 +332,6 @@ __global__ void __launch_bounds__(kThreads) leader_combine_kernel(const DecodeAr
   }
 }
 
-// One step of a follower thread: U consecutive keys' V chunks (16 bytes of each row) and their
-// probabilities for the thread's GT heads.
-template <int U, int GT>
-struct FollowerStep {
-  uint4 v[U];
-  float p[U][GT];
-};
-
 // A step's loads are all issued before its FMAs, and the next step's after them. Issuing the next
 // step's loads first (register double buffering, 8 or 4 keys per step) was slower on the H200:
 // 8.45 and 8.36 against 8.16 ms per uniattn step at B=8, S=16K, and 8.96 and 8.87 against 8.67 at
@@ -347,9 +339,8 @@ struct FollowerStep {
 // bench/results/bench-llama8b-h200-47c4840-follower-pipeline.json).
 template <typename T, int D, int GT>
 __global__ void __launch_bounds__(kThreads) decode_follower_kernel(const DecodeArgs a) {
-  constexpr int U = 8;
   pdl_begin();  // pdl.cuh
-  constexpr int TPK = D / 8, KP = kThreads / TPK, kStep = KP * U;
+  constexpr int TPK = D / 8, KP = kThreads / TPK, kUnroll = 8;
   __shared__ __align__(16) float red[KP * GT * D];
   const int split = blockIdx.x, b = blockIdx.z;
   const int G = a.Hq / a.Hkv, nsub = (G + GT - 1) / GT;
@@ -369,58 +360,53 @@ __global__ void __launch_bounds__(kThreads) decode_follower_kernel(const DecodeA
 #pragma unroll
     for (int e = 0; e < 8; ++e) acc[g][e] = 0.f;
   }
-  // A thread's U keys are consecutive, so its probabilities of one head arrive as float4s
+  // A thread's kUnroll keys are consecutive, so its probabilities of one head arrive as float4s
   // (S % 4 == 0 and an aligned row) rather than one scalar load per key and head.
   const bool p_vec = (a.S & 3) == 0 && (reinterpret_cast<uintptr_t>(a.p_row) & 15) == 0;
-  auto load = [&](int j0, FollowerStep<U, GT>& st) {
-    const int jt = j0 + kq * U;  // this thread's first key
+  for (int j0 = lo; j0 < hi; j0 += KP * kUnroll) {
+    uint4 vu[kUnroll];
+    float p[kUnroll][GT];
+    const int jt = j0 + kq * kUnroll;  // this thread's first key
 #pragma unroll
-    for (int u = 0; u < U; ++u) {  // issue every load first: more bytes in flight
+    for (int u = 0; u < kUnroll; ++u) {  // issue every load first: more bytes in flight
       const int j = jt + u;
       // The follower reads [0, len): a block given back (below the window, where p is 0) is
       // skipped, not read through its -1 entry.
       const T* src = j < hi ? vc(j) : nullptr;
-      st.v[u] = src ? *reinterpret_cast<const uint4*>(src + sl * 8) : make_uint4(0, 0, 0, 0);
+      vu[u] = src ? *reinterpret_cast<const uint4*>(src + sl * 8) : make_uint4(0, 0, 0, 0);
     }
-    if (p_vec && jt + U <= hi) {
+    if (p_vec && jt + kUnroll <= hi) {
 #pragma unroll
       for (int g = 0; g < GT; ++g) {
 #pragma unroll
-        for (int q = 0; q < U / 4; ++q) {
+        for (int q = 0; q < kUnroll / 4; ++q) {
           const float4 f = g < ng ? *reinterpret_cast<const float4*>(
                                         prow + static_cast<int64_t>(g) * a.S + jt + 4 * q)
                                   : make_float4(0.f, 0.f, 0.f, 0.f);
-          st.p[4 * q][g] = f.x;
-          st.p[4 * q + 1][g] = f.y;
-          st.p[4 * q + 2][g] = f.z;
-          st.p[4 * q + 3][g] = f.w;
+          p[4 * q][g] = f.x;
+          p[4 * q + 1][g] = f.y;
+          p[4 * q + 2][g] = f.z;
+          p[4 * q + 3][g] = f.w;
         }
       }
     } else {
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
+      for (int u = 0; u < kUnroll; ++u) {
 #pragma unroll
         for (int g = 0; g < GT; ++g)
-          st.p[u][g] = (jt + u < hi && g < ng) ? prow[static_cast<int64_t>(g) * a.S + jt + u] : 0.f;
+          p[u][g] = (jt + u < hi && g < ng) ? prow[static_cast<int64_t>(g) * a.S + jt + u] : 0.f;
       }
     }
-  };
-  auto accumulate = [&](const FollowerStep<U, GT>& st) {
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
+    for (int u = 0; u < kUnroll; ++u) {
       float vf[8];
-      unpack8<T>(st.v[u], vf);
+      unpack8<T>(vu[u], vf);
 #pragma unroll
       for (int g = 0; g < GT; ++g) {
 #pragma unroll
-        for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(st.p[u][g], vf[e], acc[g][e]);
+        for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(p[u][g], vf[e], acc[g][e]);
       }
     }
-  };
-  for (int j0 = lo; j0 < hi; j0 += kStep) {
-    FollowerStep<U, GT> st;
-    load(j0, st);
-    accumulate(st);
   }
   reduce_keys<D, GT>(acc, red, ng, [&](int g, int s2, const float(&res)[8]) {
     const int64_t bh = static_cast<int64_t>(b) * a.Hq + h0 + g;

@@ -209,30 +209,35 @@ void adamw_cuda(const at::Tensor& param, const at::Tensor& grad, const at::Tenso
         "adamw");
 }
 
-void gemv_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bias,
-               const at::Tensor* add, at::Tensor& y) {
-  const c10::cuda::CUDAGuard guard(x.device());
-  detail::count_kernel_call(KernelOp::Gemv);
+// y = w . x with w [N, K]: the arguments every GEMV call shares.
+cuda::GemvArgs gemv_args(const at::Tensor& x, const at::Tensor& w, at::Tensor& y) {
   cuda::GemvArgs a{};
   a.x = x.data_ptr();
   a.w = w.data_ptr();
-  a.bias = bias ? bias->data_ptr() : nullptr;
-  a.add = add ? add->data_ptr() : nullptr;
   a.y = y.data_ptr();
   a.N = w.size(0), a.K = w.size(1);
-  check(cuda::launch_gemv(a, small_op_dtype(x), at::cuda::getCurrentCUDAStream()), "gemv");
+  return a;
+}
+
+void run_gemv(const cuda::GemvArgs& a, const at::Tensor& x, const char* what) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  detail::count_kernel_call(KernelOp::Gemv);
+  check(cuda::launch_gemv(a, small_op_dtype(x), at::cuda::getCurrentCUDAStream()), what);
+}
+
+void gemv_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bias,
+               const at::Tensor* add, at::Tensor& y) {
+  auto a = gemv_args(x, w, y);
+  a.bias = bias ? bias->data_ptr() : nullptr;
+  a.add = add ? add->data_ptr() : nullptr;
+  run_gemv(a, x, "gemv");
 }
 
 void gemv_gated_cuda(const at::Tensor& x, const at::Tensor& w, bool gelu, at::Tensor& y) {
-  const c10::cuda::CUDAGuard guard(x.device());
-  detail::count_kernel_call(KernelOp::Gemv);
-  cuda::GemvArgs a{};
-  a.x = x.data_ptr();
-  a.w = w.data_ptr();
-  a.y = y.data_ptr();
-  a.N = w.size(0) / 2, a.K = w.size(1);
+  auto a = gemv_args(x, w, y);
+  a.N /= 2;  // w is [gate; up]
   a.epilogue = gelu ? cuda::GemvEpilogue::kGeluGated : cuda::GemvEpilogue::kSiluGated;
-  check(cuda::launch_gemv(a, small_op_dtype(x), at::cuda::getCurrentCUDAStream()), "gated gemv");
+  run_gemv(a, x, "gated gemv");
 }
 
 [[maybe_unused]] const bool registered = [] {

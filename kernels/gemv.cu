@@ -16,6 +16,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <type_traits>
+
 #include "dtype_cvt.cuh"
 #include "launch.h"
 #include "pdl.cuh"
@@ -85,48 +87,37 @@ __global__ void __launch_bounds__(cta_warps(S) * 32) gemv_kernel(const GemvArgs 
   const uint4* w[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) {  // a row past N reads row N - 1 and is not written
-    int64_t n = n0 + r < a.N ? n0 + r : a.N - 1;
-    if (kGated) n = (n0 < a.N ? n0 : a.N - 1) + r * a.N;
+    const int64_t n =
+        kGated ? (n0 < a.N ? n0 : a.N - 1) + r * a.N : (n0 + r < a.N ? n0 + r : a.N - 1);
     w[r] = reinterpret_cast<const uint4*>(static_cast<const T*>(a.w) + n * a.K);
   }
   const uint4* x = static_cast<const uint4*>(a.x);
   float acc[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[r] = 0.f;
-  int64_t c = slice * 32 + lane;
-  for (; c + (U - 1) * kStride < chunks; c += U * kStride) {
-    uint4 wv[R][U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-#pragma unroll
-      for (int r = 0; r < R; ++r) wv[r][u] = __ldcs(w[r] + c + u * kStride);  // streamed: read once
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      float xf[8];
-      to_f32x8<T>(x[c + u * kStride], xf);
-#pragma unroll
-      for (int r = 0; r < R; ++r) acc[r] = fma_chunk<T>(wv[r][u], xf, acc[r]);
-    }
-  }
-  if (c <
-      chunks) {  // the last U loads or fewer, issued together (predicated), then summed in order
+  // One step: U loads per row issued together (streamed: read once), then summed in order. The
+  // last step, possibly short, predicates its loads on the row's end.
+  auto step = [&](int64_t c, auto last) {
+    constexpr bool kLast = decltype(last)::value;
     uint4 wv[R][U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
 #pragma unroll
       for (int r = 0; r < R; ++r)
-        if (c + u * kStride < chunks) wv[r][u] = __ldcs(w[r] + c + u * kStride);
+        if (!kLast || c + u * kStride < chunks) wv[r][u] = __ldcs(w[r] + c + u * kStride);
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      if (c + u * kStride >= chunks) break;
+      if (kLast && c + u * kStride >= chunks) break;
       float xf[8];
       to_f32x8<T>(x[c + u * kStride], xf);
 #pragma unroll
       for (int r = 0; r < R; ++r) acc[r] = fma_chunk<T>(wv[r][u], xf, acc[r]);
     }
-  }
+  };
+  int64_t c = slice * 32 + lane;
+  for (; c + (U - 1) * kStride < chunks; c += U * kStride) step(c, std::false_type{});
+  if (c < chunks) step(c, std::true_type{});
 #pragma unroll
   for (int r = 0; r < R; ++r) {
 #pragma unroll

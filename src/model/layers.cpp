@@ -338,7 +338,10 @@ std::vector<at::Tensor> FusedProjections::forward(const at::Tensor& x,
                                                   const std::vector<Proj>& projs) const {
   auto w = block(x, projs);
   if (!w.defined()) return {};
-  auto y = linear_forward(x, w);
+  return split(linear_forward(x, w));
+}
+
+std::vector<at::Tensor> FusedProjections::split(const at::Tensor& y) const {
   std::vector<at::Tensor> parts;
   int64_t off = 0;
   for (int64_t n : outs_) {
@@ -362,11 +365,12 @@ MlpImpl::MlpImpl(const ModelConfig& c, const at::TensorOptions& o) : act_(c.acti
 }
 
 at::Tensor MlpImpl::forward(const at::Tensor& x) {
-  // A decode row: the gate/up GEMV applies the activation itself (no kernel between it and down).
-  if (auto w = gate_up_.block(x, {gate_proj, up_proj}); w.defined())
+  if (auto w = gate_up_.block(x, {gate_proj, up_proj}); w.defined()) {
+    // A decode row: the gate/up GEMV applies the activation itself (no kernel between it and down).
     if (auto h = gated_linear_forward(x, w, act_); h.defined()) return down_proj->forward(h);
-  if (auto gu = gate_up_.forward(x, {gate_proj, up_proj}); !gu.empty())
+    auto gu = gate_up_.split(linear_forward(x, w));
     return down_proj->forward(gated_activation(gu[0], gu[1], act_));
+  }
   return down_proj->forward(gated_activation(gate_proj->forward(x), up_proj->forward(x), act_));
 }
 

@@ -123,6 +123,8 @@ class FusedProjections {
   std::vector<at::Tensor> forward(const at::Tensor& x, const std::vector<Proj>& projs) const;
   // The allocation [sum(outs), in] itself under forward()'s conditions, else undefined.
   at::Tensor block(const at::Tensor& x, const std::vector<Proj>& projs) const;
+  // The fused GEMM's output y [..., sum(outs)] as one view [..., out_i] per block.
+  std::vector<at::Tensor> split(const at::Tensor& y) const;
   static constexpr int64_t kMaxRows = 16;
 
  private:

@@ -211,15 +211,15 @@ TEST(KernelBench, DecodeProjections) {
   // Further runs with UNIATTN_PDL=0, UNIATTN_GEMV_ROWS_PER_WARP=1|2, UNIATTN_GEMV_SPLIT_K=1|2|4|8
   // or UNIATTN_GEMV_WIDE_SPLIT_K=1|2|4 time the kernel launched without PDL or with the rows or
   // warps per row forced.
+  auto tag = [](const char* env, const char* name) {  // "_<name><value>" when env is set
+    const char* v = std::getenv(env);
+    return v ? std::string("_") + name + v : std::string();
+  };
   const char* pdl_env = std::getenv("UNIATTN_PDL");
-  const char* rows_env = std::getenv("UNIATTN_GEMV_ROWS_PER_WARP");
-  const char* split_env = std::getenv("UNIATTN_GEMV_SPLIT_K");
-  const char* wide_env = std::getenv("UNIATTN_GEMV_WIDE_SPLIT_K");
-  const std::string gemv_variant = std::string("gemv") +
-                                   (pdl_env && std::string(pdl_env) == "0" ? "_no_pdl" : "") +
-                                   (rows_env ? std::string("_rows") + rows_env : "") +
-                                   (split_env ? std::string("_split") + split_env : "") +
-                                   (wide_env ? std::string("_wide") + wide_env : "");
+  const std::string gemv_variant =
+      std::string("gemv") + (pdl_env && std::string(pdl_env) == "0" ? "_no_pdl" : "") +
+      tag("UNIATTN_GEMV_ROWS_PER_WARP", "rows") + tag("UNIATTN_GEMV_SPLIT_K", "split") +
+      tag("UNIATTN_GEMV_WIDE_SPLIT_K", "wide");
   const int64_t copy_bytes = int64_t{1} << 31;
   {
     auto src = at::empty({copy_bytes}, opt.dtype(at::kByte)), dst = at::empty_like(src);
